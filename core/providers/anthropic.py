@@ -1,0 +1,120 @@
+"""The adapter for Anthropic's Messages API (`POST {base_url}/v1/messages`).
+
+It owns one `anthropic.Anthropic` client (one connection pool, shared by every worker thread)
+with the SDK's own retries off, since jobgate decides retries. Requests and answers are
+translated to and from the OpenAI shape by `core.providers.anthropic_messages`; this module
+does the call, the error boundary, and reads the `anthropic-ratelimit-*` headers (whose reset
+values are RFC 3339 timestamps) into `RateLimitHeaders` as seconds from now.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+
+import anthropic
+import httpx2
+from anthropic.types import Message
+
+from core.config import ProviderConfig
+from core.domain.chat import ChatRequest, Completion, RateLimitHeaders
+from core.errors import Truncated
+from core.providers.anthropic_messages import SAMPLING_PARAMS, anthropic_request, openai_body
+from core.providers.base import completion_from_openai_body, header_int, utc_now
+from core.providers.errors import SdkErrorTypes, translate_sdk_error
+
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+
+SDK_ERRORS = SdkErrorTypes(
+    timeout=anthropic.APITimeoutError,
+    connection=anthropic.APIConnectionError,
+    status=anthropic.APIStatusError,
+)
+
+
+class AnthropicProvider:
+    """A provider of kind `anthropic`, called through the official SDK."""
+
+    kind = "anthropic"
+
+    def __init__(
+        self,
+        name: str,
+        config: ProviderConfig,
+        *,
+        max_connections: int = 1000,
+        now: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.name = name
+        self._now = now
+        self._timeout_s = config.timeout_s
+        self._timeout = httpx2.Timeout(config.timeout_s, connect=min(5.0, config.timeout_s))
+        self._http_client = anthropic.DefaultHttpxClient(
+            timeout=self._timeout,
+            limits=httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        )
+        self._client = anthropic.Anthropic(
+            base_url=config.base_url or DEFAULT_BASE_URL,
+            api_key=config.api_key(),
+            timeout=self._timeout,
+            max_retries=0,
+            http_client=self._http_client,
+        )
+
+    def complete(self, request: ChatRequest, model: str) -> Completion:
+        arguments = anthropic_request(request, model, provider=self.name)
+        # The SDK (since 1.0) no longer takes the sampling parameters as arguments, though the
+        # API still accepts them on models that support sampling; they travel in `extra_body`.
+        sampling = {key: arguments.pop(key) for key in SAMPLING_PARAMS if key in arguments}
+        try:
+            # The timeout is repeated per call because, when it equals the SDK's default, the
+            # SDK refuses large `max_tokens` without streaming before sending anything.
+            raw = self._client.messages.with_raw_response.create(
+                **arguments, extra_body=sampling or None, timeout=self._timeout
+            )
+            parsed = raw.parse()
+        except anthropic.AnthropicError as exc:
+            raise translate_sdk_error(
+                exc, SDK_ERRORS, provider=self.name, now=self._now(), timeout_s=self._timeout_s
+            ) from exc
+        except ValueError as exc:
+            # A 2xx whose body claims to be JSON but is not.
+            raise Truncated(f"{self.name} answered with a malformed body: {exc}", provider=self.name) from exc
+        if not isinstance(parsed, Message):
+            raise Truncated(f"{self.name} answered with a body that is not a message", provider=self.name)
+        now = self._now()
+        return completion_from_openai_body(
+            openai_body(parsed.model_dump(mode="json"), provider=self.name, created_s=int(now.timestamp())),
+            provider=self.name,
+            model=model,
+            rate_limits=anthropic_rate_limits(raw.headers, now),
+        )
+
+    def close(self) -> None:
+        self._client.close()
+        self._http_client.close()
+
+
+def anthropic_rate_limits(headers: Mapping[str, str], now: datetime) -> RateLimitHeaders | None:
+    """The `anthropic-ratelimit-{requests,tokens}-{remaining,reset}` headers, or None when none is sent."""
+    limits = RateLimitHeaders(
+        remaining_requests=header_int(headers.get("anthropic-ratelimit-requests-remaining")),
+        remaining_tokens=header_int(headers.get("anthropic-ratelimit-tokens-remaining")),
+        reset_requests_s=parse_reset_timestamp_s(headers.get("anthropic-ratelimit-requests-reset"), now),
+        reset_tokens_s=parse_reset_timestamp_s(headers.get("anthropic-ratelimit-tokens-reset"), now),
+    )
+    return None if limits == RateLimitHeaders() else limits
+
+
+def parse_reset_timestamp_s(text: str | None, now: datetime) -> float | None:
+    """Seconds from `now` until an RFC 3339 timestamp (0 if it has passed); None when absent
+    or unreadable. A timestamp without an offset is taken as UTC."""
+    if text is None:
+        return None
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())

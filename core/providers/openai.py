@@ -1,0 +1,123 @@
+"""The adapter for OpenAI and every server that speaks its chat-completions wire format.
+
+It owns one `openai.OpenAI` client (one connection pool, shared by every worker thread) with
+the SDK's own retries off, since jobgate decides retries. The request is forwarded as the
+client sent it, minus unset parameters; the answer is the response body as a plain dict in
+OpenAI's shape, plus the `x-ratelimit-*` headers read into `RateLimitHeaders` (their reset
+values are Go durations such as `6m0s`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+import httpx2
+import openai
+from openai.types.chat import ChatCompletion
+
+from core.config import ProviderConfig
+from core.domain.chat import CHAT_FIELDS, ChatRequest, Completion, RateLimitHeaders
+from core.errors import Truncated
+from core.providers.base import completion_from_openai_body, header_int, utc_now
+from core.providers.errors import SdkErrorTypes, translate_sdk_error
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+_FORWARDED = CHAT_FIELDS - {"model", "messages"}
+
+SDK_ERRORS = SdkErrorTypes(
+    timeout=openai.APITimeoutError, connection=openai.APIConnectionError, status=openai.APIStatusError
+)
+_GO_DURATION = re.compile(r"(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+")
+_GO_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_GO_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+class OpenAIProvider:
+    """A provider of kind `openai`: `POST {base_url}/chat/completions` through the official SDK."""
+
+    kind = "openai"
+
+    def __init__(
+        self,
+        name: str,
+        config: ProviderConfig,
+        *,
+        max_connections: int = 1000,
+        now: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.name = name
+        self._now = now
+        self._timeout_s = config.timeout_s
+        timeout = httpx2.Timeout(config.timeout_s, connect=min(5.0, config.timeout_s))
+        self._http_client = openai.DefaultHttpxClient(
+            timeout=timeout,
+            limits=httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        )
+        self._client = openai.OpenAI(
+            base_url=config.base_url or DEFAULT_BASE_URL,
+            api_key=config.api_key(),
+            timeout=timeout,
+            max_retries=0,
+            http_client=self._http_client,
+        )
+
+    def complete(self, request: ChatRequest, model: str) -> Completion:
+        arguments: dict[str, Any] = {
+            "model": model,
+            "messages": request.messages,
+            **{
+                key: value for key, value in request.params.items() if key in _FORWARDED and value is not None
+            },
+        }
+        try:
+            raw = self._client.chat.completions.with_raw_response.create(**arguments)
+            parsed = raw.parse()
+        except openai.OpenAIError as exc:
+            raise translate_sdk_error(
+                exc, SDK_ERRORS, provider=self.name, now=self._now(), timeout_s=self._timeout_s
+            ) from exc
+        except ValueError as exc:
+            # A 2xx whose body claims to be JSON but is not.
+            raise Truncated(f"{self.name} answered with a malformed body: {exc}", provider=self.name) from exc
+        if not isinstance(parsed, ChatCompletion):
+            raise Truncated(f"{self.name} answered with a body that is not JSON", provider=self.name)
+        return completion_from_openai_body(
+            parsed.model_dump(mode="json"),
+            provider=self.name,
+            model=model,
+            rate_limits=openai_rate_limits(raw.headers),
+        )
+
+    def close(self) -> None:
+        self._client.close()
+        self._http_client.close()
+
+
+def openai_rate_limits(headers: Mapping[str, str]) -> RateLimitHeaders | None:
+    """The `x-ratelimit-remaining-*` / `x-ratelimit-reset-*` headers, or None when none is sent."""
+    limits = RateLimitHeaders(
+        remaining_requests=header_int(headers.get("x-ratelimit-remaining-requests")),
+        remaining_tokens=header_int(headers.get("x-ratelimit-remaining-tokens")),
+        reset_requests_s=parse_go_duration_s(headers.get("x-ratelimit-reset-requests")),
+        reset_tokens_s=parse_go_duration_s(headers.get("x-ratelimit-reset-tokens")),
+    )
+    return None if limits == RateLimitHeaders() else limits
+
+
+def parse_go_duration_s(text: str | None) -> float | None:
+    """Seconds in a Go `time.Duration` string (`12ms`, `6m0s`, `1h2m3.5s`); a bare number is
+    taken as seconds, as some OpenAI-compatible servers send. None when absent or unreadable."""
+    if text is None:
+        return None
+    text = text.strip()
+    if _GO_DURATION.fullmatch(text):
+        return sum(float(number) * _GO_UNIT_S[unit] for number, unit in _GO_DURATION_PART.findall(text))
+    try:
+        seconds = float(text)
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
