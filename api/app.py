@@ -1,0 +1,88 @@
+"""The API's composition root: `create_app(settings)` builds everything once, in the lifespan.
+
+SQL engine (async driver), Redis clients (one for commands with bounded timeouts, one for
+the long-lived pub/sub of the notifier), the broker, the config. Nothing is module-global.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+
+from api.body_limit import BodyLimitMiddleware
+from api.deps import AppState
+from api.errors import install_error_handlers
+from api.notifier import JobNotifier
+from api.routes import batches, health, jobs, models
+from core import queue
+from core.config import load_config
+from core.logging import configure_logging
+from core.redis.keys import Keys
+from core.settings import Settings
+from core.store.clock import SqlClock
+from core.store.db import make_async_engine, make_async_sessions
+
+
+def _redis_clients(settings: Settings) -> tuple[aioredis.Redis, aioredis.Redis]:
+    if not settings.redis_url:
+        raise RuntimeError("JOBGATE_REDIS_URL is not set (jobgate dev sets it for you)")
+    timeout = settings.redis_timeout_s
+    commands = aioredis.Redis.from_url(
+        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout, max_connections=200
+    )
+    # Pub/sub idles for long stretches: no read timeout, but a health check keeps it honest.
+    pubsub = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=timeout, health_check_interval=15)
+    return commands, pubsub
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(settings.log_format, settings.log_level)
+        config = load_config(settings.config_path())
+        engine = make_async_engine(settings)
+        keys = Keys(settings.redis_prefix)
+        commands, pubsub = _redis_clients(settings)
+        assert settings.redis_url is not None
+        broker = queue.build_broker(
+            settings.redis_url, keys, max_connections=64, timeout_s=settings.redis_timeout_s
+        )
+        notifier = JobNotifier(pubsub, keys.job_done_channel)
+        notifier.start()
+        app.state.jobgate = AppState(
+            settings=settings,
+            config=config,
+            sessions=make_async_sessions(engine),
+            clock=SqlClock(engine.dialect.name),
+            keys=keys,
+            redis=commands,
+            broker=broker,
+            notifier=notifier,
+        )
+        try:
+            yield
+        finally:
+            await notifier.stop()
+            await commands.aclose()
+            await pubsub.aclose()
+            broker.close()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="jobgate",
+        version="0.1.0",
+        description="Queue-based asynchronous gateway for LLM completions.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(
+        BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, max_batch_bytes=settings.max_batch_bytes
+    )
+    install_error_handlers(app)
+    for module in (health, jobs, batches, models):
+        app.include_router(module.router)
+    return app

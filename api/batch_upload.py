@@ -1,0 +1,116 @@
+"""Parsing a batch upload: a JSON `{"requests": [...]}` body or NDJSON lines, all or nothing.
+
+Every line is validated before anything is stored; the first bad one rejects the batch with
+a 400 naming its line number (1-based; for JSON, the index in `requests` plus one). The
+NDJSON form is read as a stream, line by line, so it is never held twice in memory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic import ValidationError
+
+from api.errors import describe_validation_error
+from api.job_specs import job_spec
+from api.schemas import BatchLine
+from core.config import GatewayConfig
+from core.errors import InvalidRequest
+from core.services.submit import JobSpec
+from core.settings import Settings
+
+MAX_LINE_BYTES = 1_000_000
+
+
+class BatchParser:
+    def __init__(self, *, config: GatewayConfig, settings: Settings, default_priority: str) -> None:
+        self.config = config
+        self.settings = settings
+        self.default_priority = default_priority
+        self.specs: list[JobSpec] = []
+        self._seen: set[str] = set()
+
+    def add(self, line_number: int, item: Any, param: str) -> None:
+        if len(self.specs) >= self.settings.max_batch_requests:
+            raise InvalidRequest(
+                f"A batch holds at most {self.settings.max_batch_requests} requests; split it into several.",
+                param="requests",
+            )
+        try:
+            line = BatchLine.model_validate(item)
+        except ValidationError as exc:
+            message, field = describe_validation_error(list(exc.errors()), prefix=param)
+            raise InvalidRequest(f"Line {line_number}: {message}", param=field) from None
+        if line.custom_id in self._seen:
+            raise InvalidRequest(
+                f"Line {line_number}: duplicate custom_id {line.custom_id!r}; custom_id must be unique in a batch.",
+                param=f"{param}.custom_id",
+            )
+        self._seen.add(line.custom_id)
+        try:
+            spec = job_spec(
+                line.body,
+                config=self.config,
+                settings=self.settings,
+                default_priority=self.default_priority,
+                custom_id=line.custom_id,
+                param_prefix=f"{param}.body.",
+            )
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"Line {line_number}: {exc.message}", param=exc.param) from None
+        self.specs.append(spec)
+
+    def finish(self) -> list[JobSpec]:
+        if not self.specs:
+            raise InvalidRequest("The batch has no requests.", param="requests")
+        return self.specs
+
+
+def split_json_batch(raw: bytes) -> tuple[dict[str, Any], list[Any]]:
+    """Parse `{"requests": [...], <options>}` into (options, requests)."""
+    try:
+        document = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"The body is not valid JSON: {exc}.") from None
+    if not isinstance(document, dict) or not isinstance(document.get("requests"), list):
+        raise InvalidRequest("Expected a JSON object with a 'requests' array.", param="requests")
+    requests = document.pop("requests")
+    return document, requests
+
+
+def parse_json_requests(requests: list[Any], parser: BatchParser) -> None:
+    for index, item in enumerate(requests):
+        parser.add(index + 1, item, f"requests.{index}")
+
+
+async def parse_ndjson_batch(chunks: AsyncIterator[bytes], parser: BatchParser) -> None:
+    buffer = b""
+    line_number = 0
+
+    def take(raw: bytes) -> None:
+        nonlocal line_number
+        line_number += 1
+        if not raw.strip():
+            return
+        try:
+            item = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InvalidRequest(f"Line {line_number}: not valid JSON: {exc}.", param=f"line {line_number}") from None
+        parser.add(line_number, item, f"line {line_number}")
+
+    async for chunk in chunks:
+        buffer += chunk
+        while True:
+            newline = buffer.find(b"\n")
+            if newline < 0:
+                break
+            take(buffer[:newline])
+            buffer = buffer[newline + 1 :]
+        if len(buffer) > MAX_LINE_BYTES:
+            raise InvalidRequest(
+                f"Line {line_number + 1} is longer than {MAX_LINE_BYTES} bytes.", param=f"line {line_number + 1}"
+            )
+    if buffer.strip():
+        take(buffer)

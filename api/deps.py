@@ -1,0 +1,82 @@
+"""Request dependencies: the app's shared state, the DB session, and the caller's tenant."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated
+
+import redis.asyncio as aioredis
+from dramatiq.brokers.redis import RedisBroker
+from fastapi import Depends, Request
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from api.notifier import JobNotifier
+from core.auth import hash_key
+from core.config import GatewayConfig
+from core.errors import Unauthenticated
+from core.redis.keys import Keys
+from core.settings import Settings
+from core.store.clock import SqlClock
+from core.store.models import ApiKey, Tenant
+
+
+@dataclass
+class AppState:
+    """Everything the composition root (api/app.py lifespan) builds once per process."""
+
+    settings: Settings
+    config: GatewayConfig
+    sessions: async_sessionmaker[AsyncSession]
+    clock: SqlClock
+    keys: Keys
+    redis: aioredis.Redis
+    broker: RedisBroker
+    notifier: JobNotifier
+
+
+@dataclass(frozen=True)
+class Principal:
+    tenant_id: str
+    tenant_name: str
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.jobgate
+    return state
+
+
+async def get_session(state: Annotated[AppState, Depends(get_state)]) -> AsyncIterator[AsyncSession]:
+    async with state.sessions() as session:
+        yield session
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated(
+            "Missing API key: send 'Authorization: Bearer <key>' (create one with `jobgate keys create`)."
+        )
+    return token.strip()
+
+
+async def get_principal(
+    request: Request, session: Annotated[AsyncSession, Depends(get_session)]
+) -> Principal:
+    token = _bearer(request)
+    stmt = (
+        select(Tenant.id, Tenant.name)
+        .join(ApiKey, ApiKey.tenant_id == Tenant.id)
+        .where(ApiKey.key_hash == hash_key(token), ApiKey.revoked_at.is_(None))
+    )
+    row = (await session.execute(stmt)).first()
+    if row is None:
+        raise Unauthenticated("Incorrect API key provided.")
+    return Principal(tenant_id=row[0], tenant_name=row[1])
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]

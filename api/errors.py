@@ -1,0 +1,104 @@
+"""The one place errors become HTTP: status, `Retry-After`, and the JSON error shape.
+
+`{"error": {"type", "message", "param"}}` everywhere (CONTRACT.md). Validation errors are
+400 with the offending field in `param`, as OpenAI answers them. A database or Redis that
+does not answer is a 503 with Retry-After, never a 500 or a hang.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.exceptions
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from core.errors import ApiError
+
+log = structlog.get_logger("jobgate.api")
+
+DEPENDENCY_RETRY_AFTER_S = 5
+
+
+def error_body(error_type: str, message: str, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"type": error_type, "message": message, "param": param}}
+
+
+def error_response(
+    status: int, error_type: str, message: str, param: str | None = None, retry_after_s: int | None = None
+) -> JSONResponse:
+    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
+    return JSONResponse(error_body(error_type, message, param), status_code=status, headers=headers)
+
+
+def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
+    parts = [str(p) for p in loc if p not in ("body", "query", "header", "path")]
+    return ".".join(parts) or None
+
+
+def describe_validation_error(errors: list[dict[str, Any]], prefix: str = "") -> tuple[str, str | None]:
+    """OpenAI-style message and param for the first pydantic error."""
+    first = errors[0]
+    param = _loc_to_param(tuple(first.get("loc", ())))
+    if prefix:
+        param = f"{prefix}.{param}" if param else prefix
+    if first.get("type") == "extra_forbidden":
+        return f"Unrecognized request argument supplied: {param}", param
+    if first.get("type") == "missing":
+        return f"Missing required parameter: '{param}'.", param
+    message = first.get("msg", "invalid value")
+    return (f"Invalid value for '{param}': {message}." if param else f"{message}."), param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status_code, exc.error_type, exc.message, exc.param, exc.retry_after_s)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = describe_validation_error(list(exc.errors()))
+        return error_response(400, "invalid_request_error", message, param)
+
+    @app.exception_handler(ValidationError)
+    async def _model_validation(_: Request, exc: ValidationError) -> JSONResponse:
+        message, param = describe_validation_error(list(exc.errors()))
+        return error_response(400, "invalid_request_error", message, param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error_type = {404: "not_found_error", 405: "invalid_request_error", 413: "request_too_large"}.get(exc.status_code, "api_error")
+        return error_response(exc.status_code, error_type, str(exc.detail))
+
+    async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database_unavailable", path=request.url.path, error=type(exc).__name__)
+        return error_response(
+            503,
+            "service_unavailable",
+            "The database is not reachable right now; retry shortly.",
+            retry_after_s=DEPENDENCY_RETRY_AFTER_S,
+        )
+
+    for exc_class in (OperationalError, DBAPIError, PoolTimeout, ConnectionError, OSError):
+        app.add_exception_handler(exc_class, _database_down)
+
+    @app.exception_handler(redis.exceptions.RedisError)
+    async def _redis_down(request: Request, exc: redis.exceptions.RedisError) -> JSONResponse:
+        log.warning("redis_unavailable", path=request.url.path, error=type(exc).__name__)
+        return error_response(
+            503,
+            "service_unavailable",
+            "Redis is not reachable right now; retry shortly.",
+            retry_after_s=DEPENDENCY_RETRY_AFTER_S,
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled_error", path=request.url.path)
+        return error_response(500, "api_error", "Internal error; it has been logged.")

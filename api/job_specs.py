@@ -1,0 +1,50 @@
+"""From a validated HTTP request to the core's `JobSpec`: model check, defaults, options.
+
+Shared by `POST /v1/jobs`, each batch line and `POST /v1/chat/completions`, so the three
+accept exactly the same bodies and say the same things about bad ones.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC
+
+from api.schemas import JobRequest
+from core.config import GatewayConfig
+from core.errors import InvalidRequest
+from core.services.submit import JobSpec
+from core.settings import Settings
+
+
+def check_model(config: GatewayConfig, model: str, param: str = "model") -> None:
+    if config.targets_for(model) is None:
+        known = ", ".join(config.known_models())
+        raise InvalidRequest(f"The model {model!r} does not exist. Known models: {known}.", param=param)
+
+
+def job_spec(
+    request: JobRequest,
+    *,
+    config: GatewayConfig,
+    settings: Settings,
+    default_priority: str,
+    custom_id: str | None = None,
+    param_prefix: str = "",
+) -> JobSpec:
+    if request.stream:
+        raise InvalidRequest(
+            "stream=true is not supported yet; omit it (jobgate answers when the job is done).",
+            param=f"{param_prefix}stream",
+        )
+    check_model(config, request.model, param=f"{param_prefix}model")
+    deadline = request.deadline
+    if deadline is not None and deadline.tzinfo is None:
+        deadline = deadline.replace(tzinfo=UTC)
+    return JobSpec(
+        body=request.chat_body(),
+        priority=request.priority or default_priority,
+        webhook_url=request.webhook_url,
+        metadata=request.metadata,
+        use_cache=config.cache.default if request.cache is None else request.cache,
+        deadline=deadline,
+        custom_id=custom_id,
+    )

@@ -1,0 +1,83 @@
+"""Long-poll waiters: one Redis pub/sub connection per API process, any number of waiters.
+
+Workers publish a job's id on `Keys.job_done_channel` when it reaches a final state. Each
+waiter registers a future *before* it reads the job row, so a completion between the read
+and the wait is not missed. Pub/sub may drop messages (reconnects), so waiters also re-read
+SQL at a modest interval and on timeout: the notification is a shortcut, SQL the truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+import structlog
+
+log = structlog.get_logger("jobgate.notifier")
+
+RECONNECT_DELAY_S = 1.0
+
+
+class JobNotifier:
+    def __init__(self, client: aioredis.Redis, channel: str) -> None:
+        self.client = client
+        self.channel = channel
+        self._waiters: dict[str, set[asyncio.Future[None]]] = defaultdict(set)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._listen(), name="job-notifier")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    @contextlib.asynccontextmanager
+    async def watch(self, job_id: str) -> AsyncIterator[asyncio.Future[None]]:
+        """Register interest in `job_id` for the duration of the block."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters[job_id].add(future)
+        try:
+            yield future
+        finally:
+            waiters = self._waiters.get(job_id)
+            if waiters is not None:
+                waiters.discard(future)
+                if not waiters:
+                    del self._waiters[job_id]
+
+    def _wake(self, job_id: str) -> None:
+        for future in self._waiters.get(job_id, ()):
+            if not future.done():
+                future.set_result(None)
+
+    async def _listen(self) -> None:
+        while True:
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        data = message["data"]
+                        self._wake(data.decode() if isinstance(data, bytes) else str(data))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("notifier_disconnected", error=type(exc).__name__)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+            # Waiters re-read SQL on their own; a reconnect only costs latency.
+            await asyncio.sleep(RECONNECT_DELAY_S)
+
+    async def publish(self, job_id: str) -> None:
+        """Tell every API process's waiters that `job_id` is final (best effort)."""
+        try:
+            await self.client.publish(self.channel, job_id)
+        except Exception as exc:
+            log.warning("job_done_publish_failed", job_id=job_id, error=type(exc).__name__)

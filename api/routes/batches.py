@@ -1,0 +1,175 @@
+"""`/v1/batches`: submit (JSON or NDJSON), read with counts, list, cancel, stream results."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from api.batch_upload import BatchParser, parse_json_requests, parse_ndjson_batch, split_json_batch
+from api.deps import AppState, PrincipalDep, SessionDep, StateDep
+from api.dispatch import dispatch_committed
+from api.errors import describe_validation_error
+from api.schemas import BatchOptions
+from core.errors import InvalidRequest, NotFound, UnsupportedMediaType
+from core.representation import batch_object
+from core.services.submit import BatchSpec, submit_batch
+from core.store import jobs as store
+from core.store.models import Batch
+
+router = APIRouter(prefix="/v1/batches", tags=["batches"])
+
+RESULTS_PAGE = 1_000
+NDJSON_TYPES = ("application/x-ndjson", "application/jsonl", "application/ndjson", "application/json-lines")
+
+BATCH_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["requests"],
+                    "properties": {
+                        "requests": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["custom_id", "body"],
+                                "properties": {"custom_id": {"type": "string"}, "body": {"type": "object"}},
+                            },
+                        },
+                        "webhook_url": {"type": "string"},
+                        "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "priority": {"type": "string", "enum": ["interactive", "batch"]},
+                    },
+                }
+            },
+            "application/x-ndjson": {"schema": {"type": "string"}},
+        },
+    }
+}
+
+
+def _options(data: dict[str, Any]) -> BatchOptions:
+    try:
+        return BatchOptions.model_validate(data)
+    except ValidationError as exc:
+        message, param = describe_validation_error(list(exc.errors()))
+        raise InvalidRequest(message, param=param) from None
+
+
+def _parser(state: AppState, options: BatchOptions) -> BatchParser:
+    return BatchParser(config=state.config, settings=state.settings, default_priority=options.priority)
+
+
+async def _load_batch(session: AsyncSession, tenant_id: str, batch_id: str) -> Batch:
+    stmt = select(Batch).where(Batch.id == batch_id, Batch.tenant_id == tenant_id)
+    batch = (await session.execute(stmt)).scalars().first()
+    if batch is None:
+        raise NotFound(f"No batch with id {batch_id!r}.", param="batch_id")
+    return batch
+
+
+async def _batch_view(session: AsyncSession, batch: Batch) -> dict[str, Any]:
+    rows = list((await session.execute(store.batch_summary_stmt(batch.id))).all())
+    return batch_object(batch, store.summarise_batch(rows))
+
+
+@router.post("", status_code=201, openapi_extra=BATCH_BODY_DOC)
+async def create_batch(
+    request: Request, state: StateDep, session: SessionDep, principal: PrincipalDep
+) -> JSONResponse:
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if content_type in NDJSON_TYPES:
+        options = _options(dict(request.query_params))
+        parser = _parser(state, options)
+        await parse_ndjson_batch(request.stream(), parser)
+    elif content_type == "application/json":
+        document, requests = split_json_batch(await request.body())
+        options = _options(document)
+        parser = _parser(state, options)
+        parse_json_requests(requests, parser)
+    else:
+        raise UnsupportedMediaType(
+            f"Unsupported Content-Type {content_type!r}: send application/json or application/x-ndjson.",
+            param="Content-Type",
+        )
+    specs = parser.finish()
+    batch, jobs = await submit_batch(
+        session,
+        BatchSpec(priority=options.priority, webhook_url=options.webhook_url, metadata=options.metadata),
+        specs,
+        tenant_id=principal.tenant_id,
+        now=state.clock.utcnow(),
+        max_attempts=state.settings.max_attempts,
+        request_id=request.headers.get("x-request-id"),
+    )
+    await dispatch_committed(state.broker, jobs)
+    return JSONResponse(await _batch_view(session, batch), status_code=201)
+
+
+@router.get("/{batch_id}")
+async def get_batch(batch_id: str, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
+    return await _batch_view(session, await _load_batch(session, principal.tenant_id, batch_id))
+
+
+@router.get("")
+async def list_batches(
+    session: SessionDep,
+    principal: PrincipalDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: str | None = None,
+) -> dict[str, Any]:
+    rows = list((await session.execute(store.select_batches_page(principal.tenant_id, limit=limit, after=after))).scalars())
+    page = rows[:limit]
+    return {
+        "object": "list",
+        "data": [await _batch_view(session, batch) for batch in page],
+        "has_more": len(rows) > limit,
+        "first_id": page[0].id if page else None,
+        "last_id": page[-1].id if page else None,
+    }
+
+
+@router.post("/{batch_id}/cancel")
+async def cancel_batch(batch_id: str, state: StateDep, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
+    batch = await _load_batch(session, principal.tenant_id, batch_id)
+    now = state.clock.now()
+    if batch.cancelled_at is None:
+        await session.execute(
+            update(Batch).where(Batch.id == batch.id, Batch.cancelled_at.is_(None)).values(cancelled_at=now)
+        )
+    await session.execute(store.cancel_batch_jobs_stmt(batch.id, now))
+    await session.commit()
+    return await _batch_view(session, await _load_batch(session, principal.tenant_id, batch_id))
+
+
+async def _result_lines(state: AppState, batch_id: str) -> AsyncIterator[bytes]:
+    after_seq = -1
+    while True:
+        async with state.sessions() as session:
+            rows = (await session.execute(store.batch_results_stmt(batch_id, after_seq=after_seq, limit=RESULTS_PAGE))).all()
+        if not rows:
+            return
+        chunk = []
+        for seq, custom_id, job_id, status, result, error in rows:
+            line = {"custom_id": custom_id, "job_id": job_id, "status": status, "result": result, "error": error}
+            chunk.append(json.dumps(line, separators=(",", ":")))
+            after_seq = seq
+        yield ("\n".join(chunk) + "\n").encode()
+        if len(rows) < RESULTS_PAGE:
+            return
+
+
+@router.get("/{batch_id}/results", response_class=StreamingResponse)
+async def batch_results(batch_id: str, state: StateDep, session: SessionDep, principal: PrincipalDep) -> StreamingResponse:
+    await _load_batch(session, principal.tenant_id, batch_id)
+    await session.close()
+    return StreamingResponse(_result_lines(state, batch_id), media_type="application/x-ndjson")

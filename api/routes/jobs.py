@@ -1,0 +1,92 @@
+"""`/v1/jobs`: submit, read (with long-poll), list, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse
+
+from api.deps import PrincipalDep, SessionDep, StateDep
+from api.dispatch import dispatch_committed
+from api.job_specs import job_spec
+from api.schemas import JobRequest
+from api.waiting import load_job, wait_for_job
+from core.representation import job_object
+from core.services.submit import request_hash, submit_job
+from core.store import jobs as store
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+@router.post("", status_code=202, response_model=None)
+async def create_job(
+    request: Request,
+    body: JobRequest,
+    state: StateDep,
+    session: SessionDep,
+    principal: PrincipalDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
+) -> JSONResponse:
+    spec = job_spec(body, config=state.config, settings=state.settings, default_priority="interactive")
+    job, created = await submit_job(
+        session,
+        spec,
+        tenant_id=principal.tenant_id,
+        now=state.clock.utcnow(),
+        max_attempts=state.settings.max_attempts,
+        idempotency_key=idempotency_key,
+        body_hash=request_hash(body.model_dump(mode="json", exclude_unset=True)) if idempotency_key else None,
+        request_id=request.headers.get("x-request-id"),
+    )
+    if created:
+        await dispatch_committed(state.broker, [(job.id, job.priority)])
+    return JSONResponse(
+        job_object(job), status_code=202 if created else 200, headers={"Location": f"/v1/jobs/{job.id}"}
+    )
+
+
+@router.get("/{job_id}")
+async def get_job(
+    job_id: str,
+    state: StateDep,
+    session: SessionDep,
+    principal: PrincipalDep,
+    wait: Annotated[float, Query(ge=0, le=60, description="seconds to wait for a final state")] = 0,
+) -> dict[str, Any]:
+    job = await wait_for_job(state, session, principal.tenant_id, job_id, wait)
+    return job_object(job)
+
+
+@router.post("/{job_id}/cancel")
+async def cancel_job(job_id: str, state: StateDep, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
+    result = await session.execute(store.cancel_job_stmt(principal.tenant_id, job_id, state.clock.now()))
+    await session.commit()
+    if result.rowcount:
+        await state.notifier.publish(job_id)
+    return job_object(await load_job(session, principal.tenant_id, job_id))
+
+
+@router.get("")
+async def list_jobs(
+    session: SessionDep,
+    principal: PrincipalDep,
+    status: JobStatus | None = None,
+    batch_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: str | None = None,
+) -> dict[str, Any]:
+    stmt = store.select_jobs_page(principal.tenant_id, status=status, batch_id=batch_id, limit=limit, after=after)
+    rows = list((await session.execute(stmt)).scalars())
+    page = rows[:limit]
+    return {
+        "object": "list",
+        "data": [job_object(job) for job in page],
+        "has_more": len(rows) > limit,
+        "first_id": page[0].id if page else None,
+        "last_id": page[-1].id if page else None,
+    }
+
+

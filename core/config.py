@@ -1,0 +1,164 @@
+"""The providers / models / pricing config (one YAML file, DESIGN.md "Providers and routes").
+
+Loaded once per process. A bad file fails start-up with a `ConfigError` naming the key,
+never a traceback. Secrets are not in the file: a provider names the environment variable
+that holds its key (`api_key_env`), read here when the config is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from core.errors import ConfigError
+
+DEFAULT_SIM_URL = "http://127.0.0.1:8001"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BreakerConfig(_Strict):
+    failures: int = Field(default=5, ge=1)
+    window_s: float = Field(default=60, gt=0)
+    cooldown_s: float = Field(default=60, gt=0)
+
+
+class ProviderConfig(_Strict):
+    kind: Literal["openai", "anthropic"]
+    base_url: str | None = None
+    api_key_env: str | None = None
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    timeout_s: float = Field(default=60, gt=0)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+
+    def api_key(self) -> str:
+        """The key from the environment; providers that need none (the sim) get a placeholder."""
+        if self.api_key_env is None:
+            return "jobgate-no-key"
+        return os.environ.get(self.api_key_env, "")
+
+
+class Target(_Strict):
+    provider: str
+    model: str
+
+
+class ModelRoute(_Strict):
+    targets: list[Target] = Field(min_length=1)
+
+
+class Price(_Strict):
+    input_per_mtok: Decimal = Decimal(0)
+    output_per_mtok: Decimal = Decimal(0)
+    cached_input_per_mtok: Decimal | None = None
+
+
+class CacheConfig(_Strict):
+    default: bool = True
+    ttl_s: int = Field(default=3600, ge=1)
+
+
+class TenantLimits(_Strict):
+    rpm: int | None = None
+    tpm: int | None = None
+    shared_cache: bool = False
+
+
+class GatewayConfig(_Strict):
+    providers: dict[str, ProviderConfig]
+    models: dict[str, ModelRoute] = Field(default_factory=dict)
+    pricing: dict[str, Price] = Field(default_factory=dict)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    tenants: dict[str, TenantLimits] = Field(default_factory=lambda: {"default": TenantLimits()})
+
+    @model_validator(mode="after")
+    def _targets_name_known_providers(self) -> GatewayConfig:
+        for alias, route in self.models.items():
+            for i, target in enumerate(route.targets):
+                if target.provider not in self.providers:
+                    raise ValueError(
+                        f"models.{alias}.targets.{i}.provider: unknown provider {target.provider!r}"
+                        f" (known: {', '.join(sorted(self.providers))})"
+                    )
+        return self
+
+    def known_models(self) -> list[str]:
+        """Route aliases first, then every provider model named in a target."""
+        names = list(self.models)
+        for route in self.models.values():
+            for target in route.targets:
+                if target.model not in names:
+                    names.append(target.model)
+        return names
+
+    def targets_for(self, model: str) -> list[Target] | None:
+        """The ordered targets for a model name, or None if the name is unknown."""
+        if model in self.models:
+            return list(self.models[model].targets)
+        for route in self.models.values():
+            for target in route.targets:
+                if target.model == model:
+                    return [target]
+        return None
+
+    def tenant_limits(self, tenant_name: str) -> TenantLimits:
+        return self.tenants.get(tenant_name) or self.tenants.get("default") or TenantLimits()
+
+
+def dev_config_dict(sim_url: str = DEFAULT_SIM_URL) -> dict[str, Any]:
+    """The built-in config: everything served by the simulated upstream at `sim_url`."""
+    return {
+        "providers": {
+            "sim-openai": {"kind": "openai", "base_url": f"{sim_url}/v1", "rpm": 6000, "tpm": 2_000_000},
+            "sim-anthropic": {"kind": "anthropic", "base_url": sim_url, "rpm": 6000, "tpm": 2_000_000},
+        },
+        "models": {
+            "fast": {
+                "targets": [
+                    {"provider": "sim-openai", "model": "gpt-4o-mini"},
+                    {"provider": "sim-anthropic", "model": "claude-haiku-4-5"},
+                ]
+            },
+            "smart": {"targets": [{"provider": "sim-anthropic", "model": "claude-sonnet-4-5"}]},
+        },
+        "pricing": {
+            "gpt-4o-mini": {"input_per_mtok": "0.15", "output_per_mtok": "0.60"},
+            "claude-haiku-4-5": {"input_per_mtok": "1.00", "output_per_mtok": "5.00"},
+            "claude-sonnet-4-5": {"input_per_mtok": "3.00", "output_per_mtok": "15.00"},
+        },
+        "cache": {"default": True, "ttl_s": 3600},
+    }
+
+
+def parse_config(data: Any, *, source: str = "config") -> GatewayConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping with 'providers' and 'models'")
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        raise ConfigError(f"{source}: {key}: {first['msg']}") from None
+
+
+def load_config(path: Path | None) -> GatewayConfig:
+    """Load the YAML at `path`, or the built-in dev config when `path` is None."""
+    if path is None:
+        return parse_config(dev_config_dict(), source="built-in dev config")
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(data, source=str(path))

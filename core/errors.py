@@ -1,0 +1,183 @@
+"""The one error hierarchy of jobgate.
+
+Two families: `ApiError` for what a client did wrong or cannot have right now (mapped to
+HTTP status and the JSON error shape in one place, `api/errors.py`), and `UpstreamError`
+for what a provider did, normalised into a small set of named types (DESIGN.md principle 5)
+that decide retry vs fallback vs fail and that the client sees in a job's `error`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class JobgateError(Exception):
+    """Base of every error jobgate raises on purpose."""
+
+
+class ConfigError(JobgateError):
+    """The providers/routes config is unusable; the message names the key."""
+
+
+# --- Webhook delivery errors ------------------------------------------------------------------
+# Raised while sending, never answered to a client: a URL that is plainly bad is refused at
+# submission with `InvalidRequest`; these are what DNS says at delivery time.
+
+
+class ForbiddenDestination(JobgateError):
+    """A webhook host resolved to an address webhooks may not reach (loopback, private, metadata...)."""
+
+    def __init__(self, host: str, address: str, reason: str) -> None:
+        message = f"forbidden destination {address} ({reason})"
+        if host != address:
+            message += f" for {host}"
+        super().__init__(message)
+        self.host = host
+        self.address = address
+        self.reason = reason
+
+
+class UnresolvableDestination(JobgateError):
+    """A webhook host has no address: DNS failed or answered nothing."""
+
+    def __init__(self, host: str, detail: str) -> None:
+        super().__init__(f"dns lookup failed for {host}: {detail}")
+        self.host = host
+
+
+# --- Client-facing errors -------------------------------------------------------------------
+
+
+class ApiError(JobgateError):
+    status_code: ClassVar[int] = 400
+    error_type: ClassVar[str] = "invalid_request_error"
+
+    def __init__(self, message: str, *, param: str | None = None, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.retry_after_s = retry_after_s
+
+
+class InvalidRequest(ApiError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class Unauthenticated(ApiError):
+    status_code = 401
+    error_type = "authentication_error"
+
+
+class NotFound(ApiError):
+    status_code = 404
+    error_type = "not_found_error"
+
+
+class Conflict(ApiError):
+    status_code = 409
+    error_type = "conflict_error"
+
+
+class PayloadTooLarge(ApiError):
+    status_code = 413
+    error_type = "request_too_large"
+
+
+class UnsupportedMediaType(ApiError):
+    status_code = 415
+    error_type = "invalid_request_error"
+
+
+class ServiceUnavailable(ApiError):
+    status_code = 503
+    error_type = "service_unavailable"
+
+
+class GatewayTimeout(ApiError):
+    status_code = 504
+    error_type = "timeout"
+
+
+# --- Upstream errors, normalised ------------------------------------------------------------
+
+
+class UpstreamError(JobgateError):
+    """A provider call failed. `error_type` is the name the client sees in the job's `error`."""
+
+    error_type: ClassVar[str] = "server_error"
+    retryable: ClassVar[bool] = True
+    http_status: ClassVar[int] = 502
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        retry_after_s: float | None = None,
+        provider: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.retry_after_s = retry_after_s
+        self.provider = provider
+
+    def to_error(self) -> dict[str, str]:
+        return {"type": self.error_type, "message": self.message}
+
+
+class RateLimited(UpstreamError):
+    error_type = "rate_limited"
+    http_status = 429
+
+
+class Overloaded(UpstreamError):
+    error_type = "overloaded"
+    http_status = 503
+
+
+class UpstreamTimeout(UpstreamError):
+    error_type = "timeout"
+    http_status = 504
+
+
+class ServerError(UpstreamError):
+    error_type = "server_error"
+    http_status = 502
+
+
+class ConnectionFailed(UpstreamError):
+    error_type = "connection_error"
+    http_status = 502
+
+
+class Truncated(UpstreamError):
+    """The provider answered without a terminal finish reason, or with a malformed body."""
+
+    error_type = "truncated"
+    http_status = 502
+
+
+class BadRequest(UpstreamError):
+    error_type = "bad_request"
+    retryable = False
+    http_status = 400
+
+
+class AuthFailed(UpstreamError):
+    error_type = "auth"
+    retryable = False
+    http_status = 502
+
+
+class ContentFiltered(UpstreamError):
+    error_type = "content_filter"
+    retryable = False
+    http_status = 400
+
+
+class NotFoundUpstream(UpstreamError):
+    error_type = "not_found"
+    retryable = False
+    http_status = 502

@@ -1,0 +1,165 @@
+"""The Dramatiq broker and the names of the queue messages.
+
+This is the one place the broker is made (STYLE.md rule 14), so the API can enqueue
+without importing `workers`. Messages carry only a job id (DESIGN.md principle 1).
+
+Enqueueing goes through the broker's own `dispatch` script rather than `actor.send`, for two
+reasons: a batch of 50,000 jobs is enqueued pipelined over one connection (≈4× faster than
+one round trip each; Dramatiq has no public bulk API), and each message's Redis id is the
+job id, so the sweeper can ask Redis whether a queued job still has a message
+(`pending_job_ids`) and re-dispatch only those that lost theirs. Pinned to dramatiq>=2,<3;
+`tests/integration/test_queue.py` fails loudly if an upgrade changes the script.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import dq_name
+
+from core.redis.keys import Keys
+
+INTERACTIVE = "interactive"
+BATCH = "batch"
+PRIORITIES = (INTERACTIVE, BATCH)
+
+
+@dataclass(frozen=True)
+class ActorSpec:
+    actor_name: str
+    queue_name: str
+    # Dramatiq runs prefetched messages lowest priority first, so interactive jobs get
+    # a worker's free threads before batch jobs.
+    priority: int
+
+
+RUN_INTERACTIVE = ActorSpec("run_interactive_job", "jobs-interactive", 0)
+RUN_BATCH = ActorSpec("run_batch_job", "jobs-batch", 10)
+DELIVER_WEBHOOK = ActorSpec("deliver_webhook", "webhooks", 20)
+RUN_ACTORS = {INTERACTIVE: RUN_INTERACTIVE, BATCH: RUN_BATCH}
+
+# Dead worker detection for the broker's own requeue of unacked messages; jobgate's SQL
+# lease + sweeper is the real guarantee, this is the second line (DESIGN.md, measured facts).
+HEARTBEAT_TIMEOUT_MS = 30_000
+ENQUEUE_CHUNK = 2_000
+
+
+def build_broker(redis_url: str, keys: Keys, *, max_connections: int, timeout_s: float) -> RedisBroker:
+    """Create the broker (without Dramatiq's default Prometheus/retry behaviour) and install it."""
+    pool = redis.BlockingConnectionPool.from_url(
+        redis_url,
+        max_connections=max_connections,
+        timeout=timeout_s,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        health_check_interval=30,
+    )
+    broker = RedisBroker(
+        client=redis.Redis(connection_pool=pool),
+        namespace=keys.broker_namespace,
+        heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
+    )
+    for spec in (RUN_INTERACTIVE, RUN_BATCH, DELIVER_WEBHOOK):
+        broker.declare_queue(spec.queue_name)
+    dramatiq.set_broker(broker)
+    return broker
+
+
+def _message(spec: ActorSpec, message_id: str, args: tuple[object, ...]) -> dramatiq.Message:
+    return dramatiq.Message(
+        queue_name=spec.queue_name,
+        actor_name=spec.actor_name,
+        args=args,
+        kwargs={},
+        options={"redis_message_id": message_id},
+    )
+
+
+def _dispatch_args(broker: RedisBroker, queue_name: str, message_id: str, data: bytes) -> list[object]:
+    # Mirrors RedisBroker._dispatch's argument list for the "enqueue" command.
+    return [
+        "enqueue",
+        int(time.time() * 1000),
+        queue_name,
+        broker.broker_id,
+        broker.heartbeat_timeout,
+        broker.dead_message_ttl,
+        0,
+        broker._max_unpack_size(),
+        message_id,
+        data,
+    ]
+
+
+def enqueue_messages(
+    broker: RedisBroker, items: Iterable[tuple[ActorSpec, str, tuple[object, ...]]], *, delay_ms: int = 0
+) -> int:
+    """Enqueue (spec, message_id, args) messages pipelined, in chunks; returns how many."""
+    dispatch = broker.scripts["dispatch"]
+    keys = [broker.namespace]
+    count = 0
+    pipe = broker.client.pipeline(transaction=False)
+    for spec, message_id, args in items:
+        message = _message(spec, message_id, args)
+        queue_name = spec.queue_name
+        if delay_ms > 0:
+            queue_name = dq_name(queue_name)
+            eta = int(time.time() * 1000) + delay_ms
+            message = message.copy(queue_name=queue_name, options={"eta": eta})
+        dispatch(keys=keys, args=_dispatch_args(broker, queue_name, message_id, message.encode()), client=pipe)
+        count += 1
+        if count % ENQUEUE_CHUNK == 0:
+            pipe.execute()
+    pipe.execute()
+    return count
+
+
+def dispatch_jobs(broker: RedisBroker, jobs: Iterable[tuple[str, str]], *, delay_ms: int = 0) -> int:
+    """Enqueue `run_job` for (job_id, priority) pairs; the job id is the message's Redis id."""
+    return enqueue_messages(
+        broker, ((RUN_ACTORS[priority], job_id, (job_id,)) for job_id, priority in jobs), delay_ms=delay_ms
+    )
+
+
+def pending_job_ids(broker: RedisBroker, jobs: Sequence[tuple[str, str]]) -> set[str]:
+    """Which of these (job_id, priority) still have a message in Redis (queued, delayed or unacked)."""
+    pipe = broker.client.pipeline(transaction=False)
+    for job_id, priority in jobs:
+        queue_name = RUN_ACTORS[priority].queue_name
+        pipe.hexists(f"{broker.namespace}:{queue_name}.msgs", job_id)
+        pipe.hexists(f"{broker.namespace}:{dq_name(queue_name)}.msgs", job_id)
+    flags = pipe.execute()
+    return {job_id for i, (job_id, _) in enumerate(jobs) if flags[2 * i] or flags[2 * i + 1]}
+
+
+def queue_depths(broker: RedisBroker) -> dict[str, int]:
+    """Messages waiting per queue (not counting prefetched ones), for /metrics."""
+    pipe = broker.client.pipeline(transaction=False)
+    names = [spec.queue_name for spec in (RUN_INTERACTIVE, RUN_BATCH, DELIVER_WEBHOOK)]
+    for name in names:
+        pipe.llen(f"{broker.namespace}:{name}")
+    return dict(zip(names, pipe.execute(), strict=True))
+
+
+def run_broker_maintenance(broker: RedisBroker) -> None:
+    """Force the broker's maintenance pass on every queue: unacked messages of workers whose
+    heartbeat stopped go back to their queues now, not after a random 0.1% roll."""
+    dispatch = broker.scripts["dispatch"]
+    for spec in (RUN_INTERACTIVE, RUN_BATCH, DELIVER_WEBHOOK):
+        for name in (spec.queue_name, dq_name(spec.queue_name)):
+            args = [
+                "qsize",
+                int(time.time() * 1000),
+                name,
+                broker.broker_id,
+                broker.heartbeat_timeout,
+                broker.dead_message_ttl,
+                1,
+                broker._max_unpack_size(),
+            ]
+            dispatch(keys=[broker.namespace], args=args)

@@ -1,0 +1,59 @@
+"""Every Redis key jobgate writes, in one place, under one configurable prefix.
+
+Tests give each run its own prefix so several runs can share one Redis server. Dramatiq's
+own keys live under `<prefix>:dq` (the broker's namespace).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str
+
+    @property
+    def broker_namespace(self) -> str:
+        return f"{self.prefix}:dq"
+
+    @property
+    def job_done_channel(self) -> str:
+        """Pub/sub channel: a job id is published here when the job reaches a final state."""
+        return f"{self.prefix}:events:job-done"
+
+    def rate_limit(self, bucket: str) -> str:
+        """A limiter bucket (provider, provider+model, tenant); the script may suffix it."""
+        return f"{self.prefix}:rl:{bucket}"
+
+    def provider_pause(self, provider: str) -> str:
+        """Until when (Redis time, ms) a provider is paused fleet-wide after a 429/Retry-After."""
+        return f"{self.prefix}:pause:{provider}"
+
+    def breaker(self, target: str) -> str:
+        return f"{self.prefix}:breaker:{target}"
+
+    def breaker_failures(self, target: str) -> str:
+        """The times of a breaker's most recent failures (a list, newest first)."""
+        return f"{self.prefix}:breaker-failures:{target}"
+
+    def cache(self, fingerprint: str) -> str:
+        return f"{self.prefix}:cache:{fingerprint}"
+
+    def flight(self, fingerprint: str) -> str:
+        """Single-flight lock for one request fingerprint."""
+        return f"{self.prefix}:flight:{fingerprint}"
+
+    def flight_result(self, fingerprint: str) -> str:
+        return f"{self.prefix}:flight-result:{fingerprint}"
+
+    def flight_wake(self, fingerprint: str, leader_token: str) -> str:
+        """Wake-up list of one flight (one leader's turn): followers block on it until it ends."""
+        return f"{self.prefix}:flight-wake:{fingerprint}:{leader_token}"
+
+    def maintenance_lock(self, task: str) -> str:
+        """Held by the one worker in the fleet running a periodic task (sweeper, reaper)."""
+        return f"{self.prefix}:lock:{task}"
+
+    def provider_stats(self, target: str) -> str:
+        return f"{self.prefix}:pstats:{target}"

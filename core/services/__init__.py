@@ -1,0 +1,1 @@
+"""Use cases that routes and actors call: execute a job, maintain the fleet's job table."""

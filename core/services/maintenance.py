@@ -1,0 +1,76 @@
+"""Fleet upkeep from SQL, the source of truth: reap expired leases, re-dispatch lost jobs.
+
+Run by one worker in the fleet at a time (under a Redis lock; see workers/maintenance.py).
+- Reaper: a `running` job whose lease expired (its worker died) goes back to `queued`, or
+  fails with `attempts_exhausted` once it has used its attempts.
+- Sweeper: a `queued`, due job older than a grace period whose message is no longer in
+  Redis (Redis restarted empty, the API died between commit and enqueue) is enqueued again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+from dramatiq.brokers.redis import RedisBroker
+from sqlalchemy.orm import Session, sessionmaker
+
+from core import queue
+from core.store import jobs as store
+from core.store.clock import SqlClock
+
+log = structlog.get_logger("jobgate.maintenance")
+
+SWEEP_LIMIT = 20_000
+REAP_LIMIT = 5_000
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    reaped: int
+    failed: int
+    redispatched: int
+
+
+def reap_expired_leases(sessions: sessionmaker[Session], clock: SqlClock) -> tuple[list[tuple[str, str]], int]:
+    """Returns the (job_id, priority) pairs put back in the queue, and how many were failed."""
+    requeued: list[tuple[str, str]] = []
+    failed = 0
+    with sessions() as session:
+        rows = session.execute(store.expired_leases_stmt(clock.now(), REAP_LIMIT)).all()
+        for job_id, attempts, max_attempts, priority in rows:
+            exhausted = attempts >= max_attempts
+            stmt = store.reap_job_stmt(job_id, attempts, clock.now(), exhausted=exhausted)
+            if session.execute(stmt).rowcount == 1:
+                if exhausted:
+                    failed += 1
+                else:
+                    requeued.append((job_id, priority))
+        session.commit()
+    return requeued, failed
+
+
+def find_lost_jobs(
+    sessions: sessionmaker[Session], clock: SqlClock, broker: RedisBroker, *, older_than_s: float
+) -> list[tuple[str, str]]:
+    with sessions() as session:
+        rows = [(r[0], r[1]) for r in session.execute(store.stale_queued_stmt(clock.now(), older_than_s, SWEEP_LIMIT))]
+    if not rows:
+        return []
+    pending = queue.pending_job_ids(broker, rows)
+    return [row for row in rows if row[0] not in pending]
+
+
+def sweep(
+    sessions: sessionmaker[Session], clock: SqlClock, broker: RedisBroker, *, redispatch_after_s: float
+) -> SweepReport:
+    requeued, failed = reap_expired_leases(sessions, clock)
+    lost = find_lost_jobs(sessions, clock, broker, older_than_s=redispatch_after_s)
+    queue.run_broker_maintenance(broker)
+    to_dispatch = requeued + lost
+    if to_dispatch:
+        queue.dispatch_jobs(broker, to_dispatch)
+    report = SweepReport(reaped=len(requeued), failed=failed, redispatched=len(lost))
+    if requeued or failed or lost:
+        log.info("sweep", reaped=report.reaped, failed=report.failed, redispatched=report.redispatched)
+    return report

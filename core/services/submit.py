@@ -1,0 +1,183 @@
+"""Accepting work: turn validated job requests into committed rows, then dispatch them.
+
+A job exists once its row is committed (DESIGN.md principle 1), so the order is always
+INSERT → COMMIT → enqueue. If the enqueue fails (Redis down, process killed in between),
+the job is still safe: the sweeper finds queued jobs without a message and dispatches them.
+A batch is one transaction (all or nothing) and one pipelined enqueue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.errors import Conflict
+from core.ids import new_id
+from core.store import jobs as store
+from core.store.models import Batch, Job
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One validated job request: the chat body plus jobgate's own options."""
+
+    body: dict[str, Any]  # OpenAI chat fields only, `model` included
+    priority: str
+    webhook_url: str | None = None
+    metadata: dict[str, str] | None = None
+    use_cache: bool = True
+    deadline: datetime | None = None
+    custom_id: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    priority: str
+    webhook_url: str | None = None
+    metadata: dict[str, str] | None = None
+
+
+def request_hash(payload: Any) -> str:
+    """Fingerprint of a request body as sent, for Idempotency-Key comparisons."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def job_row(
+    spec: JobSpec,
+    *,
+    tenant_id: str,
+    now: datetime,
+    max_attempts: int,
+    job_id: str | None = None,
+    batch_id: str | None = None,
+    seq: int | None = None,
+    idempotency_key: str | None = None,
+    body_hash: str | None = None,
+    request_id: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "id": job_id or new_id("job"),
+        "tenant_id": tenant_id,
+        "batch_id": batch_id,
+        "seq": seq,
+        "custom_id": spec.custom_id,
+        "model": spec.body["model"],
+        "priority": spec.priority,
+        "status": store.QUEUED,
+        "request": spec.body,
+        "metadata": spec.metadata or {},
+        "webhook_url": spec.webhook_url,
+        "use_cache": spec.use_cache,
+        "deadline": spec.deadline,
+        "idempotency_key": idempotency_key,
+        "request_hash": body_hash,
+        "attempts": 0,
+        "max_attempts": max_attempts,
+        "cached": False,
+        "request_id": request_id,
+        "created_at": now,
+    }
+
+
+async def _existing_for_key(session: AsyncSession, tenant_id: str, key: str, body_hash: str) -> Job | None:
+    stmt = select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key)
+    existing = (await session.execute(stmt)).scalars().first()
+    if existing is not None and existing.request_hash != body_hash:
+        raise Conflict(
+            "This Idempotency-Key was already used with a different request body; use a new key.",
+            param="Idempotency-Key",
+        )
+    return existing
+
+
+async def submit_job(
+    session: AsyncSession,
+    spec: JobSpec,
+    *,
+    tenant_id: str,
+    now: datetime,
+    max_attempts: int,
+    idempotency_key: str | None = None,
+    body_hash: str | None = None,
+    request_id: str | None = None,
+) -> tuple[Job, bool]:
+    """Insert and commit one job; returns (job, created). A repeat with the same key and body
+    returns the first job with created=False; the same key with another body is a Conflict."""
+    if idempotency_key is not None:
+        assert body_hash is not None
+        existing = await _existing_for_key(session, tenant_id, idempotency_key, body_hash)
+        if existing is not None:
+            return existing, False
+    row = job_row(
+        spec,
+        tenant_id=tenant_id,
+        now=now,
+        max_attempts=max_attempts,
+        idempotency_key=idempotency_key,
+        body_hash=body_hash,
+        request_id=request_id,
+    )
+    try:
+        await session.execute(insert(Job), [row])
+        await session.commit()
+    except IntegrityError:
+        # Two requests with one key raced; the loser answers with the winner's job.
+        await session.rollback()
+        if idempotency_key is None:
+            raise
+        existing = await _existing_for_key(session, tenant_id, idempotency_key, body_hash or "")
+        if existing is None:
+            raise
+        return existing, False
+    job = (await session.execute(select(Job).where(Job.id == row["id"]))).scalars().one()
+    return job, True
+
+
+async def submit_batch(
+    session: AsyncSession,
+    batch_spec: BatchSpec,
+    jobs: Iterable[JobSpec],
+    *,
+    tenant_id: str,
+    now: datetime,
+    max_attempts: int,
+    request_id: str | None = None,
+) -> tuple[Batch, list[tuple[str, str]]]:
+    """Insert the batch and all its jobs in one transaction; returns (batch, [(job_id, priority)])."""
+    batch_id = new_id("batch")
+    rows = [
+        job_row(
+            spec,
+            tenant_id=tenant_id,
+            now=now,
+            max_attempts=max_attempts,
+            batch_id=batch_id,
+            seq=seq,
+            request_id=request_id,
+        )
+        for seq, spec in enumerate(jobs)
+    ]
+    batch = Batch(
+        id=batch_id,
+        tenant_id=tenant_id,
+        total=len(rows),
+        priority=batch_spec.priority,
+        webhook_url=batch_spec.webhook_url,
+        metadata_=batch_spec.metadata or {},
+        created_at=now,
+    )
+    session.add(batch)
+    await session.flush()
+    for start in range(0, len(rows), 5_000):
+        await session.execute(insert(Job), rows[start : start + 5_000])
+    await session.commit()
+    return batch, [(row["id"], row["priority"]) for row in rows]

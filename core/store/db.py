@@ -1,0 +1,111 @@
+"""Engines and sessions for Postgres and SQLite, sync (workers) and async (API).
+
+One URL setting serves both: jobgate derives the driver each side needs from its scheme
+(asyncpg / aiosqlite for the API, psycopg / sqlite3 for the worker threads and Alembic).
+Pools are sized explicitly (DESIGN.md: SQL connections are scarce); SQLite gets WAL mode and
+a busy timeout so many threads can share one file.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import sessionmaker
+
+from core.settings import Settings
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+_SYNC_DRIVERS = {"postgresql": "postgresql+psycopg", "sqlite": "sqlite"}
+_ASYNC_DRIVERS = {"postgresql": "postgresql+asyncpg", "sqlite": "sqlite+aiosqlite"}
+
+
+def _backend(url: URL) -> str:
+    backend = url.get_backend_name()
+    if backend not in _SYNC_DRIVERS:
+        raise ValueError(f"JOBGATE_DATABASE_URL: unsupported database {backend!r} (use postgresql or sqlite)")
+    return backend
+
+
+def sync_url(database_url: str) -> URL:
+    url = make_url(database_url)
+    return url.set(drivername=_SYNC_DRIVERS[_backend(url)])
+
+
+def async_url(database_url: str) -> URL:
+    url = make_url(database_url)
+    return url.set(drivername=_ASYNC_DRIVERS[_backend(url)])
+
+
+def utcnow() -> datetime:
+    """The process's UTC clock, the SQL clock on SQLite (one machine); Postgres uses its own."""
+    return datetime.now(UTC)
+
+
+def _ensure_sqlite_dir(url: URL) -> None:
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _pool_args(settings: Settings, backend: str) -> dict[str, Any]:
+    if backend == "sqlite":
+        return {}
+    return {
+        "pool_size": settings.db_pool_size,
+        "max_overflow": settings.db_max_overflow,
+        "pool_timeout": settings.db_pool_timeout_s,
+        "pool_pre_ping": True,
+    }
+
+
+def make_sync_engine(settings: Settings) -> Engine:
+    url = sync_url(settings.database_url)
+    backend = _backend(url)
+    connect_args: dict[str, Any] = {}
+    if backend == "sqlite":
+        _ensure_sqlite_dir(url)
+        connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
+    else:
+        # Bounded connect and statement time: an unreachable database fails fast, never hangs.
+        connect_args = {"connect_timeout": 5, "options": "-c statement_timeout=30000"}
+    engine = create_engine(url, connect_args=connect_args, **_pool_args(settings, backend))
+    if backend == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def make_async_engine(settings: Settings) -> AsyncEngine:
+    url = async_url(settings.database_url)
+    backend = _backend(url)
+    connect_args: dict[str, Any] = {}
+    if backend == "sqlite":
+        _ensure_sqlite_dir(url)
+        connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+    else:
+        connect_args = {"timeout": 5, "command_timeout": 30}
+    engine = create_async_engine(url, connect_args=connect_args, **_pool_args(settings, backend))
+    if backend == "sqlite":
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def make_sync_sessions(engine: Engine) -> sessionmaker:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def make_async_sessions(engine: AsyncEngine) -> async_sessionmaker:
+    return async_sessionmaker(engine, expire_on_commit=False)

@@ -1,0 +1,252 @@
+"""Job and batch persistence: the state machine's transitions as conditional SQL statements.
+
+Every transition is one conditional UPDATE, so concurrent actors cannot both win: a claim
+succeeds only from `queued`, a final write only from the claim it belongs to (same attempt
+number), a cancel only from a non-final state. Statement builders are shared by the async
+API and the sync workers; the sync helpers below run them in worker threads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Select, Update, and_, case, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from core.store.clock import SqlClock
+from core.store.models import Batch, Job, JobAttempt
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
+ACTIVE_STATES = (QUEUED, RUNNING)
+
+CANCELLED_ERROR = {"type": "cancelled", "message": "The job was cancelled."}
+
+
+# --- Statements shared by API and workers ------------------------------------------------------
+
+
+def select_job(tenant_id: str, job_id: str) -> Select[tuple[Job]]:
+    return select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id)
+
+
+def select_jobs_page(
+    tenant_id: str, *, status: str | None, batch_id: str | None, limit: int, after: str | None
+) -> Select[tuple[Job]]:
+    """Newest first; `after` is the last id of the previous page (ids grow with time)."""
+    stmt = select(Job).where(Job.tenant_id == tenant_id)
+    if status is not None:
+        stmt = stmt.where(Job.status == status)
+    if batch_id is not None:
+        stmt = stmt.where(Job.batch_id == batch_id)
+    if after is not None:
+        stmt = stmt.where(Job.id < after)
+    return stmt.order_by(Job.id.desc()).limit(limit + 1)
+
+
+def select_batches_page(tenant_id: str, *, limit: int, after: str | None) -> Select[tuple[Batch]]:
+    stmt = select(Batch).where(Batch.tenant_id == tenant_id)
+    if after is not None:
+        stmt = stmt.where(Batch.id < after)
+    return stmt.order_by(Batch.id.desc()).limit(limit + 1)
+
+
+def cancel_job_stmt(tenant_id: str, job_id: str, now: Any) -> Update:
+    return (
+        update(Job)
+        .where(Job.id == job_id, Job.tenant_id == tenant_id, Job.status.in_(ACTIVE_STATES))
+        .values(status=CANCELLED, finished_at=now, lease_until=None, error=CANCELLED_ERROR)
+    )
+
+
+def cancel_batch_jobs_stmt(batch_id: str, now: Any) -> Update:
+    """Queued jobs of the batch → cancelled; running ones finish (CONTRACT.md)."""
+    return (
+        update(Job)
+        .where(Job.batch_id == batch_id, Job.status == QUEUED)
+        .values(status=CANCELLED, finished_at=now, error=CANCELLED_ERROR)
+    )
+
+
+def batch_summary_stmt(batch_id: str) -> Select[Any]:
+    """Per status: count, tokens, cost, last finish — one grouped scan over the batch's index."""
+    return (
+        select(
+            Job.status,
+            func.count(),
+            func.coalesce(func.sum(Job.input_tokens), 0),
+            func.coalesce(func.sum(Job.output_tokens), 0),
+            func.coalesce(func.sum(Job.cost_usd), 0),
+            func.max(Job.finished_at),
+        )
+        .where(Job.batch_id == batch_id)
+        .group_by(Job.status)
+    )
+
+
+def batch_results_stmt(batch_id: str, *, after_seq: int, limit: int) -> Select[Any]:
+    return (
+        select(Job.seq, Job.custom_id, Job.id, Job.status, Job.result, Job.error)
+        .where(Job.batch_id == batch_id, Job.seq > after_seq, Job.status.in_(FINAL_STATES))
+        .order_by(Job.seq)
+        .limit(limit)
+    )
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    counts: dict[str, int]
+    input_tokens: int
+    output_tokens: int
+    cost_usd: Decimal
+    last_finished_at: datetime | None
+
+    @property
+    def active(self) -> int:
+        return self.counts[QUEUED] + self.counts[RUNNING]
+
+
+def summarise_batch(rows: list[Any]) -> BatchSummary:
+    counts = {state: 0 for state in (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)}
+    input_tokens = output_tokens = 0
+    cost = Decimal(0)
+    last: datetime | None = None
+    for status, count, tokens_in, tokens_out, cost_usd, finished in rows:
+        counts[status] = counts.get(status, 0) + int(count)
+        input_tokens += int(tokens_in)
+        output_tokens += int(tokens_out)
+        cost += Decimal(str(cost_usd))
+        if finished is not None and (last is None or finished > last):
+            last = finished
+    return BatchSummary(counts, input_tokens, output_tokens, cost, last)
+
+
+# --- Worker-side transitions ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A worker's hold on one attempt of a job; final writes are conditional on it."""
+
+    job: Job
+    attempt: int
+
+
+def claim_job(session: Session, clock: SqlClock, job_id: str, *, lease_s: float) -> Claim | None:
+    """queued → running, counting the attempt; None if someone else has it or it is not due."""
+    now = clock.now()
+    stmt = (
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.status == QUEUED,
+            or_(Job.not_before.is_(None), Job.not_before <= now),
+        )
+        .values(
+            status=RUNNING,
+            attempts=Job.attempts + 1,
+            lease_until=now + timedelta(seconds=lease_s),
+            started_at=func.coalesce(Job.started_at, now),
+            not_before=None,
+        )
+        .returning(Job)
+        .execution_options(synchronize_session=False)
+    )
+    job = session.execute(stmt).scalars().first()
+    session.commit()
+    return Claim(job, job.attempts) if job is not None else None
+
+
+def _owns(claim: Claim) -> Any:
+    return and_(Job.id == claim.job.id, Job.status == RUNNING, Job.attempts == claim.attempt)
+
+
+def finish_job(session: Session, clock: SqlClock, claim: Claim, **values: Any) -> bool:
+    """running → succeeded|failed for this claim only; False if the claim was lost meanwhile."""
+    stmt = (
+        update(Job)
+        .where(_owns(claim))
+        .values(finished_at=clock.now(), lease_until=None, **values)
+        .execution_options(synchronize_session=False)
+    )
+    won = session.execute(stmt).rowcount == 1
+    session.commit()
+    return won
+
+
+def requeue_job(session: Session, clock: SqlClock, claim: Claim, *, delay_s: float) -> bool:
+    """running → queued, to run again after `delay_s` (rate-limit delay, retryable failure)."""
+    now = clock.now()
+    stmt = (
+        update(Job)
+        .where(_owns(claim))
+        .values(status=QUEUED, lease_until=None, not_before=now + timedelta(seconds=delay_s))
+        .execution_options(synchronize_session=False)
+    )
+    won = session.execute(stmt).rowcount == 1
+    session.commit()
+    return won
+
+
+def renew_leases(session: Session, clock: SqlClock, claims: list[Claim], *, lease_s: float) -> int:
+    """Extend the leases of the jobs this process is running, in one statement."""
+    if not claims:
+        return 0
+    now = clock.now()
+    conditions = [and_(Job.id == c.job.id, Job.attempts == c.attempt) for c in claims]
+    stmt = (
+        update(Job)
+        .where(Job.status == RUNNING, or_(*conditions))
+        .values(lease_until=now + timedelta(seconds=lease_s))
+        .execution_options(synchronize_session=False)
+    )
+    count = session.execute(stmt).rowcount
+    session.commit()
+    return int(count)
+
+
+def record_attempts(session: Session, attempts: list[JobAttempt]) -> None:
+    session.add_all(attempts)
+    session.commit()
+
+
+def job_status(session: Session, job_id: str) -> tuple[str, datetime | None] | None:
+    row = session.execute(select(Job.status, Job.not_before).where(Job.id == job_id)).first()
+    return (row[0], row[1]) if row is not None else None
+
+
+def expired_leases_stmt(now: Any, limit: int) -> Select[tuple[str, int, int, str]]:
+    return (
+        select(Job.id, Job.attempts, Job.max_attempts, Job.priority)
+        .where(Job.status == RUNNING, Job.lease_until < now)
+        .limit(limit)
+    )
+
+
+def reap_job_stmt(job_id: str, attempt: int, now: Any, *, exhausted: bool) -> Update:
+    """An expired lease: back to queued, or failed once the attempts are used up."""
+    base = update(Job).where(Job.id == job_id, Job.status == RUNNING, Job.attempts == attempt)
+    if exhausted:
+        return base.values(
+            status=FAILED,
+            finished_at=now,
+            lease_until=None,
+            error={
+                "type": "attempts_exhausted",
+                "message": f"The job's worker stopped responding on each of its {attempt} attempts.",
+            },
+        )
+    return base.values(status=QUEUED, lease_until=None, not_before=None)
+
+
+def stale_queued_stmt(now: Any, older_than_s: float, limit: int) -> Select[tuple[str, str]]:
+    due = or_(Job.not_before.is_(None), Job.not_before <= now)
+    return (
+        select(Job.id, Job.priority)
+        .where(Job.status == QUEUED, due, Job.created_at < now - timedelta(seconds=older_than_s))
+        .order_by(case((Job.priority == "interactive", 0), else_=1), Job.id)
+        .limit(limit)
+    )

@@ -1,0 +1,1 @@
+"""The `jobgate` command: production pieces (api, worker, migrate, keys) and `jobgate dev`."""

@@ -1,0 +1,5 @@
+import sys
+
+from jobgate.cli import main
+
+sys.exit(main())

@@ -1,0 +1,129 @@
+"""The `jobgate` command line (CONTRACT.md, CLI): dev, api, worker, migrate, keys, sim, bench."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from core.errors import ConfigError
+
+
+def _cmd_dev(args: argparse.Namespace) -> int:
+    from jobgate.dev import run_dev
+
+    return run_dev(port=args.port, worker_threads=args.threads)
+
+
+def _cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from core.config import load_config
+    from core.settings import Settings
+
+    load_config(Settings().config_path())  # fail fast, with the key named, on a bad config
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=30,
+        backlog=2048,
+    )
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from jobgate.worker_pool import run_worker_pool
+
+    return run_worker_pool(processes=args.processes, threads=args.threads, queues=args.queues)
+
+
+def _cmd_migrate(_: argparse.Namespace) -> int:
+    from core.settings import Settings
+    from core.store.migrate import upgrade
+
+    upgrade(Settings().database_url)
+    print("migrated to head")
+    return 0
+
+
+def _cmd_keys_create(args: argparse.Namespace) -> int:
+    from core.auth import create_key
+    from core.settings import Settings
+    from core.store.db import make_sync_engine, make_sync_sessions
+
+    engine = make_sync_engine(Settings())
+    try:
+        with make_sync_sessions(engine)() as session:
+            new = create_key(session, args.tenant)
+    finally:
+        engine.dispose()
+    print(f"Created key {new.key_id} for tenant {args.tenant!r} ({new.tenant_id}). Store it now; it is shown once.")
+    print(new.key)
+    return 0
+
+
+def _cmd_sim(args: argparse.Namespace) -> int:
+    from sim.cli import main as sim_main
+
+    return sim_main(args.rest)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from bench.run import main as bench_main
+
+    return bench_main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jobgate", description="Queue-based asynchronous gateway for LLM completions")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser("dev", help="run everything on embedded defaults")
+    dev.add_argument("--port", type=int, default=8000)
+    dev.add_argument("--threads", type=int, default=64, help="worker threads")
+    dev.set_defaults(func=_cmd_dev)
+
+    api = sub.add_parser("api", help="run the HTTP API")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--workers", type=int, default=1, help="API processes")
+    api.set_defaults(func=_cmd_api)
+
+    worker = sub.add_parser("worker", help="run worker processes (supervised)")
+    worker.add_argument("--processes", type=int, default=1)
+    worker.add_argument("--threads", type=int, default=None, help="threads per process (JOBGATE_WORKER_THREADS)")
+    worker.add_argument("--queues", default="interactive,batch")
+    worker.set_defaults(func=_cmd_worker)
+
+    migrate = sub.add_parser("migrate", help="upgrade the database schema to the latest version")
+    migrate.set_defaults(func=_cmd_migrate)
+
+    keys = sub.add_parser("keys", help="manage API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key (and the tenant if needed)")
+    create.add_argument("--tenant", required=True)
+    create.set_defaults(func=_cmd_keys_create)
+
+    sim = sub.add_parser("sim", help="run the simulated upstream", add_help=False)
+    sim.add_argument("rest", nargs=argparse.REMAINDER)
+    sim.set_defaults(func=_cmd_sim)
+
+    bench = sub.add_parser("bench", help="run the benchmarks", add_help=False)
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"jobgate: bad config: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,49 @@
+"""`jobgate worker`: N worker processes, supervised.
+
+Dramatiq's own master stops every process when one dies and never respawns (DESIGN.md,
+measured facts); here a dead worker process is replaced (with a back-off if it keeps dying),
+and SIGTERM is passed on so each process finishes its running jobs within its grace period.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+from jobgate.children import Child, python_module, stop_children
+
+GRACE_S = 30.0
+MAX_BACKOFF_S = 30.0
+
+
+def run_worker_pool(*, processes: int, threads: int | None, queues: str) -> int:
+    argv = python_module("workers", "--queues", queues, "--grace-s", str(GRACE_S))
+    if threads:
+        argv += ["--threads", str(threads)]
+    env = dict(os.environ)
+    children = [Child(f"worker-{i}", list(argv), env) for i in range(processes)]
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    for child in children:
+        child.start()
+    next_start = {child.name: 0.0 for child in children}
+    try:
+        while not stop.wait(0.5):
+            for child in children:
+                if child.alive():
+                    continue
+                now = time.monotonic()
+                if next_start[child.name] == 0.0:
+                    backoff = min(MAX_BACKOFF_S, 2.0**child.restarts)
+                    next_start[child.name] = now + backoff
+                    print(f"jobgate worker: {child.name} exited; restarting in {backoff:.0f} s", flush=True)
+                elif now >= next_start[child.name]:
+                    child.restarts += 1
+                    next_start[child.name] = 0.0
+                    child.start()
+        return 0
+    finally:
+        stop_children(children, grace_s=GRACE_S + 5)

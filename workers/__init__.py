@@ -1,0 +1,1 @@
+"""Dramatiq worker processes: the actors, the per-process composition root, and upkeep threads."""

@@ -1,0 +1,5 @@
+import sys
+
+from workers.process import main
+
+sys.exit(main())

@@ -1,0 +1,58 @@
+"""The Dramatiq actors. Thin: each takes a job id and hands it to `core.services`.
+
+Actors are declared against an explicit broker at start-up (no import-time globals), take
+`max_retries=0` (jobgate counts attempts in SQL; Dramatiq's retries would fight it) and a
+time limit just above the longest provider timeout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import dramatiq
+import structlog
+from dramatiq.brokers.redis import RedisBroker
+
+from core import queue
+from core.services.execute import JobExecutor
+
+log = structlog.get_logger("jobgate.actors")
+
+# A delay longer than this is not parked in Dramatiq's delay queue (it would sit unacked in
+# one worker's memory): the job keeps its `not_before` in SQL and the sweeper dispatches it.
+MAX_BROKER_DELAY_S = 60.0
+
+
+def _run_job_fn(executor: JobExecutor, broker: RedisBroker, priority: str) -> Callable[[str], None]:
+    def run_job(job_id: str) -> None:
+        structlog.contextvars.bind_contextvars(job_id=job_id)
+        try:
+            outcome = executor.run(job_id)
+            if outcome.status == "requeued" and outcome.delay_s is not None:
+                if outcome.delay_s <= MAX_BROKER_DELAY_S:
+                    queue.dispatch_jobs(broker, [(job_id, priority)], delay_ms=int(outcome.delay_s * 1000))
+        except Exception:
+            # The claim's lease expires and the reaper re-queues the job: nothing is lost.
+            log.exception("run_job_crashed")
+            raise
+        finally:
+            structlog.contextvars.unbind_contextvars("job_id")
+
+    return run_job
+
+
+def declare_actors(broker: RedisBroker, executor: JobExecutor, *, time_limit_s: float) -> list[dramatiq.Actor]:
+    options = {"max_retries": 0, "time_limit": int(time_limit_s * 1000)}
+    actors = []
+    for priority, spec in queue.RUN_ACTORS.items():
+        actors.append(
+            dramatiq.Actor(
+                _run_job_fn(executor, broker, priority),
+                broker=broker,
+                actor_name=spec.actor_name,
+                queue_name=spec.queue_name,
+                priority=spec.priority,
+                options=options,
+            )
+        )
+    return actors

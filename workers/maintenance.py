@@ -1,0 +1,84 @@
+"""Background threads of a worker process: the lease keeper and the fleet sweeper.
+
+The lease keeper renews, in one statement, the leases of every job this process is running,
+so a long upstream call never looks like a dead worker. The sweeper runs in every worker
+process but does its work only while holding a Redis lock, so it runs once per fleet in
+effect, with nothing extra for the operator to deploy or forget.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import redis
+import structlog
+from dramatiq.brokers.redis import RedisBroker
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.redis.keys import Keys
+from core.services.execute import ActiveClaims
+from core.services.maintenance import sweep
+from core.settings import Settings
+from core.store import jobs as store
+from core.store.clock import SqlClock
+
+log = structlog.get_logger("jobgate.maintenance")
+
+
+class LeaseKeeper(threading.Thread):
+    def __init__(
+        self, sessions: sessionmaker[Session], clock: SqlClock, active: ActiveClaims, *, lease_s: float
+    ) -> None:
+        super().__init__(name="lease-keeper", daemon=True)
+        self.sessions, self.clock, self.active, self.lease_s = sessions, clock, active, lease_s
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.lease_s / 3):
+            try:
+                with self.sessions() as session:
+                    store.renew_leases(session, self.clock, self.active.snapshot(), lease_s=self.lease_s)
+            except Exception:
+                log.exception("lease_renewal_failed")
+
+
+class FleetSweeper(threading.Thread):
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        clock: SqlClock,
+        broker: RedisBroker,
+        client: redis.Redis,
+        keys: Keys,
+        settings: Settings,
+    ) -> None:
+        super().__init__(name="fleet-sweeper", daemon=True)
+        self.sessions, self.clock, self.broker, self.client = sessions, clock, broker, client
+        self.lock_key = keys.maintenance_lock("sweep")
+        self.settings = settings
+        self.token = uuid.uuid4().hex
+        self.stopping = threading.Event()
+
+    def _hold_lock(self) -> bool:
+        """Take the fleet lock, or keep it if ours; it lapses if this process dies."""
+        ttl_ms = int(self.settings.sweep_interval_s * 2000)
+        if self.client.set(self.lock_key, self.token, nx=True, px=ttl_ms):
+            return True
+        if self.client.get(self.lock_key) == self.token.encode():
+            self.client.pexpire(self.lock_key, ttl_ms)
+            return True
+        return False
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.settings.sweep_interval_s):
+            try:
+                if self._hold_lock():
+                    sweep(
+                        self.sessions,
+                        self.clock,
+                        self.broker,
+                        redispatch_after_s=self.settings.redispatch_after_s,
+                    )
+            except Exception:
+                log.exception("sweep_failed")
