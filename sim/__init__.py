@@ -1,0 +1,48 @@
+"""A simulated LLM upstream speaking OpenAI and Anthropic on one port, for tests, demos and benchmarks.
+
+It stands in for api.openai.com and api.anthropic.com: deterministic answers and usage,
+per-second rate limits enforced like the real services, injected latency and failures, and a
+record of what it saw. It imports nothing from the rest of jobgate.
+
+Running it::
+
+    python -m sim --host 127.0.0.1 --port 8001 [--latency-ms N] [--latency-jitter-ms N]
+        [--rpm N] [--tpm N] [--fail-rate F] [--fail-status 429|500|503|529|timeout]
+        [--retry-after-s S] [--hang-s S] [--seed N] [--log-level warning]
+
+`--port 0` picks a free port; once ready it prints `sim listening on http://HOST:PORT`.
+Point `openai.OpenAI(base_url="http://HOST:PORT/v1")` or
+`anthropic.Anthropic(base_url="http://HOST:PORT")` at it; any model name and any non-empty key
+work (`Authorization: Bearer`, or `x-api-key` for Anthropic).
+
+Answers: the text is `"echo: " + <text of the last user message>` (a list content's text parts
+are joined with no separator). Token rule (`sim.tokens`): `tokens(text) = ceil(len(text) / 4)`;
+prompt tokens = sum over messages (and Anthropic's system prompt, when given) of
+`4 + tokens(content)`; completion tokens = `tokens(answer)`. A stop sequence (`stop` /
+`stop_sequences`) cuts the answer before its first match (finish_reason "stop", stop_reason
+"stop_sequence"); an answer over `max_tokens` (`max_completion_tokens` or `max_tokens`) is cut to
+`max_tokens * 4` characters (finish_reason "length", stop_reason "max_tokens"). With `tools` and
+a last user message starting `call_tool:`, it calls the first tool with `{"input": <the rest,
+stripped>}` (finish_reason "tool_calls", stop_reason "tool_use").
+
+Knobs (`sim.knobs`), set by flags at start and by `POST /sim/config` (a JSON merge, also
+`{"models": {"<model>": {...}}}` per model; `GET /sim/config` shows them): `latency_ms`,
+`latency_jitter_ms`, `fail_rate`, `fail_status` (400..599 or "timeout": hold the request
+`hang_s` seconds, then close the connection unanswered), `retry_after_s` (Retry-After on injected
+429/503/529), `hang_s`, `rpm`, `tpm` (null = unlimited), and the global `seed`. Headers
+`x-sim-latency-ms` and `x-sim-fail-status` override latency and force a failure per request.
+
+Limits (`sim.limits`): per API key and model, token buckets holding one second's share of
+`rpm`/`tpm`, refilled continuously; a short bucket answers 429 in the provider's shape with
+`retry-after` (whole seconds, at least 1) and `retry-after-ms`. Rate-limit headers
+(`x-ratelimit-*`, `anthropic-ratelimit-*`) are sent only for models that have limits.
+
+Observing (`sim.stats`): `GET /sim/stats` returns `{"requests", "calls", "rate_limited",
+"input_tokens", "output_tokens", "injected_failures": {"500": n, "timeout": n}, "responses":
+{"200": n, ...}, "in_flight", "max_in_flight", "first_call_at", "last_call_at", "models": {m:
+counters}, "by_key": {key: counters}}`, where counters are `{"requests", "calls",
+"rate_limited", "input_tokens", "output_tokens", "injected_failures"}`; `calls` counts 200s and
+`rate_limited` only the limiter's 429s. `GET /sim/calls?model=M&since=T` lists recent
+`{"t": arrival unix time, "status"}` (status 0: closed unanswered). `POST /sim/reset` zeroes
+stats and buckets; `?config=true` also restores the start-up knobs.
+"""

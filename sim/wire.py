@@ -1,0 +1,63 @@
+"""The seam between the request pipeline and the two wire formats it speaks.
+
+A `Dialect` (OpenAI chat completions, Anthropic messages) reads the caller's API key, turns a
+JSON body into a provider-neutral `ChatRequest`, and renders answers, errors and rate-limit
+headers in its provider's exact shape. The pipeline in `sim.app` only ever sees these types, so
+adding a provider is one new module implementing `Dialect`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sim.answer import Answer
+from sim.limits import LimitVerdict
+
+Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    model: str
+    user_text: str
+    prompt_tokens: int
+    max_tokens: int | None
+    stop: tuple[str, ...]
+    tool_name: str | None
+
+
+@dataclass
+class SimError(Exception):
+    """An error answer: its status, an optional message (else the dialect's usual one), and details."""
+
+    status: int
+    message: str | None = None
+    param: str | None = None
+    limit: LimitVerdict | None = None
+
+
+class Dialect(Protocol):
+    request_id_header: bytes
+
+    def api_key(self, headers: Mapping[str, str]) -> str | None:
+        """The caller's API key, or None when the request carries none."""
+        ...
+
+    def parse(self, body: Any) -> ChatRequest:
+        """The request's meaning; raises SimError(400) naming the offending field."""
+        ...
+
+    def success_body(self, request: ChatRequest, answer: Answer, request_id: str) -> dict[str, Any]: ...
+
+    def error_body(self, error: SimError, request: ChatRequest | None, request_id: str) -> dict[str, Any]: ...
+
+    def limit_headers(self, verdict: LimitVerdict) -> Headers:
+        """Rate-limit headers for a verdict (none for an unlimited model)."""
+        ...
+
+
+def plain_number(value: float) -> int | float:
+    """A limit as a header shows it: 600, not 600.0."""
+    return int(value) if float(value).is_integer() else value
