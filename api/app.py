@@ -34,7 +34,9 @@ def _redis_clients(settings: Settings) -> tuple[aioredis.Redis, aioredis.Redis]:
         settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout, max_connections=200
     )
     # Pub/sub idles for long stretches: no read timeout, but a health check keeps it honest.
-    pubsub = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=timeout, health_check_interval=15)
+    pubsub = aioredis.Redis.from_url(
+        settings.redis_url, socket_connect_timeout=timeout, health_check_interval=15
+    )
     return commands, pubsub
 
 

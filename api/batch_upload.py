@@ -41,11 +41,12 @@ class BatchParser:
         try:
             line = BatchLine.model_validate(item)
         except ValidationError as exc:
-            message, field = describe_validation_error(list(exc.errors()), prefix=param)
+            message, field = describe_validation_error([dict(e) for e in exc.errors()], prefix=param)
             raise InvalidRequest(f"Line {line_number}: {message}", param=field) from None
         if line.custom_id in self._seen:
             raise InvalidRequest(
-                f"Line {line_number}: duplicate custom_id {line.custom_id!r}; custom_id must be unique in a batch.",
+                f"Line {line_number}: duplicate custom_id {line.custom_id!r};"
+                " custom_id must be unique in a batch.",
                 param=f"{param}.custom_id",
             )
         self._seen.add(line.custom_id)
@@ -97,7 +98,9 @@ async def parse_ndjson_batch(chunks: AsyncIterator[bytes], parser: BatchParser) 
         try:
             item = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InvalidRequest(f"Line {line_number}: not valid JSON: {exc}.", param=f"line {line_number}") from None
+            raise InvalidRequest(
+                f"Line {line_number}: not valid JSON: {exc}.", param=f"line {line_number}"
+            ) from None
         parser.add(line_number, item, f"line {line_number}")
 
     async for chunk in chunks:
@@ -110,7 +113,8 @@ async def parse_ndjson_batch(chunks: AsyncIterator[bytes], parser: BatchParser) 
             buffer = buffer[newline + 1 :]
         if len(buffer) > MAX_LINE_BYTES:
             raise InvalidRequest(
-                f"Line {line_number + 1} is longer than {MAX_LINE_BYTES} bytes.", param=f"line {line_number + 1}"
+                f"Line {line_number + 1} is longer than {MAX_LINE_BYTES} bytes.",
+                param=f"line {line_number + 1}",
             )
     if buffer.strip():
         take(buffer)

@@ -52,6 +52,8 @@ def describe_validation_error(errors: list[dict[str, Any]], prefix: str = "") ->
         return f"Unrecognized request argument supplied: {param}", param
     if first.get("type") == "missing":
         return f"Missing required parameter: '{param}'.", param
+    if param is None and first.get("type") in ("model_attributes_type", "dict_type", "json_invalid"):
+        return "The request body must be a JSON object; send it with 'Content-Type: application/json'.", None
     message = first.get("msg", "invalid value")
     return (f"Invalid value for '{param}': {message}." if param else f"{message}."), param
 
@@ -63,17 +65,19 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = describe_validation_error(list(exc.errors()))
+        message, param = describe_validation_error([dict(e) for e in exc.errors()])
         return error_response(400, "invalid_request_error", message, param)
 
     @app.exception_handler(ValidationError)
     async def _model_validation(_: Request, exc: ValidationError) -> JSONResponse:
-        message, param = describe_validation_error(list(exc.errors()))
+        message, param = describe_validation_error([dict(e) for e in exc.errors()])
         return error_response(400, "invalid_request_error", message, param)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        error_type = {404: "not_found_error", 405: "invalid_request_error", 413: "request_too_large"}.get(exc.status_code, "api_error")
+        error_type = {404: "not_found_error", 405: "invalid_request_error", 413: "request_too_large"}.get(
+            exc.status_code, "api_error"
+        )
         return error_response(exc.status_code, error_type, str(exc.detail))
 
     async def _database_down(request: Request, exc: Exception) -> JSONResponse:

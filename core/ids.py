@@ -10,9 +10,9 @@ per-process counter seeded at random (bumped by one per id).
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
 import threading
 import time
+from collections.abc import Callable
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 _RANDOM_BITS = 80

@@ -4,7 +4,7 @@ This is the one place the broker is made (STYLE.md rule 14), so the API can enqu
 without importing `workers`. Messages carry only a job id (DESIGN.md principle 1).
 
 Enqueueing goes through the broker's own `dispatch` script rather than `actor.send`, for two
-reasons: a batch of 50,000 jobs is enqueued pipelined over one connection (≈4× faster than
+reasons: a batch of 50,000 jobs is enqueued pipelined over one connection (about 4 times faster than
 one round trip each; Dramatiq has no public bulk API), and each message's Redis id is the
 job id, so the sweeper can ask Redis whether a queued job still has a message
 (`pending_job_ids`) and re-dispatch only those that lost theirs. Pinned to dramatiq>=2,<3;
@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import dramatiq
 import redis
@@ -80,7 +81,7 @@ def _message(spec: ActorSpec, message_id: str, args: tuple[object, ...]) -> dram
     )
 
 
-def _dispatch_args(broker: RedisBroker, queue_name: str, message_id: str, data: bytes) -> list[object]:
+def _dispatch_args(broker: RedisBroker, queue_name: str, message_id: str, data: bytes) -> list[Any]:
     # Mirrors RedisBroker._dispatch's argument list for the "enqueue" command.
     return [
         "enqueue",
@@ -111,7 +112,9 @@ def enqueue_messages(
             queue_name = dq_name(queue_name)
             eta = int(time.time() * 1000) + delay_ms
             message = message.copy(queue_name=queue_name, options={"eta": eta})
-        dispatch(keys=keys, args=_dispatch_args(broker, queue_name, message_id, message.encode()), client=pipe)
+        dispatch(
+            keys=keys, args=_dispatch_args(broker, queue_name, message_id, message.encode()), client=pipe
+        )
         count += 1
         if count % ENQUEUE_CHUNK == 0:
             pipe.execute()

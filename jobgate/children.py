@@ -6,6 +6,7 @@ after a grace period. `wait_for_line` reads a child's stdout until it says it is
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import signal
@@ -63,7 +64,9 @@ class Child:
                     return line
         finally:
             selector.close()
-        raise RuntimeError(f"{self.name} did not become ready (waited for {needle!r}): {''.join(self.output)[-2000:]}")
+        raise RuntimeError(
+            f"{self.name} did not become ready (waited for {needle!r}): {''.join(self.output)[-2000:]}"
+        )
 
 
 def stop_children(children: Sequence[Child], grace_s: float = 8.0) -> None:
@@ -83,10 +86,8 @@ def stop_children(children: Sequence[Child], grace_s: float = 8.0) -> None:
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def free_port(host: str = "127.0.0.1") -> int:

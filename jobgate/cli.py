@@ -61,7 +61,10 @@ def _cmd_keys_create(args: argparse.Namespace) -> int:
             new = create_key(session, args.tenant)
     finally:
         engine.dispose()
-    print(f"Created key {new.key_id} for tenant {args.tenant!r} ({new.tenant_id}). Store it now; it is shown once.")
+    print(
+        f"Created key {new.key_id} for tenant {args.tenant!r} ({new.tenant_id})."
+        " Store it now; it is shown once."
+    )
     print(new.key)
     return 0
 
@@ -79,7 +82,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jobgate", description="Queue-based asynchronous gateway for LLM completions")
+    parser = argparse.ArgumentParser(
+        prog="jobgate", description="Queue-based asynchronous gateway for LLM completions"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     dev = sub.add_parser("dev", help="run everything on embedded defaults")
@@ -95,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run worker processes (supervised)")
     worker.add_argument("--processes", type=int, default=1)
-    worker.add_argument("--threads", type=int, default=None, help="threads per process (JOBGATE_WORKER_THREADS)")
+    worker.add_argument(
+        "--threads", type=int, default=None, help="threads per process (JOBGATE_WORKER_THREADS)"
+    )
     worker.add_argument("--queues", default="interactive,batch")
     worker.set_defaults(func=_cmd_worker)
 

@@ -84,7 +84,9 @@ def run_dev(port: int = 8000, host: str = "127.0.0.1", worker_threads: int = 64)
             children.append(sim)
             sim.wait_for_line("sim listening", timeout_s=20)
             config_path = VAR / "dev-config.yaml"
-            config_path.write_text(yaml.safe_dump(dev_config_dict(f"http://127.0.0.1:{sim_port}"), sort_keys=False))
+            config_path.write_text(
+                yaml.safe_dump(dev_config_dict(f"http://127.0.0.1:{sim_port}"), sort_keys=False)
+            )
             env["JOBGATE_CONFIG"] = str(config_path.resolve())
         upgrade(settings.database_url)
         key = _dev_key(settings)
@@ -99,18 +101,22 @@ def run_dev(port: int = 8000, host: str = "127.0.0.1", worker_threads: int = 64)
         while not stop.wait(0.5):
             dead = [c for c in children if not c.alive()]
             if dead:
-                print(f"jobgate dev: {dead[0].name} exited (code {dead[0].process.returncode}); stopping.", flush=True)  # type: ignore[union-attr]
+                code = dead[0].process.returncode if dead[0].process else None
+                print(f"jobgate dev: {dead[0].name} exited (code {code}); stopping.", flush=True)
                 return 1
         return 0
     finally:
         print("jobgate dev: stopping…", flush=True)
-        stop_children(list(reversed(children)), grace_s=8.0)
+        # API and worker first (the worker hands prefetched messages back to Redis), then the rest.
+        first = [c for c in children if c.name in ("api", "worker")]
+        stop_children(first, grace_s=7.0)
+        stop_children([c for c in children if c not in first], grace_s=2.0)
 
 
 def _print_banner(base: str, key: str) -> None:
     curl = (
         f"curl -s {base}/v1/jobs -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
-        "-d '{\"model\": \"fast\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}]}' "
+        '-d \'{"model": "fast", "messages": [{"role": "user", "content": "Hello"}]}\' '
         f"| python3 -c 'import json,sys; print(json.load(sys.stdin)[\"id\"])' "
         f"| xargs -I{{}} curl -s '{base}/v1/jobs/{{}}?wait=30' -H 'Authorization: Bearer {key}'"
     )

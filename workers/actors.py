@@ -28,9 +28,11 @@ def _run_job_fn(executor: JobExecutor, broker: RedisBroker, priority: str) -> Ca
         structlog.contextvars.bind_contextvars(job_id=job_id)
         try:
             outcome = executor.run(job_id)
-            if outcome.status == "requeued" and outcome.delay_s is not None:
-                if outcome.delay_s <= MAX_BROKER_DELAY_S:
-                    queue.dispatch_jobs(broker, [(job_id, priority)], delay_ms=int(outcome.delay_s * 1000))
+            delay_s = outcome.delay_s
+            if outcome.status == "requeued" and delay_s is not None and delay_s <= MAX_BROKER_DELAY_S:
+                # Always through the delay queue, even for ~0 s: its message hash is not the
+                # one this (still unacked) message lives in, so our ack cannot delete it.
+                queue.dispatch_jobs(broker, [(job_id, priority)], delay_ms=max(1, int(delay_s * 1000)))
         except Exception:
             # The claim's lease expires and the reaper re-queues the job: nothing is lost.
             log.exception("run_job_crashed")
@@ -41,7 +43,9 @@ def _run_job_fn(executor: JobExecutor, broker: RedisBroker, priority: str) -> Ca
     return run_job
 
 
-def declare_actors(broker: RedisBroker, executor: JobExecutor, *, time_limit_s: float) -> list[dramatiq.Actor]:
+def declare_actors(
+    broker: RedisBroker, executor: JobExecutor, *, time_limit_s: float
+) -> list[dramatiq.Actor]:
     options = {"max_retries": 0, "time_limit": int(time_limit_s * 1000)}
     actors = []
     for priority, spec in queue.RUN_ACTORS.items():

@@ -21,8 +21,13 @@ from core import queue
 from core.config import load_config
 from core.logging import configure_logging
 from core.providers import build_providers, close_providers
+from core.redis.breaker import CircuitBreaker
+from core.redis.cache import ResponseCache
 from core.redis.keys import Keys
+from core.redis.rate_limit import RateLimiter
+from core.redis.single_flight import SingleFlight
 from core.services.execute import ActiveClaims, ExecutionPolicy, JobExecutor
+from core.services.upstream import UpstreamCaller
 from core.settings import Settings
 from core.store.clock import SqlClock
 from core.store.db import make_sync_engine, make_sync_sessions
@@ -73,10 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     broker = queue.build_broker(
         settings.redis_url, keys, max_connections=threads + 32, timeout_s=settings.redis_timeout_s
     )
+    # Fleet state (limiter, breaker, cache, single-flight) has its own pool: a single-flight
+    # follower holds a connection while it waits, so one per thread plus a margin.
     state = redis.Redis(
         connection_pool=redis.BlockingConnectionPool.from_url(
             settings.redis_url,
-            max_connections=threads + 16,
+            max_connections=threads + 32,
             timeout=settings.redis_timeout_s,
             socket_timeout=settings.redis_timeout_s,
             socket_connect_timeout=settings.redis_timeout_s,
@@ -92,16 +99,25 @@ def main(argv: list[str] | None = None) -> int:
             # Waiters re-read SQL on their own timeout; a lost notification only delays them.
             log.warning("job_done_publish_failed", job_id=job_id)
 
+    longest_timeout_s = max((p.timeout_s for p in config.providers.values()), default=60)
+    caller = UpstreamCaller(
+        config=config,
+        providers=providers,
+        limiter=RateLimiter(state, keys),
+        breaker=CircuitBreaker(state, keys),
+        utcnow=clock.utcnow,
+    )
     executor = JobExecutor(
         sessions=sessions,
         clock=clock,
         config=config,
-        providers=providers,
+        caller=caller,
+        cache=ResponseCache(state, keys),
+        single_flight=SingleFlight(state, keys, lock_ttl_s=longest_timeout_s + 30),
         policy=ExecutionPolicy(lease_s=settings.lease_s),
         on_final=publish_final,
         active=active,
     )
-    longest_timeout_s = max((p.timeout_s for p in config.providers.values()), default=60)
     declare_actors(broker, executor, time_limit_s=longest_timeout_s * 3 + 30)
 
     worker = dramatiq.Worker(

@@ -61,7 +61,7 @@ def _options(data: dict[str, Any]) -> BatchOptions:
     try:
         return BatchOptions.model_validate(data)
     except ValidationError as exc:
-        message, param = describe_validation_error(list(exc.errors()))
+        message, param = describe_validation_error([dict(e) for e in exc.errors()])
         raise InvalidRequest(message, param=param) from None
 
 
@@ -127,7 +127,11 @@ async def list_batches(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: str | None = None,
 ) -> dict[str, Any]:
-    rows = list((await session.execute(store.select_batches_page(principal.tenant_id, limit=limit, after=after))).scalars())
+    rows = list(
+        (
+            await session.execute(store.select_batches_page(principal.tenant_id, limit=limit, after=after))
+        ).scalars()
+    )
     page = rows[:limit]
     return {
         "object": "list",
@@ -139,7 +143,9 @@ async def list_batches(
 
 
 @router.post("/{batch_id}/cancel")
-async def cancel_batch(batch_id: str, state: StateDep, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
+async def cancel_batch(
+    batch_id: str, state: StateDep, session: SessionDep, principal: PrincipalDep
+) -> dict[str, Any]:
     batch = await _load_batch(session, principal.tenant_id, batch_id)
     now = state.clock.now()
     if batch.cancelled_at is None:
@@ -155,12 +161,22 @@ async def _result_lines(state: AppState, batch_id: str) -> AsyncIterator[bytes]:
     after_seq = -1
     while True:
         async with state.sessions() as session:
-            rows = (await session.execute(store.batch_results_stmt(batch_id, after_seq=after_seq, limit=RESULTS_PAGE))).all()
+            rows = (
+                await session.execute(
+                    store.batch_results_stmt(batch_id, after_seq=after_seq, limit=RESULTS_PAGE)
+                )
+            ).all()
         if not rows:
             return
         chunk = []
         for seq, custom_id, job_id, status, result, error in rows:
-            line = {"custom_id": custom_id, "job_id": job_id, "status": status, "result": result, "error": error}
+            line = {
+                "custom_id": custom_id,
+                "job_id": job_id,
+                "status": status,
+                "result": result,
+                "error": error,
+            }
             chunk.append(json.dumps(line, separators=(",", ":")))
             after_seq = seq
         yield ("\n".join(chunk) + "\n").encode()
@@ -169,7 +185,9 @@ async def _result_lines(state: AppState, batch_id: str) -> AsyncIterator[bytes]:
 
 
 @router.get("/{batch_id}/results", response_class=StreamingResponse)
-async def batch_results(batch_id: str, state: StateDep, session: SessionDep, principal: PrincipalDep) -> StreamingResponse:
+async def batch_results(
+    batch_id: str, state: StateDep, session: SessionDep, principal: PrincipalDep
+) -> StreamingResponse:
     await _load_batch(session, principal.tenant_id, batch_id)
     await session.close()
     return StreamingResponse(_result_lines(state, batch_id), media_type="application/x-ndjson")

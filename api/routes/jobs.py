@@ -61,10 +61,12 @@ async def get_job(
 
 
 @router.post("/{job_id}/cancel")
-async def cancel_job(job_id: str, state: StateDep, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
+async def cancel_job(
+    job_id: str, state: StateDep, session: SessionDep, principal: PrincipalDep
+) -> dict[str, Any]:
     result = await session.execute(store.cancel_job_stmt(principal.tenant_id, job_id, state.clock.now()))
     await session.commit()
-    if result.rowcount:
+    if store.rowcount(result):
         await state.notifier.publish(job_id)
     return job_object(await load_job(session, principal.tenant_id, job_id))
 
@@ -78,7 +80,9 @@ async def list_jobs(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: str | None = None,
 ) -> dict[str, Any]:
-    stmt = store.select_jobs_page(principal.tenant_id, status=status, batch_id=batch_id, limit=limit, after=after)
+    stmt = store.select_jobs_page(
+        principal.tenant_id, status=status, batch_id=batch_id, limit=limit, after=after
+    )
     rows = list((await session.execute(stmt)).scalars())
     page = rows[:limit]
     return {
@@ -88,5 +92,3 @@ async def list_jobs(
         "first_id": page[0].id if page else None,
         "last_id": page[-1].id if page else None,
     }
-
-

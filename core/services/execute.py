@@ -1,38 +1,54 @@
-"""Running one job: claim it, call its targets in order, write the outcome once.
+"""Running one job: claim it, answer from cache or a concurrent twin, else call its targets.
 
 This is the job pipeline of DESIGN.md ("the life of a job"), free of Dramatiq: the actor
-only passes a job id in. SQL connections are never held across an upstream call: the claim
-commits, the call runs, the result is written in a new short transaction conditional on
-the claim (a late writer whose lease was reaped cannot overwrite the retry's result).
+only passes a job id in. Order of business, so that no upstream call is wasted:
+1. claim (conditional UPDATE; a duplicate message finds nothing to claim),
+2. response cache (per tenant, or shared when the tenant opts in),
+3. single-flight: if an identical request is in flight anywhere in the fleet, wait briefly
+   for its answer instead of calling,
+4. the model's targets in order (`UpstreamCaller`: breaker, limiter, retries), falling back
+   on retryable failure, breaker open or budget booked,
+5. one conditional final write; or back to the queue with a delay when every target was
+   only busy (no attempt is spent on waiting for budget).
+SQL connections are never held across an upstream call.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import structlog
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import GatewayConfig, Target
 from core.domain.chat import ChatRequest, Completion
 from core.errors import UpstreamError
+from core.fingerprint import SHARED_SCOPE, request_fingerprint
 from core.pricing import cost_usd
-from core.providers.base import Provider
+from core.redis.cache import ResponseCache
+from core.redis.rate_limit import Bucket, tenant_bucket
+from core.redis.single_flight import Flight, SingleFlight
+from core.services.upstream import CallRecord, TargetUnavailable, UpstreamCaller
 from core.store import jobs as store
 from core.store.clock import SqlClock
-from core.store.models import JobAttempt, as_utc
+from core.store.models import JobAttempt, Tenant, as_utc
 
 log = structlog.get_logger("jobgate.execute")
+
+FOLLOWER_WAIT_S = 30.0
+MAX_FLIGHT_ROUNDS = 3
 
 
 @dataclass(frozen=True)
 class ExecutionPolicy:
     lease_s: float
-    # Delay before a job whose every target failed with a retryable error runs again.
+    # Base delay before a job whose every target failed runs again (doubles per attempt).
     retry_delay_s: float = 2.0
 
 
@@ -54,10 +70,23 @@ class ActiveClaims:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What happened to a job in this run (for the actor's logs and the tests)."""
+    """What happened to a job in this run (for the actor and the tests)."""
 
     status: str  # "succeeded", "failed", "requeued", "skipped"
     delay_s: float | None = None
+
+
+@dataclass
+class _Run:
+    """The state of one claimed job while it runs."""
+
+    claim: store.Claim
+    request: ChatRequest
+    records: list[CallRecord] = field(default_factory=list)
+
+    @property
+    def job_id(self) -> str:
+        return self.claim.job.id
 
 
 class JobExecutor:
@@ -67,7 +96,9 @@ class JobExecutor:
         sessions: sessionmaker[Session],
         clock: SqlClock,
         config: GatewayConfig,
-        providers: dict[str, Provider],
+        caller: UpstreamCaller,
+        cache: ResponseCache,
+        single_flight: SingleFlight,
         policy: ExecutionPolicy,
         on_final: Callable[[str], None],
         active: ActiveClaims | None = None,
@@ -76,20 +107,26 @@ class JobExecutor:
         self.sessions = sessions
         self.clock = clock
         self.config = config
-        self.providers = providers
+        self.caller = caller
+        self.cache = cache
+        self.single_flight = single_flight
         self.policy = policy
         self.on_final = on_final
         self.active = active or ActiveClaims()
         self.monotonic = monotonic
+        self._tenant_names: dict[str, str] = {}
+
+    # --- entry point ---------------------------------------------------------------------
 
     def run(self, job_id: str) -> Outcome:
         with self.sessions() as session:
             claim = store.claim_job(session, self.clock, job_id, lease_s=self.policy.lease_s)
             if claim is None:
                 return self._not_claimed(session, job_id)
+            tenant = self._tenant_name(session, claim.job.tenant_id)
         self.active.add(claim)
         try:
-            return self._execute(claim)
+            return self._execute(_Run(claim, ChatRequest.from_body(claim.job.request)), tenant)
         finally:
             self.active.remove(claim)
 
@@ -97,93 +134,183 @@ class JobExecutor:
         """Duplicate delivery, a cancelled job, or a message that came before the job was due."""
         state = store.job_status(session, job_id)
         if state is not None and state[0] == store.QUEUED and state[1] is not None:
-            wait_s = (as_utc(state[1]) - self.clock.utcnow()).total_seconds()  # type: ignore[operator]
+            due = as_utc(state[1])
+            assert due is not None
+            wait_s = (due - self.clock.utcnow()).total_seconds()
             if wait_s > 0:
                 return Outcome("requeued", delay_s=wait_s)
         return Outcome("skipped")
 
-    def _execute(self, claim: store.Claim) -> Outcome:
-        job = claim.job
+    def _tenant_name(self, session: Session, tenant_id: str) -> str:
+        name = self._tenant_names.get(tenant_id)
+        if name is None:
+            name = session.execute(select(Tenant.name).where(Tenant.id == tenant_id)).scalar_one()
+            self._tenant_names[tenant_id] = name
+        return name
+
+    # --- the pipeline --------------------------------------------------------------------
+
+    def _execute(self, run: _Run, tenant: str) -> Outcome:
+        job = run.claim.job
         deadline = as_utc(job.deadline)
         if deadline is not None and deadline <= self.clock.utcnow():
-            error = {"type": "deadline_exceeded", "message": "The job's deadline passed before it could start."}
-            return self._fail(claim, error, [])
+            error = {
+                "type": "deadline_exceeded",
+                "message": "The job's deadline passed before it could start.",
+            }
+            return self._fail(run, error)
+        limits = self.config.tenant_limits(tenant)
+        if not job.use_cache:
+            return self._call_targets(run, tenant)
+        scope = SHARED_SCOPE if limits.shared_cache else job.tenant_id
+        fingerprint = request_fingerprint(job.model, run.request, scope=scope)
+        hit = self.cache.get(fingerprint)
+        if hit is not None:
+            return self._succeed(run, hit, cached=True)
+        for _ in range(MAX_FLIGHT_ROUNDS):
+            flight = self.single_flight.begin(fingerprint)
+            if flight.is_done:
+                assert flight.result is not None
+                return self._succeed(run, flight.result, cached=True)
+            if flight.is_leader:
+                outcome = self._call_targets(
+                    run, tenant, on_success=functools.partial(self._share, flight, fingerprint)
+                )
+                if outcome.status != "succeeded":
+                    self.single_flight.abandon(flight, error_retryable=outcome.status == "requeued")
+                return outcome
+            answer = self.single_flight.wait(flight, timeout_s=FOLLOWER_WAIT_S)
+            if answer is not None:
+                return self._succeed(run, answer, cached=True)
+        # The twin keeps failing or vanishing: come back later rather than hold the thread.
+        return self._requeue(run, self.policy.retry_delay_s, refund=True)
+
+    def _share(self, flight: Flight, fingerprint: str, completion: Completion) -> None:
+        """Leader's success: cache the answer, then hand it to the waiting twins."""
+        self.cache.put(fingerprint, completion, ttl_s=self.config.cache.ttl_s)
+        self.single_flight.complete(flight, completion)
+
+    def _tenant_bucket(self, tenant: str) -> Bucket | None:
+        limits = self.config.tenant_limits(tenant)
+        if limits.rpm is None and limits.tpm is None:
+            return None
+        return tenant_bucket(tenant, rpm=limits.rpm, tpm=limits.tpm)
+
+    def _call_targets(
+        self, run: _Run, tenant: str, on_success: Callable[[Completion], None] | None = None
+    ) -> Outcome:
+        job = run.claim.job
         targets = self.config.targets_for(job.model) or []
-        request = ChatRequest.from_body(job.request)
-        attempts: list[JobAttempt] = []
+        if not targets:
+            return self._fail(run, {"type": "bad_request", "message": f"No targets for model {job.model!r}."})
+        busy_for: list[float] = []
         last_error: UpstreamError | None = None
         for target in targets:
-            provider = self.providers[target.provider]
-            started_at = self.clock.utcnow()
-            t0 = self.monotonic()
             try:
-                completion = provider.complete(request, target.model)
+                completion = self.caller.call(
+                    target,
+                    run.request,
+                    interactive=job.priority == "interactive",
+                    tenant_bucket=self._tenant_bucket(tenant),
+                    records=run.records,
+                )
+            except TargetUnavailable as busy:
+                busy_for.append(busy.retry_after_s)
+                continue
             except UpstreamError as exc:
-                attempts.append(self._attempt(claim, target, started_at, t0, exc.error_type, exc.message))
-                log.info("upstream_failed", job_id=job.id, target=_name(target), error_type=exc.error_type)
                 if not exc.retryable:
-                    return self._fail(claim, exc.to_error(), attempts)
+                    return self._fail(run, exc.to_error())
                 last_error = exc
                 continue
-            attempts.append(self._attempt(claim, target, started_at, t0, "succeeded", None))
-            return self._succeed(claim, target, completion, attempts)
-        if last_error is None:
-            error = {"type": "bad_request", "message": f"No targets are configured for model {job.model!r}."}
-            return self._fail(claim, error, attempts)
-        if claim.attempt < job.max_attempts:
-            return self._requeue(claim, attempts, self.policy.retry_delay_s)
-        return self._fail(claim, last_error.to_error(), attempts)
+            if on_success is not None:
+                on_success(completion)
+            return self._succeed(run, completion, cached=False)
+        return self._after_all_targets(run, busy_for, last_error)
 
-    def _attempt(
-        self, claim: store.Claim, target: Target, started_at: datetime, t0: float, outcome: str, error: str | None
-    ) -> JobAttempt:
-        return JobAttempt(
-            job_id=claim.job.id,
-            attempt=claim.attempt,
-            provider=target.provider,
-            model=target.model,
-            outcome=outcome,
-            error_message=error,
-            latency_ms=int((self.monotonic() - t0) * 1000),
-            started_at=started_at,
-        )
-
-    def _succeed(
-        self, claim: store.Claim, target: Target, completion: Completion, attempts: list[JobAttempt]
+    def _after_all_targets(
+        self, run: _Run, busy_for: list[float], last_error: UpstreamError | None
     ) -> Outcome:
+        job = run.claim.job
+        if busy_for and last_error is None:
+            delay_s = min(busy_for)
+            deadline = as_utc(job.deadline)
+            if deadline is not None and (deadline - self.clock.utcnow()).total_seconds() < delay_s:
+                error = {
+                    "type": "deadline_exceeded",
+                    "message": "Every target was rate-limited or unavailable until after the job's deadline.",
+                }
+                return self._fail(run, error)
+            return self._requeue(run, delay_s, refund=True)
+        assert last_error is not None
+        if run.claim.attempt < job.max_attempts:
+            delay_s = self.policy.retry_delay_s * 2 ** (run.claim.attempt - 1)
+            if busy_for:
+                delay_s = min(delay_s, min(busy_for))
+            return self._requeue(run, delay_s, refund=False)
+        return self._fail(run, last_error.to_error())
+
+    # --- final writes --------------------------------------------------------------------
+
+    def _attempt_rows(self, run: _Run) -> list[JobAttempt]:
+        return [
+            JobAttempt(
+                job_id=run.job_id,
+                attempt=run.claim.attempt,
+                provider=r.target.provider,
+                model=r.target.model,
+                outcome=r.outcome,
+                error_message=r.message[:1000] if r.message else None,
+                latency_ms=r.latency_ms,
+                started_at=r.started_at,
+            )
+            for r in run.records
+        ]
+
+    def _succeed(self, run: _Run, completion: Completion, *, cached: bool) -> Outcome:
         values: dict[str, Any] = {
             "status": store.SUCCEEDED,
             "result": completion.body,
             "error": None,
             "input_tokens": completion.input_tokens,
             "output_tokens": completion.output_tokens,
-            "cost_usd": cost_usd(self.config, target.model, completion.input_tokens, completion.output_tokens),
-            "served_provider": target.provider,
-            "served_model": target.model,
+            "cost_usd": (
+                Decimal(0)
+                if cached
+                else cost_usd(
+                    self.config, completion.model, completion.input_tokens, completion.output_tokens
+                )
+            ),
+            "served_provider": completion.provider,
+            "served_model": completion.model,
+            "cached": cached,
         }
-        return self._final(claim, values, attempts, store.SUCCEEDED)
+        if cached:
+            run.records.append(
+                CallRecord(
+                    Target(provider=completion.provider, model=completion.model),
+                    "cached",
+                    None,
+                    0,
+                    self.clock.utcnow(),
+                )
+            )
+        return self._final(run, values, store.SUCCEEDED)
 
-    def _fail(self, claim: store.Claim, error: dict[str, str], attempts: list[JobAttempt]) -> Outcome:
-        return self._final(claim, {"status": store.FAILED, "error": error}, attempts, store.FAILED)
+    def _fail(self, run: _Run, error: dict[str, str]) -> Outcome:
+        return self._final(run, {"status": store.FAILED, "error": error}, store.FAILED)
 
-    def _final(
-        self, claim: store.Claim, values: dict[str, Any], attempts: list[JobAttempt], status: str
-    ) -> Outcome:
+    def _final(self, run: _Run, values: dict[str, Any], status: str) -> Outcome:
         with self.sessions() as session:
-            won = store.finish_job(session, self.clock, claim, **values)
-            store.record_attempts(session, attempts)
+            won = store.finish_job(session, self.clock, run.claim, **values)
+            store.record_attempts(session, self._attempt_rows(run))
         if not won:
-            log.warning("final_write_lost", job_id=claim.job.id, attempt=claim.attempt)
+            log.warning("final_write_lost", job_id=run.job_id, attempt=run.claim.attempt)
             return Outcome("skipped")
-        self.on_final(claim.job.id)
+        self.on_final(run.job_id)
         return Outcome(status)
 
-    def _requeue(self, claim: store.Claim, attempts: list[JobAttempt], delay_s: float) -> Outcome:
+    def _requeue(self, run: _Run, delay_s: float, *, refund: bool) -> Outcome:
         with self.sessions() as session:
-            won = store.requeue_job(session, self.clock, claim, delay_s=delay_s)
-            store.record_attempts(session, attempts)
+            won = store.requeue_job(session, self.clock, run.claim, delay_s=delay_s, refund_attempt=refund)
+            store.record_attempts(session, self._attempt_rows(run))
         return Outcome("requeued", delay_s=delay_s) if won else Outcome("skipped")
-
-
-def _name(target: Target) -> str:
-    return f"{target.provider}/{target.model}"

@@ -32,7 +32,9 @@ class SweepReport:
     redispatched: int
 
 
-def reap_expired_leases(sessions: sessionmaker[Session], clock: SqlClock) -> tuple[list[tuple[str, str]], int]:
+def reap_expired_leases(
+    sessions: sessionmaker[Session], clock: SqlClock
+) -> tuple[list[tuple[str, str]], int]:
     """Returns the (job_id, priority) pairs put back in the queue, and how many were failed."""
     requeued: list[tuple[str, str]] = []
     failed = 0
@@ -41,7 +43,7 @@ def reap_expired_leases(sessions: sessionmaker[Session], clock: SqlClock) -> tup
         for job_id, attempts, max_attempts, priority in rows:
             exhausted = attempts >= max_attempts
             stmt = store.reap_job_stmt(job_id, attempts, clock.now(), exhausted=exhausted)
-            if session.execute(stmt).rowcount == 1:
+            if store.rowcount(session.execute(stmt)) == 1:
                 if exhausted:
                     failed += 1
                 else:
@@ -54,7 +56,10 @@ def find_lost_jobs(
     sessions: sessionmaker[Session], clock: SqlClock, broker: RedisBroker, *, older_than_s: float
 ) -> list[tuple[str, str]]:
     with sessions() as session:
-        rows = [(r[0], r[1]) for r in session.execute(store.stale_queued_stmt(clock.now(), older_than_s, SWEEP_LIMIT))]
+        rows = [
+            (r[0], r[1])
+            for r in session.execute(store.stale_queued_stmt(clock.now(), older_than_s, SWEEP_LIMIT))
+        ]
     if not rows:
         return []
     pending = queue.pending_job_ids(broker, rows)

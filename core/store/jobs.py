@@ -29,13 +29,13 @@ CANCELLED_ERROR = {"type": "cancelled", "message": "The job was cancelled."}
 # --- Statements shared by API and workers ------------------------------------------------------
 
 
-def select_job(tenant_id: str, job_id: str) -> Select[tuple[Job]]:
+def select_job(tenant_id: str, job_id: str) -> Select[Job]:
     return select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id)
 
 
 def select_jobs_page(
     tenant_id: str, *, status: str | None, batch_id: str | None, limit: int, after: str | None
-) -> Select[tuple[Job]]:
+) -> Select[Job]:
     """Newest first; `after` is the last id of the previous page (ids grow with time)."""
     stmt = select(Job).where(Job.tenant_id == tenant_id)
     if status is not None:
@@ -47,7 +47,7 @@ def select_jobs_page(
     return stmt.order_by(Job.id.desc()).limit(limit + 1)
 
 
-def select_batches_page(tenant_id: str, *, limit: int, after: str | None) -> Select[tuple[Batch]]:
+def select_batches_page(tenant_id: str, *, limit: int, after: str | None) -> Select[Batch]:
     stmt = select(Batch).where(Batch.tenant_id == tenant_id)
     if after is not None:
         stmt = stmt.where(Batch.id < after)
@@ -71,7 +71,9 @@ def cancel_batch_jobs_stmt(batch_id: str, now: Any) -> Update:
     )
 
 
-def batch_summary_stmt(batch_id: str) -> Select[Any]:
+def batch_summary_stmt(
+    batch_id: str,
+) -> Select[str, int, int | None, int | None, Decimal | None, datetime | None]:
     """Per status: count, tokens, cost, last finish — one grouped scan over the batch's index."""
     return (
         select(
@@ -160,6 +162,11 @@ def claim_job(session: Session, clock: SqlClock, job_id: str, *, lease_s: float)
     return Claim(job, job.attempts) if job is not None else None
 
 
+def rowcount(result: Any) -> int:
+    """Rows an UPDATE matched (`CursorResult.rowcount`; the generic Result type hides it)."""
+    return int(result.rowcount)
+
+
 def _owns(claim: Claim) -> Any:
     return and_(Job.id == claim.job.id, Job.status == RUNNING, Job.attempts == claim.attempt)
 
@@ -172,21 +179,30 @@ def finish_job(session: Session, clock: SqlClock, claim: Claim, **values: Any) -
         .values(finished_at=clock.now(), lease_until=None, **values)
         .execution_options(synchronize_session=False)
     )
-    won = session.execute(stmt).rowcount == 1
+    won = rowcount(session.execute(stmt)) == 1
     session.commit()
     return won
 
 
-def requeue_job(session: Session, clock: SqlClock, claim: Claim, *, delay_s: float) -> bool:
-    """running → queued, to run again after `delay_s` (rate-limit delay, retryable failure)."""
+def requeue_job(
+    session: Session, clock: SqlClock, claim: Claim, *, delay_s: float, refund_attempt: bool = False
+) -> bool:
+    """running → queued, to run again after `delay_s` (rate-limit delay, retryable failure).
+
+    `refund_attempt` gives the attempt back when nothing was tried upstream (every target was
+    only busy): waiting for budget must not use up a job's attempts.
+    """
     now = clock.now()
+    attempts = Job.attempts - 1 if refund_attempt else Job.attempts
     stmt = (
         update(Job)
         .where(_owns(claim))
-        .values(status=QUEUED, lease_until=None, not_before=now + timedelta(seconds=delay_s))
+        .values(
+            status=QUEUED, lease_until=None, not_before=now + timedelta(seconds=delay_s), attempts=attempts
+        )
         .execution_options(synchronize_session=False)
     )
-    won = session.execute(stmt).rowcount == 1
+    won = rowcount(session.execute(stmt)) == 1
     session.commit()
     return won
 
@@ -203,7 +219,7 @@ def renew_leases(session: Session, clock: SqlClock, claims: list[Claim], *, leas
         .values(lease_until=now + timedelta(seconds=lease_s))
         .execution_options(synchronize_session=False)
     )
-    count = session.execute(stmt).rowcount
+    count = rowcount(session.execute(stmt))
     session.commit()
     return int(count)
 
@@ -218,7 +234,7 @@ def job_status(session: Session, job_id: str) -> tuple[str, datetime | None] | N
     return (row[0], row[1]) if row is not None else None
 
 
-def expired_leases_stmt(now: Any, limit: int) -> Select[tuple[str, int, int, str]]:
+def expired_leases_stmt(now: Any, limit: int) -> Select[str, int, int, str]:
     return (
         select(Job.id, Job.attempts, Job.max_attempts, Job.priority)
         .where(Job.status == RUNNING, Job.lease_until < now)
@@ -242,7 +258,7 @@ def reap_job_stmt(job_id: str, attempt: int, now: Any, *, exhausted: bool) -> Up
     return base.values(status=QUEUED, lease_until=None, not_before=None)
 
 
-def stale_queued_stmt(now: Any, older_than_s: float, limit: int) -> Select[tuple[str, str]]:
+def stale_queued_stmt(now: Any, older_than_s: float, limit: int) -> Select[str, str]:
     due = or_(Job.not_before.is_(None), Job.not_before <= now)
     return (
         select(Job.id, Job.priority)

@@ -1,0 +1,223 @@
+"""The fleet-wide rate limiter: every worker books upstream budget in Redis before it calls.
+
+A call must fit into several budgets at once (a provider, optionally a provider+model, a
+tenant), each with a requests-per-minute and a tokens-per-minute rate. Providers enforce those
+rates over about a second, not a minute (DESIGN.md, "Rate limits as providers enforce them"),
+so each budget is a GCRA limiter that paces calls evenly with a burst of at most `burst_s`
+(default 0.2 s) of its rate. `RateLimiter.reserve` books 1 request plus an estimate of the tokens
+in all buckets in one atomic script call, or books nothing; the caller sleeps the short wait it
+is given, or puts the job back with `retry_after_s` when the wait would be longer than it
+accepts. `reconcile` charges the real token count after the call, so unused budget returns at
+once. A provider's 429 / Retry-After pauses it fleet-wide (`pause`), and `reserve` refuses
+every bucket of a paused provider until the deadline. The script is `rate_limit.lua` beside
+this module; its header documents the keys and arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from core.redis.keys import Keys
+
+_SCRIPT = Path(__file__).with_name("rate_limit.lua").read_text(encoding="utf-8")
+_US_PER_MINUTE = 60_000_000
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One budget a call must fit into; `rpm` / `tpm` of None means no limit on that dimension.
+
+    `provider` names the provider whose fleet-wide pause also stops this bucket; it is set on
+    provider and provider+model buckets and None on tenant buckets. Build buckets with
+    `provider_bucket`, `model_bucket` and `tenant_bucket` so their names stay consistent.
+    """
+
+    name: str
+    rpm: int | None
+    tpm: int | None
+    provider: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("a bucket needs a name")
+        for field, rate in (("rpm", self.rpm), ("tpm", self.tpm)):
+            if rate is not None and rate <= 0:
+                raise ValueError(f"bucket {self.name!r}: {field} must be positive or None, not {rate}")
+
+
+def provider_bucket(provider: str, *, rpm: int | None, tpm: int | None) -> Bucket:
+    """The budget of a whole provider account (config `providers.<name>.rpm/tpm`)."""
+    return Bucket(f"provider:{provider}", rpm, tpm, provider=provider)
+
+
+def model_bucket(provider: str, model: str, *, rpm: int | None, tpm: int | None) -> Bucket:
+    """A per-model budget inside a provider, where the provider limits models separately."""
+    return Bucket(f"model:{provider}/{model}", rpm, tpm, provider=provider)
+
+
+def tenant_bucket(tenant: str, *, rpm: int | None, tpm: int | None) -> Bucket:
+    """A tenant's own budget across all providers (config `tenants.<name>`, else `default`)."""
+    return Bucket(f"tenant:{tenant}", rpm, tpm)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """The answer of `reserve`.
+
+    Granted: the budget is booked; call the provider after sleeping `wait_s`, then `reconcile`.
+    Not granted: nothing is booked; try again in `retry_after_s` (the time the request would
+    conform if nobody else booked meanwhile, or the end of a provider pause when `paused`).
+    """
+
+    granted: bool
+    tokens: int
+    buckets: tuple[Bucket, ...]
+    wait_s: float = 0.0
+    retry_after_s: float | None = None
+    paused: bool = False
+
+
+@dataclass(frozen=True)
+class Headroom:
+    """What is left of a bucket's per-minute budget, as `GET /v1/providers` shows it.
+
+    `rpm_available` = rpm minus the requests booked over the last 60 s, never below 0 (and
+    likewise `tpm_available` in tokens, after reconciliation); None where the bucket has no such
+    limit. The last 60 s are estimated from calendar-minute counters: the current minute plus
+    the previous minute weighted by the part of it still inside the 60 s. It is a utilisation
+    gauge (0 = saturated), not a promise: calls are paced, so the budget is never available as
+    one burst.
+    """
+
+    rpm_available: int | None
+    tpm_available: int | None
+
+
+class RateLimiter:
+    """Books upstream budget for the whole fleet.
+
+    Priority comes from how long a caller accepts to wait: batch jobs pass a small `max_wait_s`
+    (0.5 s), interactive jobs a larger one (a few seconds, e.g. 5 to 10 s). Batch callers
+    therefore never book far ahead: under saturation the bookings reach at most about 0.5 s past
+    now, and an interactive request books right behind them instead of behind the whole batch,
+    while the batch, which books whenever the 0.5 s horizon has room, still uses the full rate
+    when it is alone.
+
+    `now_ms` arguments replace Redis TIME; they exist for tests only.
+    """
+
+    def __init__(self, client: redis.Redis, keys: Keys, *, burst_s: float = 0.2) -> None:
+        if burst_s < 0:
+            raise ValueError(f"burst_s must be >= 0, not {burst_s}")
+        self._client = client
+        self._keys = keys
+        self._burst_us = round(burst_s * 1_000_000)
+        self._script = client.register_script(_SCRIPT)
+
+    def reserve(
+        self, buckets: Sequence[Bucket], tokens: int, *, max_wait_s: float, now_ms: int | None = None
+    ) -> Reservation:
+        """Book 1 request and `tokens` tokens in every bucket if that conforms within `max_wait_s`.
+
+        A cost above a bucket's burst is granted once that bucket is full and leaves it in debt
+        (later calls wait it out), so a big request is delayed, never refused forever.
+        """
+        if tokens < 0:
+            raise ValueError(f"tokens must be >= 0, not {tokens}")
+        if max_wait_s < 0:
+            raise ValueError(f"max_wait_s must be >= 0, not {max_wait_s}")
+        names = [b.name for b in buckets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a bucket appears twice in {names}")
+        limited = [b for b in buckets if b.rpm is not None or b.tpm is not None]
+        providers = sorted({b.provider for b in buckets if b.provider is not None})
+        if not limited and not providers:
+            return Reservation(True, tokens, tuple(buckets))
+        args: list[str | int] = [
+            "reserve",
+            _now_arg(now_ms),
+            len(limited),
+            tokens,
+            round(max_wait_s * 1_000_000),
+            self._burst_us,
+        ]
+        for bucket in limited:
+            args += [_interval_us(bucket.rpm), _interval_us(bucket.tpm)]
+        keys = [self._keys.rate_limit(b.name) for b in limited]
+        keys += [self._keys.provider_pause(p) for p in providers]
+        granted, wait_us, retry_after_us, paused = self._script(keys=keys, args=args)
+        if granted:
+            return Reservation(True, tokens, tuple(buckets), wait_s=wait_us / 1_000_000)
+        return Reservation(
+            False, tokens, tuple(buckets), retry_after_s=retry_after_us / 1_000_000, paused=bool(paused)
+        )
+
+    def reconcile(self, reservation: Reservation, actual_tokens: int, *, now_ms: int | None = None) -> None:
+        """Replace the reservation's token estimate with the tokens the call really used.
+
+        Unused tokens go back to every token bucket at once (never filling one past full); a
+        call that used more than its estimate is charged the difference. Call it once per
+        granted reservation; for a call the provider did not count, pass 0.
+        """
+        if not reservation.granted:
+            raise ValueError("only a granted reservation can be reconciled")
+        if actual_tokens < 0:
+            raise ValueError(f"actual_tokens must be >= 0, not {actual_tokens}")
+        delta = actual_tokens - reservation.tokens
+        token_buckets = [b for b in reservation.buckets if b.tpm is not None]
+        if delta == 0 or not token_buckets:
+            return
+        args: list[str | int] = ["reconcile", _now_arg(now_ms), delta]
+        args += [_interval_us(b.tpm) for b in token_buckets]
+        self._script(keys=[self._keys.rate_limit(b.name) for b in token_buckets], args=args)
+
+    def headroom(self, bucket: Bucket, *, now_ms: int | None = None) -> Headroom:
+        """The bucket's unused per-minute budget; see `Headroom` for the exact meaning."""
+        if bucket.rpm is None and bucket.tpm is None:
+            return Headroom(None, None)
+        used_requests, used_tokens = self._script(
+            keys=[self._keys.rate_limit(bucket.name)], args=["headroom", _now_arg(now_ms)]
+        )
+        return Headroom(
+            rpm_available=None if bucket.rpm is None else max(bucket.rpm - used_requests, 0),
+            tpm_available=None if bucket.tpm is None else max(bucket.tpm - used_tokens, 0),
+        )
+
+    def pause(self, provider: str, for_s: float, *, now_ms: int | None = None) -> float:
+        """Stop every call to `provider` fleet-wide for `for_s` seconds from now.
+
+        A pause already set with a later deadline stays as it is: the later deadline wins.
+        Returns the deadline in force, as a unix time in seconds (Redis clock).
+        """
+        if for_s < 0:
+            raise ValueError(f"for_s must be >= 0, not {for_s}")
+        deadline_ms = self._script(
+            keys=[self._keys.provider_pause(provider)],
+            args=["pause", _now_arg(now_ms), round(for_s * 1000)],
+        )
+        return int(deadline_ms) / 1000
+
+    def paused_until(self, provider: str, *, now_ms: int | None = None) -> float | None:
+        """The end of the provider's pause as a unix time in seconds, or None if not paused."""
+        pipe = self._client.pipeline(transaction=True)
+        pipe.time()
+        pipe.get(self._keys.provider_pause(provider))
+        (seconds, micros), raw_deadline = pipe.execute()
+        if raw_deadline is None:
+            return None
+        current_ms = now_ms if now_ms is not None else seconds * 1000 + micros // 1000
+        deadline_ms = int(raw_deadline)
+        return deadline_ms / 1000 if deadline_ms > current_ms else None
+
+
+def _now_arg(now_ms: int | None) -> str:
+    return "" if now_ms is None else str(int(now_ms))
+
+
+def _interval_us(per_minute: int | None) -> str:
+    """Microseconds between two units at `per_minute`; "" when there is no limit."""
+    return "" if per_minute is None else repr(_US_PER_MINUTE / per_minute)

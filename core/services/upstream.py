@@ -1,0 +1,181 @@
+"""Calling one target as a well-mannered member of the fleet.
+
+Before each call: the target's circuit breaker (fleet-wide, `core/redis/breaker.py`) and a
+rate-limit reservation in every bucket the call counts against (`core/redis/rate_limit.py`):
+the provider, and the tenant when it has limits. After: reconcile the reservation with the
+real usage, report the outcome to the breaker, and feed the provider's own signals back
+(`Retry-After`, `x-ratelimit-remaining-* = 0`) as a fleet-wide pause. Retryable failures are
+retried a few times with tenacity (exponential backoff with jitter, honouring a short
+Retry-After); a target that is busy or broken raises `TargetUnavailable`, so the caller can
+fall back to the next target or put the job back on the queue without holding a thread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import structlog
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from core.config import GatewayConfig, Target
+from core.domain.chat import ChatRequest, Completion
+from core.errors import RateLimited, UpstreamError
+from core.providers.base import Provider
+from core.redis.breaker import CircuitBreaker
+from core.redis.rate_limit import Bucket, RateLimiter, provider_bucket
+from core.services.estimate import estimate_tokens
+
+log = structlog.get_logger("jobgate.upstream")
+
+TRIES_PER_TARGET = 2
+# Waits a thread may spend inline; longer ones become a fleet pause and a re-queue instead.
+MAX_INLINE_RETRY_WAIT_S = 2.0
+INTERACTIVE_MAX_WAIT_S = 10.0
+BATCH_MAX_WAIT_S = 0.5
+# Outcomes that say the target is unhealthy (a bad request or a 429 says nothing of its health).
+BREAKER_FAILURES = frozenset({"server_error", "overloaded", "timeout", "connection_error", "truncated"})
+
+
+class TargetUnavailable(Exception):
+    """The target cannot be called now (breaker open, budget booked, provider paused)."""
+
+    def __init__(self, reason: str, retry_after_s: float) -> None:
+        super().__init__(f"{reason}; retry in {retry_after_s:.2f} s")
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One call (or refusal) on one target, for the job's attempt log."""
+
+    target: Target
+    outcome: str
+    message: str | None
+    latency_ms: int
+    started_at: datetime
+
+
+def target_name(target: Target) -> str:
+    return f"{target.provider}/{target.model}"
+
+
+def _wait_for(retry_state: RetryCallState) -> float:
+    exc = retry_state.outcome.exception() if retry_state.outcome else None
+    if isinstance(exc, UpstreamError) and exc.retry_after_s:
+        return min(exc.retry_after_s, MAX_INLINE_RETRY_WAIT_S)
+    return float(wait_exponential_jitter(initial=0.2, max=MAX_INLINE_RETRY_WAIT_S, jitter=0.2)(retry_state))
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, UpstreamError) and exc.retryable
+
+
+class UpstreamCaller:
+    def __init__(
+        self,
+        *,
+        config: GatewayConfig,
+        providers: dict[str, Provider],
+        limiter: RateLimiter,
+        breaker: CircuitBreaker,
+        utcnow: Callable[[], datetime],
+        sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.providers = providers
+        self.limiter = limiter
+        self.breaker = breaker
+        self.utcnow = utcnow
+        self.sleep = sleep
+        self.monotonic = monotonic
+
+    def call(
+        self,
+        target: Target,
+        request: ChatRequest,
+        *,
+        interactive: bool,
+        tenant_bucket: Bucket | None,
+        records: list[CallRecord],
+    ) -> Completion:
+        """The completion, or UpstreamError (after retries), or TargetUnavailable."""
+        cfg = self.config.providers[target.provider]
+        buckets = [provider_bucket(target.provider, rpm=cfg.rpm, tpm=cfg.tpm)]
+        if tenant_bucket is not None:
+            buckets.append(tenant_bucket)
+        estimate = estimate_tokens(request)
+        max_wait_s = INTERACTIVE_MAX_WAIT_S if interactive else BATCH_MAX_WAIT_S
+        retrying = Retrying(
+            stop=stop_after_attempt(TRIES_PER_TARGET),
+            wait=_wait_for,
+            retry=retry_if_exception(_retryable),
+            sleep=self.sleep,
+            reraise=True,
+        )
+        for attempt in retrying:
+            with attempt:
+                return self._call_once(target, request, buckets, estimate, max_wait_s, records)
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    def _call_once(
+        self,
+        target: Target,
+        request: ChatRequest,
+        buckets: list[Bucket],
+        estimate: int,
+        max_wait_s: float,
+        records: list[CallRecord],
+    ) -> Completion:
+        cfg = self.config.providers[target.provider]
+        name = target_name(target)
+        started_at = self.utcnow()
+        permit = self.breaker.allow(name, cfg.breaker, probe_timeout_s=cfg.timeout_s + 5)
+        if not permit.allowed:
+            records.append(CallRecord(target, "breaker_open", None, 0, started_at))
+            raise TargetUnavailable("breaker open", permit.retry_after_s or cfg.breaker.cooldown_s)
+        reservation = self.limiter.reserve(buckets, estimate, max_wait_s=max_wait_s)
+        if not reservation.granted:
+            # A probe permit taken here lapses after its probe timeout; the next caller probes.
+            reason = "provider paused" if reservation.paused else "rate limit budget booked"
+            records.append(CallRecord(target, "rate_limit_wait", reason, 0, started_at))
+            raise TargetUnavailable(reason, reservation.retry_after_s or 1.0)
+        if reservation.wait_s > 0:
+            self.sleep(reservation.wait_s)
+        t0 = self.monotonic()
+        try:
+            completion = self.providers[target.provider].complete(request, target.model)
+        except UpstreamError as exc:
+            latency_ms = int((self.monotonic() - t0) * 1000)
+            self.limiter.reconcile(reservation, 0)
+            if exc.retry_after_s and (isinstance(exc, RateLimited) or exc.error_type == "overloaded"):
+                self.limiter.pause(target.provider, exc.retry_after_s)
+            if exc.error_type in BREAKER_FAILURES:
+                self.breaker.record_failure(name, cfg.breaker, probe=permit.probe)
+            else:
+                self.breaker.record_success(name, cfg.breaker, probe=permit.probe)
+            records.append(CallRecord(target, exc.error_type, exc.message, latency_ms, started_at))
+            log.info("upstream_error", target=name, error_type=exc.error_type, latency_ms=latency_ms)
+            raise
+        latency_ms = int((self.monotonic() - t0) * 1000)
+        self.limiter.reconcile(reservation, completion.input_tokens + completion.output_tokens)
+        self.breaker.record_success(name, cfg.breaker, probe=permit.probe)
+        self._apply_provider_limits(target.provider, completion)
+        records.append(CallRecord(target, "succeeded", None, latency_ms, started_at))
+        return completion
+
+    def _apply_provider_limits(self, provider: str, completion: Completion) -> None:
+        """The provider says a budget is spent: pause it fleet-wide until that budget resets."""
+        limits = completion.rate_limits
+        if limits is None:
+            return
+        for remaining, reset_s in (
+            (limits.remaining_requests, limits.reset_requests_s),
+            (limits.remaining_tokens, limits.reset_tokens_s),
+        ):
+            if remaining == 0 and reset_s:
+                self.limiter.pause(provider, reset_s)
