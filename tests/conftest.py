@@ -9,12 +9,37 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
+import httpx
+import psycopg
 import pytest
 import redis
+import yaml
+from psycopg import sql
+from sqlalchemy import select
+from sqlalchemy.engine import make_url
 
+from api.app import create_app
+from core.auth import create_key
+from core.config import load_config
+from core.providers import build_providers, close_providers
+from core.redis.breaker import CircuitBreaker
+from core.redis.cache import ResponseCache
 from core.redis.keys import Keys
+from core.redis.rate_limit import RateLimiter
+from core.redis.single_flight import SingleFlight
+from core.services.execute import ExecutionPolicy, JobExecutor, Outcome
+from core.services.upstream import UpstreamCaller
+from core.settings import Settings
+from core.store import jobs as store
+from core.store.clock import SqlClock
+from core.store.db import make_sync_engine, make_sync_sessions
+from core.store.migrate import upgrade
+from core.store.models import Job
+from tests.processes import ServiceProcess, jobgate_env, start_worker
+from tests.sim_process import SimHandle, run_sim
 
 REDIS_URL = os.environ.get("JOBGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_ADMIN_URL = os.environ.get("JOBGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -63,3 +88,229 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url, socket_timeout=5)
     yield client
     client.close()
+
+
+# --- SQL: a fresh database per test, SQLite file or Postgres database ---------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str:
+    try:
+        psycopg.connect(POSTGRES_ADMIN_URL, connect_timeout=3).close()
+    except psycopg.Error as exc:
+        _unavailable("Postgres", exc)
+    return POSTGRES_ADMIN_URL
+
+
+@pytest.fixture
+def empty_sqlite_url(tmp_path: Path) -> str:
+    """A SQLite file that does not exist yet (no schema)."""
+    return f"sqlite:///{tmp_path / 'jobgate.db'}"
+
+
+@pytest.fixture
+def empty_postgres_url(postgres_admin_url: str) -> Iterator[str]:
+    """A new, empty Postgres database `jobgate_test_<hex>`, dropped after the test."""
+    name = f"jobgate_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield make_url(postgres_admin_url).set(database=name).render_as_string(hide_password=False)
+    with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
+        # FORCE: a process the test started may still hold a connection when it is torn down.
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def sqlite_url(empty_sqlite_url: str) -> str:
+    upgrade(empty_sqlite_url)
+    return empty_sqlite_url
+
+
+@pytest.fixture
+def postgres_url(empty_postgres_url: str) -> str:
+    upgrade(empty_postgres_url)
+    return empty_postgres_url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """A migrated database of each kind; a module overrides this fixture to pin one."""
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_database_url(request: pytest.FixtureRequest) -> str:
+    url: str = request.getfixturevalue(f"empty_{request.param}_url")
+    return url
+
+
+# --- The simulated upstream and a config routed to it --------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def sim() -> Iterator[SimHandle]:
+    """One `python -m sim` for the session; tests keep apart by each using its own upstream model."""
+    with run_sim() as handle:
+        yield handle
+
+
+@pytest.fixture
+def upstream_model() -> str:
+    """The provider model behind the `fast` alias, unique to this test so its sim stats are its own."""
+    return f"echo-{uuid.uuid4().hex[:10]}"
+
+
+def sim_calls(sim: SimHandle, model: str) -> int:
+    """Upstream calls the sim answered (200) for `model`."""
+    counters = sim.stats()["models"].get(model)
+    return int(counters["calls"]) if counters else 0
+
+
+@pytest.fixture
+def config_path(tmp_path: Path, sim: SimHandle, upstream_model: str) -> Path:
+    """A providers/models YAML: alias `fast` → the sim (OpenAI wire format), cache off by default."""
+    config = {
+        "providers": {"sim": {"kind": "openai", "base_url": sim.openai_base_url, "timeout_s": 10}},
+        "models": {"fast": {"targets": [{"provider": "sim", "model": upstream_model}]}},
+        "pricing": {upstream_model: {"input_per_mtok": "1.00", "output_per_mtok": "2.00"}},
+        # Off, so "the upstream saw one call" always means "the job ran once".
+        "cache": {"default": False, "ttl_s": 60},
+    }
+    path = tmp_path / "jobgate.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def settings(database_url: str, redis_url: str, redis_prefix: str, config_path: Path) -> Settings:
+    return Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        config=config_path,
+        log_format="json",
+        log_level="WARNING",
+    )
+
+
+# --- Keys, the API in-process, and workers -------------------------------------------------------
+
+
+@pytest.fixture
+def make_key(settings: Settings) -> Iterator[Callable[[str], str]]:
+    """`make_key(tenant)` → a new API key for that tenant (created if needed)."""
+    engine = make_sync_engine(settings)
+    sessions = make_sync_sessions(engine)
+
+    def make(tenant: str) -> str:
+        with sessions() as session:
+            return create_key(session, tenant).key
+
+    yield make
+    engine.dispose()
+
+
+@pytest.fixture
+def api_key(make_key: Callable[[str], str]) -> str:
+    return make_key("tenant-a")
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+async def api_client(settings: Settings, api_key: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The FastAPI app in this process, lifespan included, authenticated as `api_key`."""
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=transport, base_url="http://jobgate.test", headers=bearer(api_key), timeout=30
+        ) as client,
+    ):
+        yield client
+
+
+class InlineWorker:
+    """The real `JobExecutor`, run synchronously in this process, without a broker.
+
+    Wired as `workers/process.py` wires it (config, providers, limiter, breaker, cache,
+    single-flight, SQL clock, job-done notification), so a test decides when each job runs.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        config = load_config(settings.config_path())
+        keys = Keys(settings.redis_prefix)
+        self.engine = make_sync_engine(settings)
+        self.sessions = make_sync_sessions(self.engine)
+        clock = SqlClock(self.engine.dialect.name)
+        self.providers = build_providers(config, max_connections=8)
+        assert settings.redis_url is not None
+        self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+        caller = UpstreamCaller(
+            config=config,
+            providers=self.providers,
+            limiter=RateLimiter(self.redis, keys),
+            breaker=CircuitBreaker(self.redis, keys),
+            utcnow=clock.utcnow,
+        )
+        self.executor = JobExecutor(
+            sessions=self.sessions,
+            clock=clock,
+            config=config,
+            caller=caller,
+            cache=ResponseCache(self.redis, keys),
+            single_flight=SingleFlight(self.redis, keys),
+            policy=ExecutionPolicy(lease_s=settings.lease_s),
+            on_final=lambda job_id: self.redis.publish(keys.job_done_channel, job_id),
+        )
+
+    def run(self, job_id: str) -> Outcome:
+        return self.executor.run(job_id)
+
+    def run_queued(self) -> dict[str, Outcome]:
+        """Run every queued job, oldest first; returns each one's outcome."""
+        with self.sessions() as session:
+            stmt = select(Job.id).where(Job.status == store.QUEUED).order_by(Job.id)
+            job_ids = list(session.execute(stmt).scalars())
+        return {job_id: self.run(job_id) for job_id in job_ids}
+
+    def close(self) -> None:
+        close_providers(self.providers)
+        self.redis.close()
+        self.engine.dispose()
+
+
+@pytest.fixture
+def inline_worker(settings: Settings) -> Iterator[InlineWorker]:
+    worker = InlineWorker(settings)
+    yield worker
+    worker.close()
+
+
+def process_env(settings: Settings) -> dict[str, str]:
+    """The environment of a jobgate process sharing this test's database, Redis prefix and config."""
+    return jobgate_env(
+        database_url=settings.database_url,
+        redis_url=settings.redis_url,
+        redis_prefix=settings.redis_prefix,
+        config=str(settings.config),
+    )
+
+
+@pytest.fixture
+def worker_process(settings: Settings) -> Iterator[Callable[..., ServiceProcess]]:
+    """`worker_process(threads=4)` starts `python -m workers`; every one started is stopped by pid."""
+    started: list[ServiceProcess] = []
+
+    def start(*, threads: int = 4) -> ServiceProcess:
+        worker = start_worker(process_env(settings), threads=threads)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()

@@ -74,7 +74,7 @@ def job_row(
         "priority": spec.priority,
         "status": store.QUEUED,
         "request": spec.body,
-        "metadata": spec.metadata or {},
+        "metadata_": spec.metadata or {},
         "webhook_url": spec.webhook_url,
         "use_cache": spec.use_cache,
         "deadline": spec.deadline,

@@ -1,0 +1,167 @@
+"""Real jobgate processes for integration and end-to-end tests, started and stopped by pid.
+
+`ServiceProcess.start(name, argv, env)` starts a child in its own session, drains its stdout
+(kept in memory, so a test can wait for a line) and sends its stderr to a log file (shown
+when a test fails to start it). `stop()` sends SIGTERM to that pid, then SIGKILL after a
+grace period. `jobgate_env(...)` builds the environment of a jobgate process from a clean
+copy of ours: no stray `JOBGATE_*` variable of the developer's shell leaks into a test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def jobgate_env(**settings: str | None) -> dict[str, str]:
+    """Our environment without any JOBGATE_* variable, plus `JOBGATE_<NAME>` for each given setting."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("JOBGATE_")}
+    env["JOBGATE_LOG_FORMAT"] = "json"
+    for name, value in settings.items():
+        if value is not None:
+            env[f"JOBGATE_{name.upper()}"] = value
+    return env
+
+
+def wait_until(
+    condition: Callable[[], bool], *, timeout_s: float, interval_s: float = 0.02, what: str
+) -> None:
+    """Poll `condition` until it holds; fail with `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    process: subprocess.Popen[str]
+    stderr_path: Path
+    lines: list[str] = field(default_factory=list)
+    stdout_closed: bool = False
+    _line_added: threading.Condition = field(default_factory=threading.Condition)
+
+    @classmethod
+    def start(
+        cls, name: str, argv: list[str], env: dict[str, str], *, cwd: Path | None = None
+    ) -> ServiceProcess:
+        stderr_path = Path(tempfile.mkstemp(prefix=f"jobgate-test-{name}-", suffix=".log")[1])
+        with stderr_path.open("w") as stderr:
+            process = subprocess.Popen(
+                argv,
+                cwd=cwd or PROJECT_ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                bufsize=1,
+                start_new_session=True,  # a Ctrl-C in the terminal reaches pytest only
+            )
+        service = cls(name=name, process=process, stderr_path=stderr_path)
+        threading.Thread(target=service._drain, name=f"{name}-stdout", daemon=True).start()
+        return service
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def _drain(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._line_added:
+                self.lines.append(line.rstrip("\n"))
+                self._line_added.notify_all()
+        with self._line_added:
+            self.stdout_closed = True
+            self._line_added.notify_all()
+
+    def wait_for_line(self, needle: str, *, timeout_s: float) -> str:
+        """The first stdout line containing `needle`, waiting for it up to `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        with self._line_added:
+            while True:
+                for line in self.lines:
+                    if needle in line:
+                        return line
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.stdout_closed:
+                    break
+                self._line_added.wait(timeout=remaining)
+        raise RuntimeError(f"{self.name} never printed {needle!r}; {self.diagnostics()}")
+
+    def wait_for_http(self, url: str, *, timeout_s: float) -> None:
+        """Poll `url` until it answers 200; fail early if the process dies."""
+
+        def answers() -> bool:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited while starting; {self.diagnostics()}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    return bool(response.status == 200)
+            except (urllib.error.URLError, OSError):
+                return False
+
+        wait_until(answers, timeout_s=timeout_s, interval_s=0.05, what=f"{self.name} to answer {url}")
+
+    def diagnostics(self) -> str:
+        stderr = self.stderr_path.read_text(errors="replace")[-3000:] if self.stderr_path.exists() else ""
+        return f"exit code {self.process.poll()}; stdout tail: {self.lines[-20:]}; stderr tail:\n{stderr}"
+
+    def stop(self, *, grace_s: float = 10.0) -> int:
+        """SIGTERM this pid, SIGKILL it after `grace_s`; returns the exit code."""
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait(timeout=5)
+        self.stderr_path.unlink(missing_ok=True)
+        return code
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def start_worker(env: dict[str, str], *, threads: int, timeout_s: float = 30.0) -> ServiceProcess:
+    """`python -m workers --threads N`, returned once it prints "worker ready"."""
+    worker = ServiceProcess.start(
+        "worker", python_module("workers", "--threads", str(threads), "--grace-s", "5"), env
+    )
+    try:
+        worker.wait_for_line("worker ready", timeout_s=timeout_s)
+    except BaseException:
+        worker.stop()
+        raise
+    return worker
+
+
+def http_json(method: str, url: str, *, key: str | None = None, payload: object = None) -> object:
+    """A JSON request with the standard library (for checks against real processes)."""
+    data = None if payload is None else json.dumps(payload).encode()
+    headers = {"content-type": "application/json"}
+    if key is not None:
+        headers["authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
