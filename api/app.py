@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import redis
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
@@ -16,7 +17,7 @@ from api.body_limit import BodyLimitMiddleware
 from api.deps import AppState
 from api.errors import install_error_handlers
 from api.notifier import JobNotifier
-from api.routes import batches, health, jobs, models
+from api.routes import batches, chat, health, jobs, models, providers
 from core import queue
 from core.config import load_config
 from core.logging import configure_logging
@@ -54,6 +55,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         broker = queue.build_broker(
             settings.redis_url, keys, max_connections=64, timeout_s=settings.redis_timeout_s
         )
+        redis_sync = redis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=settings.redis_timeout_s,
+        )
         notifier = JobNotifier(pubsub, keys.job_done_channel)
         notifier.start()
         app.state.jobgate = AppState(
@@ -63,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             clock=SqlClock(engine.dialect.name),
             keys=keys,
             redis=commands,
+            redis_sync=redis_sync,
             broker=broker,
             notifier=notifier,
         )
@@ -73,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await commands.aclose()
             await pubsub.aclose()
             broker.close()
+            redis_sync.close()
             await engine.dispose()
 
     app = FastAPI(
@@ -85,6 +93,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, max_batch_bytes=settings.max_batch_bytes
     )
     install_error_handlers(app)
-    for module in (health, jobs, batches, models):
+    for module in (health, jobs, batches, chat, models, providers):
         app.include_router(module.router)
     return app

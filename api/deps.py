@@ -9,6 +9,7 @@ from typing import Annotated
 import redis.asyncio as aioredis
 from dramatiq.brokers.redis import RedisBroker
 from fastapi import Depends, Request
+from redis import Redis as SyncRedis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -32,6 +33,8 @@ class AppState:
     clock: SqlClock
     keys: Keys
     redis: aioredis.Redis
+    # Sync client for the fleet-state classes shared with the workers (limiter, breaker).
+    redis_sync: SyncRedis
     broker: RedisBroker
     notifier: JobNotifier
 

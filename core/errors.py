@@ -181,3 +181,18 @@ class NotFoundUpstream(UpstreamError):
     error_type = "not_found"
     retryable = False
     http_status = 502
+
+
+# Job error types that are not upstream errors, and the status the sync path answers with.
+_JOB_ERROR_STATUS = {"deadline_exceeded": 504, "cancelled": 409, "attempts_exhausted": 502}
+
+
+def http_status_for(error_type: str) -> int:
+    """The HTTP status OpenAI would use for a job's `error.type` (for the synchronous path)."""
+    pending: list[type[UpstreamError]] = [UpstreamError]
+    while pending:
+        cls = pending.pop()
+        if cls.error_type == error_type and cls is not UpstreamError:
+            return cls.http_status
+        pending.extend(cls.__subclasses__())
+    return _JOB_ERROR_STATUS.get(error_type, 502)

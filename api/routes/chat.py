@@ -1,0 +1,57 @@
+"""`POST /v1/chat/completions`: the synchronous convenience path (submit, then wait).
+
+Any OpenAI client can point its `base_url` at jobgate: the job runs with priority
+`interactive` through the same queue, limiter and cache as every other job, and the answer
+is the `chat.completion` body. A job still running after `JOBGATE_SYNC_TIMEOUT_S` answers
+504 with its id (header `x-jobgate-job-id`), so the client can go on polling it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from api.deps import PrincipalDep, SessionDep, StateDep
+from api.dispatch import dispatch_committed
+from api.errors import error_body
+from api.job_specs import job_spec
+from api.schemas import JobRequest
+from api.waiting import wait_for_job
+from core.errors import http_status_for
+from core.services.submit import submit_job
+from core.store import jobs as store
+
+router = APIRouter(prefix="/v1/chat", tags=["openai-compatible"])
+
+
+@router.post("/completions", response_model=None)
+async def chat_completions(
+    request: Request, body: JobRequest, state: StateDep, session: SessionDep, principal: PrincipalDep
+) -> JSONResponse:
+    spec = job_spec(body, config=state.config, settings=state.settings, default_priority="interactive")
+    job, _ = await submit_job(
+        session,
+        spec,
+        tenant_id=principal.tenant_id,
+        now=state.clock.utcnow(),
+        max_attempts=state.settings.max_attempts,
+        request_id=request.headers.get("x-request-id"),
+    )
+    await dispatch_committed(state.broker, [(job.id, job.priority)])
+    job = await wait_for_job(state, session, principal.tenant_id, job.id, state.settings.sync_timeout_s)
+    headers = {"x-jobgate-job-id": job.id}
+    if job.status == store.SUCCEEDED:
+        return JSONResponse(job.result, headers=headers)
+    if job.status in store.FINAL_STATES:
+        error: dict[str, Any] = job.error or {"type": "server_error", "message": "The job failed."}
+        body_out = error_body(error["type"], error.get("message", ""))
+        body_out["error"]["code"] = error["type"]
+        return JSONResponse(body_out, status_code=http_status_for(error["type"]), headers=headers)
+    body_out = error_body(
+        "timeout",
+        f"The job did not finish within {state.settings.sync_timeout_s:g} s; poll GET /v1/jobs/{job.id}.",
+    )
+    body_out["error"]["job_id"] = job.id
+    return JSONResponse(body_out, status_code=504, headers=headers)

@@ -1,0 +1,68 @@
+"""`GET /v1/providers`: each provider's health, breaker state and limiter headroom, fleet-wide.
+
+Read from the same Redis state the workers write (breakers per target, limiter buckets,
+pauses). The provider's `breaker` is its worst target's state; `targets` details each one.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from anyio import to_thread
+from fastapi import APIRouter
+
+from api.deps import AppState, PrincipalDep, StateDep
+from core.redis.breaker import CircuitBreaker
+from core.redis.rate_limit import RateLimiter, provider_bucket
+from core.representation import rfc3339
+
+router = APIRouter(prefix="/v1/providers", tags=["operators"])
+
+_SEVERITY = {"closed": 0, "half_open": 1, "open": 2}
+
+
+def provider_health(state: AppState) -> list[dict[str, Any]]:
+    limiter = RateLimiter(state.redis_sync, state.keys)
+    breaker = CircuitBreaker(state.redis_sync, state.keys)
+    targets_by_provider: dict[str, list[str]] = {name: [] for name in state.config.providers}
+    for route in state.config.models.values():
+        for target in route.targets:
+            if target.model not in targets_by_provider[target.provider]:
+                targets_by_provider[target.provider].append(target.model)
+    data = []
+    for name, cfg in state.config.providers.items():
+        headroom = limiter.headroom(provider_bucket(name, rpm=cfg.rpm, tpm=cfg.tpm))
+        paused = limiter.paused_until(name)
+        targets: list[dict[str, Any]] = []
+        for model in targets_by_provider[name]:
+            stats = breaker.stats(f"{name}/{model}")
+            targets.append(
+                {
+                    "model": model,
+                    "breaker": stats.state,
+                    "recent_successes": stats.recent_successes,
+                    "recent_failures": stats.recent_failures,
+                    "error_rate": stats.error_rate,
+                }
+            )
+        worst = max((str(t["breaker"]) for t in targets), key=_SEVERITY.__getitem__, default="closed")
+        data.append(
+            {
+                "provider": name,
+                "kind": cfg.kind,
+                "breaker": worst,
+                "rpm": cfg.rpm,
+                "tpm": cfg.tpm,
+                "rpm_available": headroom.rpm_available,
+                "tpm_available": headroom.tpm_available,
+                "paused_until": rfc3339(datetime.fromtimestamp(paused, UTC)) if paused else None,
+                "targets": targets,
+            }
+        )
+    return data
+
+
+@router.get("")
+async def list_providers(state: StateDep, _principal: PrincipalDep) -> dict[str, Any]:
+    return {"object": "list", "data": await to_thread.run_sync(provider_health, state)}
