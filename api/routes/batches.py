@@ -65,6 +65,20 @@ def _options(data: dict[str, Any]) -> BatchOptions:
         raise InvalidRequest(message, param=param) from None
 
 
+def _query_options(request: Request) -> BatchOptions:
+    """An NDJSON upload's batch options, from its query string (`metadata` as a JSON object)."""
+    data: dict[str, Any] = dict(request.query_params)
+    if "metadata" in data:
+        try:
+            data["metadata"] = json.loads(data["metadata"])
+        except json.JSONDecodeError:
+            raise InvalidRequest(
+                'The metadata query parameter must be a JSON object, such as metadata={"team":"search"}.',
+                param="metadata",
+            ) from None
+    return _options(data)
+
+
 def _parser(state: AppState, options: BatchOptions) -> BatchParser:
     return BatchParser(config=state.config, settings=state.settings, default_priority=options.priority)
 
@@ -88,7 +102,7 @@ async def create_batch(
 ) -> JSONResponse:
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if content_type in NDJSON_TYPES:
-        options = _options(dict(request.query_params))
+        options = _query_options(request)
         parser = _parser(state, options)
         await parse_ndjson_batch(request.stream(), parser)
     elif content_type == "application/json":
