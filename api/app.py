@@ -17,7 +17,7 @@ from api.body_limit import BodyLimitMiddleware
 from api.deps import AppState
 from api.errors import install_error_handlers
 from api.notifier import JobNotifier
-from api.routes import batches, chat, health, jobs, models, providers
+from api.routes import batches, chat, health, jobs, models, providers, webhooks
 from core import queue
 from core.config import load_config
 from core.logging import configure_logging
@@ -93,6 +93,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, max_batch_bytes=settings.max_batch_bytes
     )
     install_error_handlers(app)
-    for module in (health, jobs, batches, chat, models, providers):
+    for module in (health, jobs, batches, chat, models, providers, webhooks):
         app.include_router(module.router)
     return app

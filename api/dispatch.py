@@ -8,13 +8,16 @@ jobs that have no message in Redis. The client still gets its 202 (DESIGN.md pri
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import redis
 import structlog
 from anyio import to_thread
 from dramatiq.brokers.redis import RedisBroker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import queue
+from core.services.webhook_events import record_jobs_final
 
 log = structlog.get_logger("jobgate.dispatch")
 
@@ -26,3 +29,25 @@ async def dispatch_committed(broker: RedisBroker, jobs: Sequence[tuple[str, str]
         log.warning("enqueue_failed_sweeper_will_dispatch", jobs=len(jobs), error=type(exc).__name__)
         return False
     return True
+
+
+async def record_final_events(session: AsyncSession, job_ids: list[str], now: datetime) -> list[str]:
+    """Write the webhook outbox rows for jobs this request made final (before its commit)."""
+    if not job_ids:
+        return []
+    return await session.run_sync(lambda sync_session: record_jobs_final(sync_session, job_ids, now))
+
+
+async def dispatch_deliveries(
+    broker: RedisBroker, delivery_ids: Sequence[str], *, manual: bool = False
+) -> None:
+    if not delivery_ids:
+        return
+    try:
+        await to_thread.run_sync(lambda: queue.dispatch_deliveries(broker, delivery_ids, manual=manual))
+    except redis.RedisError as exc:
+        log.warning(
+            "webhook_enqueue_failed_sweeper_will_dispatch",
+            deliveries=len(delivery_ids),
+            error=type(exc).__name__,
+        )

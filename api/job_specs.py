@@ -13,12 +13,22 @@ from core.config import GatewayConfig
 from core.errors import InvalidRequest
 from core.services.submit import JobSpec
 from core.settings import Settings
+from core.webhooks.ssrf import UrlPolicy
 
 
 def check_model(config: GatewayConfig, model: str, param: str = "model") -> None:
     if config.targets_for(model) is None:
         known = ", ".join(config.known_models())
         raise InvalidRequest(f"The model {model!r} does not exist. Known models: {known}.", param=param)
+
+
+def check_webhook_url(settings: Settings, url: str, param: str = "webhook_url") -> None:
+    """Refuse at submission what is plainly bad (scheme, private literal, userinfo...);
+    what DNS returns is checked again at delivery time, on the connection itself."""
+    try:
+        UrlPolicy.from_settings(settings).check_url_syntax(url)
+    except InvalidRequest as exc:
+        raise InvalidRequest(exc.message, param=param) from None
 
 
 def job_spec(
@@ -36,6 +46,8 @@ def job_spec(
             param=f"{param_prefix}stream",
         )
     check_model(config, request.model, param=f"{param_prefix}model")
+    if request.webhook_url is not None:
+        check_webhook_url(settings, request.webhook_url, param=f"{param_prefix}webhook_url")
     deadline = request.deadline
     if deadline is not None and deadline.tzinfo is None:
         deadline = deadline.replace(tzinfo=UTC)

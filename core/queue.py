@@ -129,6 +129,14 @@ def dispatch_jobs(broker: RedisBroker, jobs: Iterable[tuple[str, str]], *, delay
     )
 
 
+def dispatch_deliveries(
+    broker: RedisBroker, delivery_ids: Iterable[str], *, delay_ms: int = 0, manual: bool = False
+) -> int:
+    """Enqueue `deliver_webhook` for these deliveries (message id = delivery id)."""
+    items = ((DELIVER_WEBHOOK, delivery_id, (delivery_id, manual)) for delivery_id in delivery_ids)
+    return enqueue_messages(broker, items, delay_ms=delay_ms)
+
+
 def pending_job_ids(broker: RedisBroker, jobs: Sequence[tuple[str, str]]) -> set[str]:
     """Which of these (job_id, priority) still have a message in Redis (queued, delayed or unacked)."""
     pipe = broker.client.pipeline(transaction=False)

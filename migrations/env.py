@@ -7,11 +7,11 @@ tests), else `-x url=…`, else jobgate's settings. SQLite needs batch mode to a
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy import create_engine, pool
 
 from core.settings import Settings
 from core.store.db import sync_url
 from core.store.models import Base
-from sqlalchemy import create_engine, pool
 
 config = context.config
 

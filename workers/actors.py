@@ -15,6 +15,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from core import queue
 from core.services.execute import JobExecutor
+from core.services.webhook_delivery import WebhookDeliverer
 
 log = structlog.get_logger("jobgate.actors")
 
@@ -43,8 +44,26 @@ def _run_job_fn(executor: JobExecutor, broker: RedisBroker, priority: str) -> Ca
     return run_job
 
 
+def _deliver_webhook_fn(deliverer: WebhookDeliverer, broker: RedisBroker) -> Callable[..., None]:
+    def deliver_webhook(delivery_id: str, manual: bool = False) -> None:
+        structlog.contextvars.bind_contextvars(delivery_id=delivery_id)
+        try:
+            result = deliverer.deliver(delivery_id, manual=manual)
+            retry_in_s = result.retry_in_s
+            if result.status == "pending" and retry_in_s is not None and retry_in_s <= MAX_BROKER_DELAY_S:
+                queue.dispatch_deliveries(broker, [delivery_id], delay_ms=max(1, int(retry_in_s * 1000)))
+        except Exception:
+            # The delivery's hold lapses and the sweeper dispatches it again: nothing is lost.
+            log.exception("deliver_webhook_crashed")
+            raise
+        finally:
+            structlog.contextvars.unbind_contextvars("delivery_id")
+
+    return deliver_webhook
+
+
 def declare_actors(
-    broker: RedisBroker, executor: JobExecutor, *, time_limit_s: float
+    broker: RedisBroker, executor: JobExecutor, deliverer: WebhookDeliverer, *, time_limit_s: float
 ) -> list[dramatiq.Actor]:
     options = {"max_retries": 0, "time_limit": int(time_limit_s * 1000)}
     actors = []
@@ -59,4 +78,15 @@ def declare_actors(
                 options=options,
             )
         )
+    spec = queue.DELIVER_WEBHOOK
+    actors.append(
+        dramatiq.Actor(
+            _deliver_webhook_fn(deliverer, broker),
+            broker=broker,
+            actor_name=spec.actor_name,
+            queue_name=spec.queue_name,
+            priority=spec.priority,
+            options=options,
+        )
+    )
     return actors

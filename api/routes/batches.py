@@ -14,14 +14,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.batch_upload import BatchParser, parse_json_requests, parse_ndjson_batch, split_json_batch
 from api.deps import AppState, PrincipalDep, SessionDep, StateDep
-from api.dispatch import dispatch_committed
+from api.dispatch import dispatch_committed, dispatch_deliveries, record_final_events
 from api.errors import describe_validation_error
+from api.job_specs import check_webhook_url
 from api.schemas import BatchOptions
 from core.errors import InvalidRequest, NotFound, UnsupportedMediaType
 from core.representation import batch_object
 from core.services.submit import BatchSpec, submit_batch
 from core.store import jobs as store
-from core.store.models import Batch
+from core.store.models import Batch, Job
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
@@ -80,6 +81,8 @@ def _query_options(request: Request) -> BatchOptions:
 
 
 def _parser(state: AppState, options: BatchOptions) -> BatchParser:
+    if options.webhook_url is not None:
+        check_webhook_url(state.settings, options.webhook_url)
     return BatchParser(config=state.config, settings=state.settings, default_priority=options.priority)
 
 
@@ -166,8 +169,11 @@ async def cancel_batch(
         await session.execute(
             update(Batch).where(Batch.id == batch.id, Batch.cancelled_at.is_(None)).values(cancelled_at=now)
         )
-    await session.execute(store.cancel_batch_jobs_stmt(batch.id, now))
+    stmt = store.cancel_batch_jobs_stmt(batch.id, now).returning(Job.id)
+    cancelled = list((await session.execute(stmt)).scalars())
+    deliveries = await record_final_events(session, cancelled, state.clock.utcnow())
     await session.commit()
+    await dispatch_deliveries(state.broker, deliveries)
     return await _batch_view(session, await _load_batch(session, principal.tenant_id, batch_id))
 
 

@@ -8,13 +8,14 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 
 from api.deps import PrincipalDep, SessionDep, StateDep
-from api.dispatch import dispatch_committed
+from api.dispatch import dispatch_committed, dispatch_deliveries, record_final_events
 from api.job_specs import job_spec
 from api.schemas import JobRequest
 from api.waiting import load_job, wait_for_job
 from core.representation import job_object
 from core.services.submit import request_hash, submit_job
 from core.store import jobs as store
+from core.store.models import Job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -64,10 +65,13 @@ async def get_job(
 async def cancel_job(
     job_id: str, state: StateDep, session: SessionDep, principal: PrincipalDep
 ) -> dict[str, Any]:
-    result = await session.execute(store.cancel_job_stmt(principal.tenant_id, job_id, state.clock.now()))
+    stmt = store.cancel_job_stmt(principal.tenant_id, job_id, state.clock.now()).returning(Job.id)
+    cancelled = list((await session.execute(stmt)).scalars())
+    deliveries = await record_final_events(session, cancelled, state.clock.utcnow())
     await session.commit()
-    if store.rowcount(result):
+    if cancelled:
         await state.notifier.publish(job_id)
+        await dispatch_deliveries(state.broker, deliveries)
     return job_object(await load_job(session, principal.tenant_id, job_id))
 
 

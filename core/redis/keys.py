@@ -26,6 +26,10 @@ class Keys:
         """A limiter bucket (provider, provider+model, tenant); the script may suffix it."""
         return f"{self.prefix}:rl:{bucket}"
 
+    def rate_limit_ahead(self, bucket: str) -> str:
+        """A limiter bucket's token bookings whose calls have not gone out yet (a sorted set)."""
+        return f"{self.prefix}:rl-ahead:{bucket}"
+
     def provider_pause(self, provider: str) -> str:
         """Until when (Redis time, ms) a provider is paused fleet-wide after a 429/Retry-After."""
         return f"{self.prefix}:pause:{provider}"

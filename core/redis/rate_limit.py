@@ -148,6 +148,7 @@ class RateLimiter:
         for bucket in limited:
             args += [_interval_us(bucket.rpm), _interval_us(bucket.tpm)]
         keys = [self._keys.rate_limit(b.name) for b in limited]
+        keys += [self._keys.rate_limit_ahead(b.name) for b in limited]
         keys += [self._keys.provider_pause(p) for p in providers]
         granted, wait_us, retry_after_us, paused = self._script(keys=keys, args=args)
         if granted:
@@ -173,7 +174,9 @@ class RateLimiter:
             return
         args: list[str | int] = ["reconcile", _now_arg(now_ms), delta]
         args += [_interval_us(b.tpm) for b in token_buckets]
-        self._script(keys=[self._keys.rate_limit(b.name) for b in token_buckets], args=args)
+        keys = [self._keys.rate_limit(b.name) for b in token_buckets]
+        keys += [self._keys.rate_limit_ahead(b.name) for b in token_buckets]
+        self._script(keys=keys, args=args)
 
     def headroom(self, bucket: Bucket, *, now_ms: int | None = None) -> Headroom:
         """The bucket's unused per-minute budget; see `Headroom` for the exact meaning."""

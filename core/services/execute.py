@@ -35,6 +35,7 @@ from core.redis.cache import ResponseCache
 from core.redis.rate_limit import Bucket, tenant_bucket
 from core.redis.single_flight import Flight, SingleFlight
 from core.services.upstream import CallRecord, TargetUnavailable, UpstreamCaller
+from core.services.webhook_events import record_job_final
 from core.store import jobs as store
 from core.store.clock import SqlClock
 from core.store.models import JobAttempt, Tenant, as_utc
@@ -100,7 +101,7 @@ class JobExecutor:
         cache: ResponseCache,
         single_flight: SingleFlight,
         policy: ExecutionPolicy,
-        on_final: Callable[[str], None],
+        on_final: Callable[[str, list[str]], None],
         active: ActiveClaims | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -300,17 +301,21 @@ class JobExecutor:
         return self._final(run, {"status": store.FAILED, "error": error}, store.FAILED)
 
     def _final(self, run: _Run, values: dict[str, Any], status: str) -> Outcome:
+        """One transaction: the final state, the attempt log and the webhook outbox rows."""
         with self.sessions() as session:
             won = store.finish_job(session, self.clock, run.claim, **values)
+            deliveries = record_job_final(session, run.job_id, self.clock.utcnow()) if won else []
             store.record_attempts(session, self._attempt_rows(run))
+            session.commit()
         if not won:
             log.warning("final_write_lost", job_id=run.job_id, attempt=run.claim.attempt)
             return Outcome("skipped")
-        self.on_final(run.job_id)
+        self.on_final(run.job_id, deliveries)
         return Outcome(status)
 
     def _requeue(self, run: _Run, delay_s: float, *, refund: bool) -> Outcome:
         with self.sessions() as session:
             won = store.requeue_job(session, self.clock, run.claim, delay_s=delay_s, refund_attempt=refund)
             store.record_attempts(session, self._attempt_rows(run))
+            session.commit()
         return Outcome("requeued", delay_s=delay_s) if won else Outcome("skipped")

@@ -16,6 +16,8 @@ from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import queue
+from core.services.webhook_delivery import overdue_deliveries
+from core.services.webhook_events import record_job_final
 from core.store import jobs as store
 from core.store.clock import SqlClock
 
@@ -34,9 +36,11 @@ class SweepReport:
 
 def reap_expired_leases(
     sessions: sessionmaker[Session], clock: SqlClock
-) -> tuple[list[tuple[str, str]], int]:
-    """Returns the (job_id, priority) pairs put back in the queue, and how many were failed."""
+) -> tuple[list[tuple[str, str]], int, list[str]]:
+    """Returns the (job_id, priority) pairs put back in the queue, how many were failed, and
+    the webhook deliveries the failures produced."""
     requeued: list[tuple[str, str]] = []
+    deliveries: list[str] = []
     failed = 0
     with sessions() as session:
         rows = session.execute(store.expired_leases_stmt(clock.now(), REAP_LIMIT)).all()
@@ -46,10 +50,11 @@ def reap_expired_leases(
             if store.rowcount(session.execute(stmt)) == 1:
                 if exhausted:
                     failed += 1
+                    deliveries += record_job_final(session, job_id, clock.utcnow())
                 else:
                     requeued.append((job_id, priority))
         session.commit()
-    return requeued, failed
+    return requeued, failed, deliveries
 
 
 def find_lost_jobs(
@@ -69,13 +74,23 @@ def find_lost_jobs(
 def sweep(
     sessions: sessionmaker[Session], clock: SqlClock, broker: RedisBroker, *, redispatch_after_s: float
 ) -> SweepReport:
-    requeued, failed = reap_expired_leases(sessions, clock)
+    requeued, failed, deliveries = reap_expired_leases(sessions, clock)
     lost = find_lost_jobs(sessions, clock, broker, older_than_s=redispatch_after_s)
     queue.run_broker_maintenance(broker)
     to_dispatch = requeued + lost
     if to_dispatch:
         queue.dispatch_jobs(broker, to_dispatch)
+    with sessions() as session:
+        deliveries += overdue_deliveries(session, clock.utcnow(), grace_s=redispatch_after_s)
+    if deliveries:
+        queue.dispatch_deliveries(broker, deliveries)
     report = SweepReport(reaped=len(requeued), failed=failed, redispatched=len(lost))
-    if requeued or failed or lost:
-        log.info("sweep", reaped=report.reaped, failed=report.failed, redispatched=report.redispatched)
+    if requeued or failed or lost or deliveries:
+        log.info(
+            "sweep",
+            reaped=report.reaped,
+            failed=report.failed,
+            redispatched=report.redispatched,
+            webhook_deliveries=len(deliveries),
+        )
     return report

@@ -172,16 +172,17 @@ def _owns(claim: Claim) -> Any:
 
 
 def finish_job(session: Session, clock: SqlClock, claim: Claim, **values: Any) -> bool:
-    """running → succeeded|failed for this claim only; False if the claim was lost meanwhile."""
+    """running → succeeded|failed for this claim only; False if the claim was lost meanwhile.
+
+    Does not commit: the caller writes the job's webhook deliveries in the same transaction.
+    """
     stmt = (
         update(Job)
         .where(_owns(claim))
         .values(finished_at=clock.now(), lease_until=None, **values)
         .execution_options(synchronize_session=False)
     )
-    won = rowcount(session.execute(stmt)) == 1
-    session.commit()
-    return won
+    return rowcount(session.execute(stmt)) == 1
 
 
 def requeue_job(
@@ -190,7 +191,7 @@ def requeue_job(
     """running → queued, to run again after `delay_s` (rate-limit delay, retryable failure).
 
     `refund_attempt` gives the attempt back when nothing was tried upstream (every target was
-    only busy): waiting for budget must not use up a job's attempts.
+    only busy): waiting for budget must not use up a job's attempts. The caller commits.
     """
     now = clock.now()
     attempts = Job.attempts - 1 if refund_attempt else Job.attempts
@@ -202,9 +203,7 @@ def requeue_job(
         )
         .execution_options(synchronize_session=False)
     )
-    won = rowcount(session.execute(stmt)) == 1
-    session.commit()
-    return won
+    return rowcount(session.execute(stmt)) == 1
 
 
 def renew_leases(session: Session, clock: SqlClock, claims: list[Claim], *, lease_s: float) -> int:
@@ -225,8 +224,8 @@ def renew_leases(session: Session, clock: SqlClock, claims: list[Claim], *, leas
 
 
 def record_attempts(session: Session, attempts: list[JobAttempt]) -> None:
+    """Adds the attempt rows to the session; the caller commits with the state change."""
     session.add_all(attempts)
-    session.commit()
 
 
 def job_status(session: Session, job_id: str) -> tuple[str, datetime | None] | None:

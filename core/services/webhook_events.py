@@ -1,0 +1,206 @@
+"""Webhook events as an outbox: deliveries are rows written in the same transaction as the
+state change they announce, so a crash between "job finished" and "event queued" loses
+nothing (the sweeper dispatches pending deliveries that have no message).
+
+A job's final state produces `job.succeeded|failed|cancelled` for its own `webhook_url` (or
+its batch's) and for every enabled tenant endpoint subscribed to the event; the last job of
+a batch to finish also produces one `batch.completed`. Payloads are the job or batch object
+as GET returns it; a result over 256 KB is replaced by a link to the job.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from core.ids import new_id
+from core.representation import batch_object, job_object, rfc3339
+from core.store import jobs as store
+from core.store.models import Batch, Job, TenantWebhookSecret, WebhookDelivery, WebhookEndpoint, as_utc
+from core.webhooks.signing import new_secret
+
+MAX_INLINE_RESULT_BYTES = 256 * 1024
+SECRET_OVERLAP = timedelta(hours=24)
+EVENT_TYPES = ("job.succeeded", "job.failed", "job.cancelled", "batch.completed")
+
+PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+
+
+@dataclass(frozen=True)
+class Destination:
+    url: str
+    endpoint_id: str | None
+
+
+def _payload(event_type: str, data: dict[str, Any], now: datetime) -> str:
+    return json.dumps(
+        {"type": event_type, "timestamp": rfc3339(now), "data": data},
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+
+
+def job_event_data(job: Job) -> dict[str, Any]:
+    data = job_object(job)
+    if data["result"] is not None and len(json.dumps(data["result"])) > MAX_INLINE_RESULT_BYTES:
+        data["result"] = None
+        data["result_url"] = f"/v1/jobs/{job.id}"
+    return data
+
+
+def _endpoints(session: Session, tenant_id: str, event_type: str) -> list[Destination]:
+    stmt = select(WebhookEndpoint.id, WebhookEndpoint.url, WebhookEndpoint.events).where(
+        WebhookEndpoint.tenant_id == tenant_id,
+        WebhookEndpoint.enabled.is_(True),
+        WebhookEndpoint.deleted_at.is_(None),
+    )
+    return [
+        Destination(url, endpoint_id)
+        for endpoint_id, url, events in session.execute(stmt)
+        if not events or event_type in events
+    ]
+
+
+def _add_deliveries(
+    session: Session,
+    *,
+    tenant_id: str,
+    event_type: str,
+    payload: str,
+    destinations: list[Destination],
+    now: datetime,
+    job_id: str | None = None,
+    batch_id: str | None = None,
+) -> list[str]:
+    ids = []
+    for destination in destinations:
+        delivery_id = new_id("dlv")
+        session.add(
+            WebhookDelivery(
+                id=delivery_id,
+                tenant_id=tenant_id,
+                job_id=job_id,
+                batch_id=batch_id,
+                endpoint_id=destination.endpoint_id,
+                url=destination.url,
+                event_type=event_type,
+                webhook_id=new_id("msg"),
+                payload=payload,
+                status=PENDING,
+                attempt_count=0,
+                next_attempt_at=now,
+                created_at=now,
+            )
+        )
+        ids.append(delivery_id)
+    return ids
+
+
+def record_job_final(session: Session, job_id: str, now: datetime) -> list[str]:
+    """In the transaction that made the job final: its deliveries (and the batch's, if it was
+    the last). Returns the new delivery ids, to be dispatched after the commit."""
+    return record_jobs_final(session, [job_id], now)
+
+
+def record_jobs_final(session: Session, job_ids: list[str], now: datetime) -> list[str]:
+    """The same for many jobs at once (a batch cancel): endpoints are read once per tenant and
+    event, and each batch's completion is checked once, after all its jobs."""
+    endpoints: dict[tuple[str, str], list[Destination]] = {}
+    batches: dict[str, Batch] = {}
+    ids: list[str] = []
+    for start in range(0, len(job_ids), 1_000):
+        chunk = job_ids[start : start + 1_000]
+        jobs = session.execute(
+            select(Job).where(Job.id.in_(chunk)).execution_options(populate_existing=True)
+        ).scalars()
+        for job in jobs:
+            if job.status not in store.FINAL_STATES:
+                continue
+            event_type = f"job.{job.status}"
+            key = (job.tenant_id, event_type)
+            if key not in endpoints:
+                endpoints[key] = _endpoints(session, job.tenant_id, event_type)
+            batch = None
+            if job.batch_id is not None:
+                batch = batches.get(job.batch_id) or session.get(Batch, job.batch_id)
+                if batch is not None:
+                    batches[batch.id] = batch
+            destinations = list(endpoints[key])
+            own_url = job.webhook_url or (batch.webhook_url if batch is not None else None)
+            if own_url:
+                destinations.insert(0, Destination(own_url, None))
+            if destinations:
+                ids += _add_deliveries(
+                    session,
+                    tenant_id=job.tenant_id,
+                    event_type=event_type,
+                    payload=_payload(event_type, job_event_data(job), now),
+                    destinations=destinations,
+                    now=now,
+                    job_id=job.id,
+                    batch_id=job.batch_id,
+                )
+    for batch in batches.values():
+        ids += record_batch_if_completed(session, batch, now)
+    return ids
+
+
+def record_batch_if_completed(session: Session, batch: Batch, now: datetime) -> list[str]:
+    """The first caller to see every job of the batch final marks it completed and emits the event."""
+    active = session.execute(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.batch_id == batch.id, Job.status.in_(store.ACTIVE_STATES))
+    ).scalar_one()
+    if active:
+        return []
+    won = store.rowcount(
+        session.execute(
+            update(Batch).where(Batch.id == batch.id, Batch.completed_at.is_(None)).values(completed_at=now)
+        )
+    )
+    if not won:
+        return []
+    session.refresh(batch)
+    destinations = _endpoints(session, batch.tenant_id, "batch.completed")
+    if batch.webhook_url:
+        destinations.insert(0, Destination(batch.webhook_url, None))
+    if not destinations:
+        return []
+    rows = list(session.execute(store.batch_summary_stmt(batch.id)).all())
+    data = batch_object(batch, store.summarise_batch(rows))
+    return _add_deliveries(
+        session,
+        tenant_id=batch.tenant_id,
+        event_type="batch.completed",
+        payload=_payload("batch.completed", data, now),
+        destinations=destinations,
+        now=now,
+        batch_id=batch.id,
+    )
+
+
+def tenant_secret(session: Session, tenant_id: str, now: datetime) -> TenantWebhookSecret:
+    """The tenant's signing secret for per-job URLs, created on first use."""
+    row = session.get(TenantWebhookSecret, tenant_id)
+    if row is None:
+        row = TenantWebhookSecret(tenant_id=tenant_id, secret=new_secret(), created_at=now)
+        session.add(row)
+        session.flush()
+    return row
+
+
+def active_secrets(
+    secret: str, previous: str | None, previous_expires_at: datetime | None, now: datetime
+) -> list[str]:
+    """The secrets that sign right now: the current one, and the previous one during its overlap."""
+    secrets = [secret]
+    expires = as_utc(previous_expires_at)
+    if previous and expires is not None and expires > now:
+        secrets.append(previous)
+    return secrets
