@@ -7,6 +7,7 @@ jobs that have no message in Redis. The client still gets its 202 (DESIGN.md pri
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -22,7 +23,12 @@ from core.services.webhook_events import record_jobs_final
 log = structlog.get_logger("jobgate.dispatch")
 
 
-async def dispatch_committed(broker: RedisBroker, jobs: Sequence[tuple[str, str]]) -> bool:
+async def dispatch_committed(
+    broker: RedisBroker, jobs: Sequence[tuple[str, str]], *, fault_exit_after_commit: bool = False
+) -> bool:
+    if fault_exit_after_commit:
+        log.warning("fault_injection_exit_after_commit", jobs=len(jobs))
+        os._exit(137)
     try:
         await to_thread.run_sync(lambda: queue.dispatch_jobs(broker, jobs))
     except redis.RedisError as exc:

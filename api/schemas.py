@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.domain.chat import CHAT_FIELDS
 
@@ -41,10 +41,35 @@ def check_metadata(value: dict[str, str] | None) -> dict[str, str] | None:
     return value
 
 
+def _check_text(value: Any, path: str) -> None:
+    """Strings must be valid Unicode without NUL: a lone surrogate (valid JSON `\\ud800`) or a
+    `\\u0000` would pass JSON parsing and then be refused by Postgres (a 5xx, not a 400)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError(f"{path or 'value'}: the NUL character (\\u0000) is not allowed in text")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{path or 'value'}: contains a lone surrogate; send valid UTF-8 text") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, path)
+            _check_text(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_text(item, f"{path}.{index}" if path else str(index))
+
+
 class JobRequest(BaseModel):
     """`POST /v1/jobs`, each batch line's `body`, and `POST /v1/chat/completions`."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_text(cls, data: Any) -> Any:
+        _check_text(data, "")
+        return data
 
     model: str = Field(min_length=1, max_length=200)
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)

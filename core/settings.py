@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     redis_max_connections: int = 300
     redis_timeout_s: float = 5
 
+    # Test-only fault injection: the API process exits right after committing a submission,
+    # before enqueueing it (proves the sweeper dispatches what the broker never saw).
+    fault_exit_after_commit: bool = False
+
     worker_threads: int = 64
     # How long an idle Dramatiq consumer sleeps between polls of an empty queue.
     worker_idle_poll_ms: int = 50

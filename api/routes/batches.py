@@ -128,7 +128,9 @@ async def create_batch(
         max_attempts=state.settings.max_attempts,
         request_id=request.headers.get("x-request-id"),
     )
-    await dispatch_committed(state.broker, jobs)
+    await dispatch_committed(
+        state.broker, jobs, fault_exit_after_commit=state.settings.fault_exit_after_commit
+    )
     return JSONResponse(await _batch_view(session, batch), status_code=201)
 
 

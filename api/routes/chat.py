@@ -39,7 +39,9 @@ async def chat_completions(
         max_attempts=state.settings.max_attempts,
         request_id=request.headers.get("x-request-id"),
     )
-    await dispatch_committed(state.broker, [(job.id, job.priority)])
+    await dispatch_committed(
+        state.broker, [(job.id, job.priority)], fault_exit_after_commit=state.settings.fault_exit_after_commit
+    )
     job = await wait_for_job(state, session, principal.tenant_id, job.id, state.settings.sync_timeout_s)
     headers = {"x-jobgate-job-id": job.id}
     if job.status == store.SUCCEEDED:

@@ -43,7 +43,11 @@ async def create_job(
         request_id=request.headers.get("x-request-id"),
     )
     if created:
-        await dispatch_committed(state.broker, [(job.id, job.priority)])
+        await dispatch_committed(
+            state.broker,
+            [(job.id, job.priority)],
+            fault_exit_after_commit=state.settings.fault_exit_after_commit,
+        )
     return JSONResponse(
         job_object(job), status_code=202 if created else 200, headers={"Location": f"/v1/jobs/{job.id}"}
     )

@@ -110,12 +110,15 @@ class RateLimiter:
     `now_ms` arguments replace Redis TIME; they exist for tests only.
     """
 
-    def __init__(self, client: redis.Redis, keys: Keys, *, burst_s: float = 0.2) -> None:
-        if burst_s < 0:
-            raise ValueError(f"burst_s must be >= 0, not {burst_s}")
+    def __init__(
+        self, client: redis.Redis, keys: Keys, *, burst_s: float = 0.2, refund_credit_s: float = 0.3
+    ) -> None:
+        if burst_s < 0 or refund_credit_s < 0:
+            raise ValueError(f"burst_s and refund_credit_s must be >= 0, not {burst_s}, {refund_credit_s}")
         self._client = client
         self._keys = keys
         self._burst_us = round(burst_s * 1_000_000)
+        self._refund_credit_us = round(refund_credit_s * 1_000_000)
         self._script = client.register_script(_SCRIPT)
 
     def reserve(
@@ -172,7 +175,7 @@ class RateLimiter:
         token_buckets = [b for b in reservation.buckets if b.tpm is not None]
         if delta == 0 or not token_buckets:
             return
-        args: list[str | int] = ["reconcile", _now_arg(now_ms), delta]
+        args: list[str | int] = ["reconcile", _now_arg(now_ms), delta, self._refund_credit_us]
         args += [_interval_us(b.tpm) for b in token_buckets]
         keys = [self._keys.rate_limit(b.name) for b in token_buckets]
         keys += [self._keys.rate_limit_ahead(b.name) for b in token_buckets]
