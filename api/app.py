@@ -13,6 +13,7 @@ import redis
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
+from api import metrics
 from api.body_limit import BodyLimitMiddleware
 from api.deps import AppState
 from api.errors import install_error_handlers
@@ -93,6 +94,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, max_batch_bytes=settings.max_batch_bytes
     )
     install_error_handlers(app)
-    for module in (health, jobs, batches, chat, models, providers, webhooks):
+    for module in (health, metrics, jobs, batches, chat, models, providers, webhooks):
         app.include_router(module.router)
     return app

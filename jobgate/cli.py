@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 
 from core.errors import ConfigError
 
@@ -76,6 +80,11 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    # bench/ and the tests' process helpers it reuses live in the checkout, not in the installed
+    # packages: make the checkout importable (an installed console script does not add it).
+    checkout = str(Path(__file__).resolve().parents[1])
+    if checkout not in sys.path:
+        sys.path.insert(0, checkout)
     from bench.run import main as bench_main
 
     return bench_main(args.rest)
@@ -125,8 +134,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that hand every argument after their name to their own parser. argparse's REMAINDER
+# refuses a remainder that starts with an option (`jobgate bench --quick`), so these bypass it.
+PASSTHROUGH = {"sim": _cmd_sim, "bench": _cmd_bench}
+
+
+def _metrics_dir(command: str) -> None:
+    """prometheus-client's multiprocess mode needs its directory before it is first imported,
+    in every process; children inherit it. `jobgate dev` keeps it under ./var/."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
+        return
+    if command == "dev":
+        path = Path("var/metrics")
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+    elif command in ("api", "worker"):
+        path = Path(tempfile.mkdtemp(prefix=f"jobgate-{command}-metrics-"))
+    else:
+        return
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path.resolve())
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    _metrics_dir(argv[0] if argv else "")
+    if argv and argv[0] in PASSTHROUGH:
+        args = argparse.Namespace(func=PASSTHROUGH[argv[0]], rest=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
     except ConfigError as exc:

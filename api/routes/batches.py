@@ -18,6 +18,7 @@ from api.dispatch import dispatch_committed, dispatch_deliveries, record_final_e
 from api.errors import describe_validation_error
 from api.job_specs import check_webhook_url
 from api.schemas import BatchOptions
+from core import metrics
 from core.errors import InvalidRequest, NotFound, UnsupportedMediaType
 from core.representation import batch_object
 from core.services.submit import BatchSpec, submit_batch
@@ -175,6 +176,7 @@ async def cancel_batch(
     cancelled = list((await session.execute(stmt)).scalars())
     deliveries = await record_final_events(session, cancelled, state.clock.utcnow())
     await session.commit()
+    metrics.record_jobs_finished("cancelled", len(cancelled))
     await dispatch_deliveries(state.broker, deliveries)
     return await _batch_view(session, await _load_batch(session, principal.tenant_id, batch_id))
 

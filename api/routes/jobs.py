@@ -12,6 +12,7 @@ from api.dispatch import dispatch_committed, dispatch_deliveries, record_final_e
 from api.job_specs import job_spec
 from api.schemas import JobRequest
 from api.waiting import load_job, wait_for_job
+from core import metrics
 from core.representation import job_object
 from core.services.submit import request_hash, submit_job
 from core.store import jobs as store
@@ -74,6 +75,7 @@ async def cancel_job(
     deliveries = await record_final_events(session, cancelled, state.clock.utcnow())
     await session.commit()
     if cancelled:
+        metrics.record_jobs_finished("cancelled")
         await state.notifier.publish(job_id)
         await dispatch_deliveries(state.broker, deliveries)
     return job_object(await load_job(session, principal.tenant_id, job_id))

@@ -26,6 +26,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from core import metrics
 from core.config import GatewayConfig, Target
 from core.domain.chat import ChatRequest, Completion
 from core.errors import UpstreamError
@@ -166,12 +167,14 @@ class JobExecutor:
         scope = SHARED_SCOPE if limits.shared_cache else job.tenant_id
         fingerprint = request_fingerprint(job.model, run.request, scope=scope)
         hit = self.cache.get(fingerprint)
+        metrics.CACHE_LOOKUPS.labels(result="hit" if hit is not None else "miss").inc()
         if hit is not None:
             return self._succeed(run, hit, cached=True)
         for _ in range(MAX_FLIGHT_ROUNDS):
             flight = self.single_flight.begin(fingerprint)
             if flight.is_done:
                 assert flight.result is not None
+                metrics.SINGLE_FLIGHT_COLLAPSES.inc()
                 return self._succeed(run, flight.result, cached=True)
             if flight.is_leader:
                 outcome = self._call_targets(
@@ -182,6 +185,7 @@ class JobExecutor:
                 return outcome
             answer = self.single_flight.wait(flight, timeout_s=FOLLOWER_WAIT_S)
             if answer is not None:
+                metrics.SINGLE_FLIGHT_COLLAPSES.inc()
                 return self._succeed(run, answer, cached=True)
         # The twin keeps failing or vanishing: come back later rather than hold the thread.
         return self._requeue(run, self.policy.retry_delay_s, refund=True)
@@ -268,19 +272,17 @@ class JobExecutor:
         ]
 
     def _succeed(self, run: _Run, completion: Completion, *, cached: bool) -> Outcome:
+        cost = Decimal(0)
+        if not cached:
+            cost = cost_usd(self.config, completion.model, completion.input_tokens, completion.output_tokens)
+            metrics.COST_USD.labels(model=completion.model).inc(float(cost))
         values: dict[str, Any] = {
             "status": store.SUCCEEDED,
             "result": completion.body,
             "error": None,
             "input_tokens": completion.input_tokens,
             "output_tokens": completion.output_tokens,
-            "cost_usd": (
-                Decimal(0)
-                if cached
-                else cost_usd(
-                    self.config, completion.model, completion.input_tokens, completion.output_tokens
-                )
-            ),
+            "cost_usd": cost,
             "served_provider": completion.provider,
             "served_model": completion.model,
             "cached": cached,
@@ -310,12 +312,31 @@ class JobExecutor:
         if not won:
             log.warning("final_write_lost", job_id=run.job_id, attempt=run.claim.attempt)
             return Outcome("skipped")
+        self._observe_final(run, status)
         self.on_final(run.job_id, deliveries)
         return Outcome(status)
+
+    def _observe_final(self, run: _Run, status: str) -> None:
+        job = run.claim.job
+        metrics.record_jobs_finished(status)
+        created = as_utc(job.created_at)
+        if created is not None:
+            elapsed_s = (self.clock.utcnow() - created).total_seconds()
+            metrics.JOB_DURATION.labels(priority=job.priority).observe(max(elapsed_s, 0.0))
+        log.info(
+            "job_finished",
+            job_id=job.id,
+            request_id=job.request_id,
+            status=status,
+            attempt=run.claim.attempt,
+            calls=len(run.records),
+        )
 
     def _requeue(self, run: _Run, delay_s: float, *, refund: bool) -> Outcome:
         with self.sessions() as session:
             won = store.requeue_job(session, self.clock, run.claim, delay_s=delay_s, refund_attempt=refund)
             store.record_attempts(session, self._attempt_rows(run))
             session.commit()
+        if won and refund:
+            metrics.LIMITER_DELAYS.labels(reason="busy").inc()
         return Outcome("requeued", delay_s=delay_s) if won else Outcome("skipped")

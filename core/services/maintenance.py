@@ -15,7 +15,7 @@ import structlog
 from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy.orm import Session, sessionmaker
 
-from core import queue
+from core import metrics, queue
 from core.services.webhook_delivery import overdue_deliveries
 from core.services.webhook_events import record_job_final
 from core.store import jobs as store
@@ -84,6 +84,8 @@ def sweep(
         deliveries += overdue_deliveries(session, clock.utcnow(), grace_s=redispatch_after_s)
     if deliveries:
         queue.dispatch_deliveries(broker, deliveries)
+    if failed:
+        metrics.record_jobs_finished("failed", failed)
     report = SweepReport(reaped=len(requeued), failed=failed, redispatched=len(lost))
     if requeued or failed or lost or deliveries:
         log.info(

@@ -19,6 +19,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core import metrics
 from core.errors import Conflict
 from core.ids import new_id
 from core.store import jobs as store
@@ -139,6 +140,7 @@ async def submit_job(
             raise
         return existing, False
     job = (await session.execute(select(Job).where(Job.id == row["id"]))).scalars().one()
+    metrics.JOBS_SUBMITTED.labels(priority=spec.priority).inc()
     return job, True
 
 
@@ -180,4 +182,8 @@ async def submit_batch(
     for start in range(0, len(rows), 5_000):
         await session.execute(insert(Job), rows[start : start + 5_000])
     await session.commit()
+    for priority in {row["priority"] for row in rows}:
+        metrics.JOBS_SUBMITTED.labels(priority=priority).inc(
+            sum(1 for row in rows if row["priority"] == priority)
+        )
     return batch, [(row["id"], row["priority"]) for row in rows]

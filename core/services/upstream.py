@@ -20,6 +20,7 @@ from datetime import datetime
 import structlog
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
+from core import metrics
 from core.config import GatewayConfig, Target
 from core.domain.chat import ChatRequest, Completion
 from core.errors import RateLimited, UpstreamError
@@ -145,6 +146,8 @@ class UpstreamCaller:
             records.append(CallRecord(target, "rate_limit_wait", reason, 0, started_at))
             raise TargetUnavailable(reason, reservation.retry_after_s or 1.0)
         if reservation.wait_s > 0:
+            metrics.LIMITER_WAITS.labels(provider=target.provider).inc()
+            metrics.LIMITER_WAIT_SECONDS.labels(provider=target.provider).observe(reservation.wait_s)
             self.sleep(reservation.wait_s)
         t0 = self.monotonic()
         try:
@@ -154,19 +157,30 @@ class UpstreamCaller:
             self.limiter.reconcile(reservation, 0)
             if exc.retry_after_s and (isinstance(exc, RateLimited) or exc.error_type == "overloaded"):
                 self.limiter.pause(target.provider, exc.retry_after_s)
+            self._observe(target, exc.error_type, latency_ms)
             if exc.error_type in BREAKER_FAILURES:
-                self.breaker.record_failure(name, cfg.breaker, probe=permit.probe)
+                state = self.breaker.record_failure(name, cfg.breaker, probe=permit.probe)
+                if state == "open":
+                    metrics.BREAKER_OPENED.labels(provider=target.provider).inc()
             else:
                 self.breaker.record_success(name, cfg.breaker, probe=permit.probe)
             records.append(CallRecord(target, exc.error_type, exc.message, latency_ms, started_at))
             log.info("upstream_error", target=name, error_type=exc.error_type, latency_ms=latency_ms)
             raise
         latency_ms = int((self.monotonic() - t0) * 1000)
+        self._observe(target, "succeeded", latency_ms)
+        metrics.UPSTREAM_TOKENS.labels(target.provider, target.model, "input").inc(completion.input_tokens)
+        metrics.UPSTREAM_TOKENS.labels(target.provider, target.model, "output").inc(completion.output_tokens)
         self.limiter.reconcile(reservation, completion.input_tokens + completion.output_tokens)
         self.breaker.record_success(name, cfg.breaker, probe=permit.probe)
         self._apply_provider_limits(target.provider, completion)
         records.append(CallRecord(target, "succeeded", None, latency_ms, started_at))
         return completion
+
+    @staticmethod
+    def _observe(target: Target, outcome: str, latency_ms: int) -> None:
+        metrics.UPSTREAM_REQUESTS.labels(target.provider, target.model, outcome).inc()
+        metrics.UPSTREAM_LATENCY.labels(target.provider, target.model).observe(latency_ms / 1000)
 
     def _apply_provider_limits(self, provider: str, completion: Completion) -> None:
         """The provider says a budget is spent: pause it fleet-wide until that budget resets."""

@@ -19,6 +19,7 @@ import structlog
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from core import metrics
 from core.representation import rfc3339
 from core.services.webhook_events import DELIVERED, FAILED, PENDING, active_secrets, tenant_secret
 from core.store.jobs import rowcount
@@ -148,6 +149,8 @@ class WebhookDeliverer:
             if delivery.endpoint_id is not None:
                 self._track_endpoint(session, delivery.endpoint_id, outcome, now)
             session.commit()
+        metrics.WEBHOOK_DELIVERIES.labels(outcome=status if status != PENDING else "retry_scheduled").inc()
+        metrics.WEBHOOK_LATENCY.observe(outcome.latency_ms / 1000)
         log.info(
             "webhook_attempt_recorded",
             delivery_id=delivery.id,
