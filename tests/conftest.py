@@ -239,6 +239,7 @@ class InlineWorker:
 
     Wired as `workers/process.py` wires it (config, providers, limiter, breaker, cache,
     single-flight, SQL clock, job-done notification), so a test decides when each job runs.
+    Webhook deliveries are collected in `deliveries` instead of being dispatched.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -265,8 +266,15 @@ class InlineWorker:
             cache=ResponseCache(self.redis, keys),
             single_flight=SingleFlight(self.redis, keys),
             policy=ExecutionPolicy(lease_s=settings.lease_s),
-            on_final=lambda job_id: self.redis.publish(keys.job_done_channel, job_id),
+            on_final=self._on_final,
         )
+        self.done_channel = keys.job_done_channel
+        # The webhook deliveries finished jobs produced, in order: a test delivers them itself.
+        self.deliveries: list[str] = []
+
+    def _on_final(self, job_id: str, deliveries: list[str]) -> None:
+        self.deliveries += deliveries
+        self.redis.publish(self.done_channel, job_id)
 
     def run(self, job_id: str) -> Outcome:
         return self.executor.run(job_id)
