@@ -18,7 +18,8 @@ from api.body_limit import BodyLimitMiddleware
 from api.deps import AppState
 from api.errors import install_error_handlers
 from api.notifier import JobNotifier
-from api.routes import batches, chat, health, jobs, models, providers, webhooks
+from api.request_id import RequestIdMiddleware
+from api.routes import batches, chat, health, jobs, models, providers, usage, webhooks
 from core import queue
 from core.config import load_config
 from core.logging import configure_logging
@@ -93,7 +94,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, max_batch_bytes=settings.max_batch_bytes
     )
+    # Outermost, so 413s and errors carry the id too.
+    app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
-    for module in (health, metrics, jobs, batches, chat, models, providers, webhooks):
+    for module in (health, metrics, jobs, batches, chat, models, providers, usage, webhooks):
         app.include_router(module.router)
     return app

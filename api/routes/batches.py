@@ -6,6 +6,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import structlog
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
@@ -17,6 +18,7 @@ from api.deps import AppState, PrincipalDep, SessionDep, StateDep
 from api.dispatch import dispatch_committed, dispatch_deliveries, record_final_events
 from api.errors import describe_validation_error
 from api.job_specs import check_webhook_url
+from api.request_id import request_id_of
 from api.schemas import BatchOptions
 from core import metrics
 from core.errors import InvalidRequest, NotFound, UnsupportedMediaType
@@ -24,6 +26,8 @@ from core.representation import batch_object
 from core.services.submit import BatchSpec, submit_batch
 from core.store import jobs as store
 from core.store.models import Batch, Job
+
+log = structlog.get_logger("jobgate.api")
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
@@ -127,8 +131,9 @@ async def create_batch(
         tenant_id=principal.tenant_id,
         now=state.clock.utcnow(),
         max_attempts=state.settings.max_attempts,
-        request_id=request.headers.get("x-request-id"),
+        request_id=request_id_of(request),
     )
+    log.info("batch_submitted", batch_id=batch.id, jobs=len(jobs))
     await dispatch_committed(
         state.broker, jobs, fault_exit_after_commit=state.settings.fault_exit_after_commit
     )

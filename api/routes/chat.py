@@ -17,6 +17,7 @@ from api.deps import PrincipalDep, SessionDep, StateDep
 from api.dispatch import dispatch_committed
 from api.errors import error_body
 from api.job_specs import job_spec
+from api.request_id import request_id_of
 from api.schemas import JobRequest
 from api.waiting import wait_for_job
 from core.errors import http_status_for
@@ -37,7 +38,7 @@ async def chat_completions(
         tenant_id=principal.tenant_id,
         now=state.clock.utcnow(),
         max_attempts=state.settings.max_attempts,
-        request_id=request.headers.get("x-request-id"),
+        request_id=request_id_of(request),
     )
     await dispatch_committed(
         state.broker, [(job.id, job.priority)], fault_exit_after_commit=state.settings.fault_exit_after_commit

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import structlog
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 
 from api.deps import PrincipalDep, SessionDep, StateDep
 from api.dispatch import dispatch_committed, dispatch_deliveries, record_final_events
 from api.job_specs import job_spec
+from api.request_id import request_id_of
 from api.schemas import JobRequest
 from api.waiting import load_job, wait_for_job
 from core import metrics
@@ -17,6 +19,8 @@ from core.representation import job_object
 from core.services.submit import request_hash, submit_job
 from core.store import jobs as store
 from core.store.models import Job
+
+log = structlog.get_logger("jobgate.api")
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -41,8 +45,9 @@ async def create_job(
         max_attempts=state.settings.max_attempts,
         idempotency_key=idempotency_key,
         body_hash=request_hash(body.model_dump(mode="json", exclude_unset=True)) if idempotency_key else None,
-        request_id=request.headers.get("x-request-id"),
+        request_id=request_id_of(request),
     )
+    log.info("job_submitted", job_id=job.id, priority=job.priority, created=created)
     if created:
         await dispatch_committed(
             state.broker,

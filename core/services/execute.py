@@ -128,7 +128,8 @@ class JobExecutor:
             tenant = self._tenant_name(session, claim.job.tenant_id)
         self.active.add(claim)
         try:
-            return self._execute(_Run(claim, ChatRequest.from_body(claim.job.request)), tenant)
+            with structlog.contextvars.bound_contextvars(request_id=claim.job.request_id):
+                return self._execute(_Run(claim, ChatRequest.from_body(claim.job.request)), tenant)
         finally:
             self.active.remove(claim)
 
@@ -326,7 +327,6 @@ class JobExecutor:
         log.info(
             "job_finished",
             job_id=job.id,
-            request_id=job.request_id,
             status=status,
             attempt=run.claim.attempt,
             calls=len(run.records),
