@@ -24,6 +24,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name
 
 from core.redis.keys import Keys
+from core.wakeup import WakeableRedisBroker, push_wake_tokens
 
 INTERACTIVE = "interactive"
 BATCH = "batch"
@@ -60,7 +61,7 @@ def build_broker(redis_url: str, keys: Keys, *, max_connections: int, timeout_s:
         socket_connect_timeout=timeout_s,
         health_check_interval=30,
     )
-    broker = RedisBroker(
+    broker = WakeableRedisBroker(
         client=redis.Redis(connection_pool=pool),
         namespace=keys.broker_namespace,
         heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
@@ -104,6 +105,7 @@ def enqueue_messages(
     dispatch = broker.scripts["dispatch"]
     keys = [broker.namespace]
     count = 0
+    woken: dict[str, int] = {}
     pipe = broker.client.pipeline(transaction=False)
     for spec, message_id, args in items:
         message = _message(spec, message_id, args)
@@ -115,9 +117,13 @@ def enqueue_messages(
         dispatch(
             keys=keys, args=_dispatch_args(broker, queue_name, message_id, message.encode()), client=pipe
         )
+        if delay_ms <= 0:
+            woken[queue_name] = woken.get(queue_name, 0) + 1
         count += 1
         if count % ENQUEUE_CHUNK == 0:
             pipe.execute()
+    for queue_name, messages in woken.items():
+        push_wake_tokens(pipe, broker.namespace, queue_name, messages)
     pipe.execute()
     return count
 

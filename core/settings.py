@@ -58,8 +58,9 @@ class Settings(BaseSettings):
     fault_exit_after_commit: bool = False
 
     worker_threads: int = 64
-    # How long an idle Dramatiq consumer sleeps between polls of an empty queue.
-    worker_idle_poll_ms: int = 50
+    # Longest back-off of an idle delay-queue consumer; job and webhook queues do not poll:
+    # the enqueue wakes them (core/wakeup.py).
+    worker_idle_poll_ms: int = 1000
 
     @field_validator("webhook_retry_schedule_s", mode="before")
     @classmethod
