@@ -42,7 +42,9 @@ def _cmd_api(args: argparse.Namespace) -> int:
 def _cmd_worker(args: argparse.Namespace) -> int:
     from jobgate.worker_pool import run_worker_pool
 
-    return run_worker_pool(processes=args.processes, threads=args.threads, queues=args.queues)
+    return run_worker_pool(
+        processes=args.processes, threads=args.threads, queues=args.queues, metrics_port=args.metrics_port
+    )
 
 
 def _cmd_migrate(_: argparse.Namespace) -> int:
@@ -113,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=None, help="threads per process (JOBGATE_WORKER_THREADS)"
     )
     worker.add_argument("--queues", default="interactive,batch")
+    worker.add_argument(
+        "--metrics-port", type=int, default=None, help="serve this machine's worker metrics on this port"
+    )
     worker.set_defaults(func=_cmd_worker)
 
     migrate = sub.add_parser("migrate", help="upgrade the database schema to the latest version")

@@ -18,7 +18,20 @@ GRACE_S = 30.0
 MAX_BACKOFF_S = 30.0
 
 
-def run_worker_pool(*, processes: int, threads: int | None, queues: str) -> int:
+def serve_metrics(port: int, host: str = "0.0.0.0") -> None:
+    """This machine's worker metrics (every worker process's multiprocess files) on `port`,
+    for Prometheus to scrape where workers run on machines without an API."""
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    start_http_server(port, addr=host, registry=registry)
+
+
+def run_worker_pool(
+    *, processes: int, threads: int | None, queues: str, metrics_port: int | None = None
+) -> int:
     argv = python_module("workers", "--queues", queues, "--grace-s", str(GRACE_S))
     if threads:
         argv += ["--threads", str(threads)]
@@ -27,6 +40,8 @@ def run_worker_pool(*, processes: int, threads: int | None, queues: str) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if metrics_port:
+        serve_metrics(metrics_port)
     for child in children:
         child.start()
     next_start = {child.name: 0.0 for child in children}
