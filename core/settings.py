@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     config: Path | None = None
     log_format: Literal["json", "console"] = Field(default_factory=_default_log_format)
     log_level: str = "INFO"
+    # Prometheus multiprocess files of this machine's processes (see core/metrics_dir.py).
+    metrics_dir: Path | None = None
 
     webhook_allow_private: bool = False
     webhook_retry_schedule_s: Annotated[list[float], NoDecode] = [0, 5, 300, 1800, 7200, 18000, 36000, 36000]

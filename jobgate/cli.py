@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 from core.errors import ConfigError
+from core.metrics_dir import use_metrics_dir
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
@@ -145,20 +144,17 @@ PASSTHROUGH = {"sim": _cmd_sim, "bench": _cmd_bench}
 
 
 def _metrics_dir(command: str) -> None:
-    """prometheus-client's multiprocess mode needs its directory before it is first imported,
-    in every process; children inherit it. `jobgate dev` keeps it under ./var/."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
-        return
+    """Before anything imports prometheus-client: `jobgate dev` keeps the files under ./var/,
+    `jobgate api` and `jobgate worker` in a fresh temporary folder unless JOBGATE_METRICS_DIR
+    names one (to add up API and workers of one machine)."""
+    from core.settings import Settings
+
+    configured = Settings().metrics_dir
     if command == "dev":
-        path = Path("var/metrics")
-        shutil.rmtree(path, ignore_errors=True)
-        path.mkdir(parents=True)
+        use_metrics_dir(configured, Path("var/metrics"), fresh=True)
     elif command in ("api", "worker"):
-        path = Path(tempfile.mkdtemp(prefix=f"jobgate-{command}-metrics-"))
-    else:
-        return
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path.resolve())
+        default = None if configured else Path(tempfile.mkdtemp(prefix=f"jobgate-{command}-metrics-"))
+        use_metrics_dir(configured, default)
 
 
 def main(argv: list[str] | None = None) -> int:
