@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from core.store.jobs import BatchSummary
-from core.store.models import Batch, Job, as_utc
+from core.store.models import Batch, Job, JobAttempt, as_utc
 
 
 def rfc3339(value: datetime | None) -> str | None:
@@ -79,4 +79,16 @@ def batch_object(batch: Batch, summary: BatchSummary) -> dict[str, Any]:
         "usage": {"input_tokens": summary.input_tokens, "output_tokens": summary.output_tokens},
         "cost_usd": money(summary.cost_usd),
         "metadata": batch.metadata_ or {},
+    }
+
+
+def attempt_object(attempt: JobAttempt) -> dict[str, Any]:
+    return {
+        "attempt": attempt.attempt,
+        "provider": attempt.provider,
+        "model": attempt.model,
+        "outcome": attempt.outcome,
+        "error": attempt.error_message,
+        "latency_ms": attempt.latency_ms,
+        "started_at": rfc3339(attempt.started_at),
     }

@@ -15,7 +15,7 @@ from api.request_id import request_id_of
 from api.schemas import JobRequest
 from api.waiting import load_job, wait_for_job
 from core import metrics
-from core.representation import job_object
+from core.representation import attempt_object, job_object
 from core.services.submit import request_hash, submit_job
 from core.store import jobs as store
 from core.store.models import Job
@@ -107,3 +107,11 @@ async def list_jobs(
         "first_id": page[0].id if page else None,
         "last_id": page[-1].id if page else None,
     }
+
+
+@router.get("/{job_id}/attempts")
+async def job_attempts(job_id: str, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
+    """Every call (or refusal) made for the job: target, outcome, latency; oldest first."""
+    await load_job(session, principal.tenant_id, job_id)
+    rows = (await session.execute(store.select_attempts(job_id))).scalars()
+    return {"object": "list", "data": [attempt_object(row) for row in rows]}

@@ -233,6 +233,10 @@ def job_status(session: Session, job_id: str) -> tuple[str, datetime | None] | N
     return (row[0], row[1]) if row is not None else None
 
 
+def select_attempts(job_id: str) -> Select[JobAttempt]:
+    return select(JobAttempt).where(JobAttempt.job_id == job_id).order_by(JobAttempt.id)
+
+
 def expired_leases_stmt(now: Any, limit: int) -> Select[str, int, int, str]:
     return (
         select(Job.id, Job.attempts, Job.max_attempts, Job.priority)
