@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import metrics
@@ -186,12 +186,22 @@ class WebhookDeliverer:
 
 
 def overdue_deliveries(session: Session, now: datetime, *, grace_s: float, limit: int = 5_000) -> list[str]:
-    """Pending deliveries whose attempt is due (for the sweeper: long delays, lost messages)."""
+    """Pending deliveries whose attempt is due (for the sweeper: long delays, lost messages).
+
+    A disabled or deleted endpoint's deliveries wait until it is enabled again: dispatched,
+    they would only be skipped, and being the oldest they would fill every sweep's `limit`
+    and starve the deliveries of working endpoints.
+    """
     stmt = (
         select(WebhookDelivery.id)
+        .outerjoin(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
         .where(
             WebhookDelivery.status == PENDING,
             WebhookDelivery.next_attempt_at <= now - timedelta(seconds=grace_s),
+            or_(
+                WebhookDelivery.endpoint_id.is_(None),
+                and_(WebhookEndpoint.enabled.is_(True), WebhookEndpoint.deleted_at.is_(None)),
+            ),
         )
         .order_by(WebhookDelivery.next_attempt_at)
         .limit(limit)

@@ -152,6 +152,11 @@ def record_jobs_final(session: Session, job_ids: list[str], now: datetime) -> li
 
 def record_batch_if_completed(session: Session, batch: Batch, now: datetime) -> list[str]:
     """The first caller to see every job of the batch final marks it completed and emits the event."""
+    # The batch's last jobs may finish in concurrent transactions, each still seeing the other
+    # running, so neither would announce the batch. Taking the batch row's lock first makes them
+    # count one after the other, and under READ COMMITTED the later count sees the earlier
+    # commit. (SQLite runs one writer at a time and renders no FOR UPDATE.)
+    session.execute(select(Batch.id).where(Batch.id == batch.id).with_for_update())
     active = session.execute(
         select(func.count())
         .select_from(Job)
