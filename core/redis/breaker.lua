@@ -9,7 +9,8 @@
 -- KEYS[2]  the times (ms) of the most recent failures while closed, newest first, at most
 --          ARGV[3] of them (Keys.breaker_failures(target))
 --
--- ARGV[1]  event: "allow" | "success" | "failure" | "stats"
+-- ARGV[1]  event: "allow" | "success" | "failure" | "release" (the probe's holder gives it up
+--          without calling) | "stats"
 -- ARGV[2]  now in ms, or "" for Redis TIME (the override exists for tests only)
 -- ARGV[3]  failures that open the breaker        ARGV[4]  their window, ms
 -- ARGV[5]  cool-down, ms                         ARGV[6]  probe timeout, ms
@@ -123,6 +124,12 @@ elseif event == 'failure' then
   -- Otherwise a call that started before the breaker opened failed late: it is counted in
   -- the stats but does not stretch the cool-down.
   save()
+elseif event == 'release' then
+  if state == 'half_open' and probe_until > now then
+    probe_until = now
+    redis.call('HSET', hash, 'probe_until_ms', int(probe_until))
+    save()
+  end
 elseif event ~= 'stats' then
   return redis.error_reply('breaker.lua: unknown event ' .. tostring(event))
 end

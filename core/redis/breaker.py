@@ -111,11 +111,18 @@ class CircuitBreaker:
     ) -> BreakerState:
         """Report a failed call; the N-th within the window, or the probe's, opens the breaker.
 
-        A call that started before the breaker opened and fails afterwards is only counted in
-        the stats: it neither extends the cool-down nor re-opens a breaker a probe closed.
-        Returns the state after the report.
+        A failure reported while the breaker is open or half-open (a call that started before
+        it opened) is only counted in the stats: it does not stretch the cool-down. Returns the
+        state after the report.
         """
         return self._apply("failure", target, config, probe=probe, now_ms=now_ms).state
+
+    def release_probe(self, target: str, *, now_ms: int | None = None) -> BreakerState:
+        """Give the probe up without calling (say, no rate budget for it): the next caller probes.
+
+        Only the probe's holder calls this; without it, the probe passes on after its timeout.
+        """
+        return self._apply("release", target, BreakerConfig(), now_ms=now_ms).state
 
     def state(self, target: str, *, now_ms: int | None = None) -> BreakerState:
         """The state callers see: "half_open" as soon as the cool-down is over, before any probe."""

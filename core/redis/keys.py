@@ -23,7 +23,7 @@ class Keys:
         return f"{self.prefix}:events:job-done"
 
     def rate_limit(self, bucket: str) -> str:
-        """A limiter bucket (provider, provider+model, tenant); the script may suffix it."""
+        """A limiter bucket (provider, provider+model, tenant): its GCRA state, a hash."""
         return f"{self.prefix}:rl:{bucket}"
 
     def rate_limit_ahead(self, bucket: str) -> str:

@@ -29,7 +29,8 @@
 --   Atomic because the earliest conforming time is a maximum over all buckets: reading them
 --   and moving every TAT must not interleave with another worker's booking.
 --
--- reconcile: charge (delta > 0) or give back (delta < 0) tokens after the call.
+-- reconcile: charge (delta > 0) or give back (delta < 0) tokens after the call; what is given
+--   back repays the debt of calls already sent, never the cost of bookings still ahead.
 --   KEYS[1..n] hashes of the buckets with a token limit;  KEYS[n+1..2n] their sorted sets
 --   ARGV[3] delta tokens;  ARGV[3+i] bucket i's µs per token.  Returns n.
 --   Atomic: a read-modify-write of each TAT.
@@ -128,17 +129,14 @@ if op == 'reserve' then
   local at = now
   for i = 1, n do
     local req_iv, tok_iv = tonumber(ARGV[5 + 2 * i]), tonumber(ARGV[6 + 2 * i])
-    local f = redis.call('HMGET', KEYS[i], 'req_tat_us', 'tok_tat_us', 'tok_ahead_us', 'tok_credit_us')
+    local f = redis.call('HMGET', KEYS[i], 'req_tat_us', 'tok_tat_us', 'tok_ahead_us')
     local b = {req_iv = req_iv, tok_iv = tok_iv, req_tat = tonumber(f[1]) or 0,
-      tok_tat = tonumber(f[2]) or 0, tok_ahead = tonumber(f[3]) or 0, tok_credit = tonumber(f[4]) or 0}
+      tok_tat = tonumber(f[2]) or 0, tok_ahead = tonumber(f[3]) or 0}
     if req_iv then
       at = math.max(at, conform_at(b.req_tat, req_iv, burst))
     end
     if tok_iv then
-      -- Credit from earlier refunds pays first; the rest is booked on the TAT.
-      local cost = math.floor(tokens * tok_iv + 0.5)
-      b.credit_used = math.min(b.tok_credit, cost)
-      b.tok_cost = cost - b.credit_used
+      b.tok_cost = math.floor(tokens * tok_iv + 0.5)
       at = math.max(at, conform_at(b.tok_tat, b.tok_cost, burst))
     end
     buckets[i] = b
@@ -171,8 +169,7 @@ if op == 'reserve' then
         redis.call('ZADD', ahead, int(at), seq .. ':' .. int(b.tok_cost))
         tok_ahead = tok_ahead + b.tok_cost
       end
-      redis.call('HSET', hash, 'tok_tat_us', int(tok_tat), 'tok_ahead_us', int(tok_ahead),
-        'tok_credit_us', int(b.tok_credit - b.credit_used))
+      redis.call('HSET', hash, 'tok_tat_us', int(tok_tat), 'tok_ahead_us', int(tok_ahead))
     end
     local w = read_window(hash, now_ms)
     w.req = w.req + 1
@@ -185,29 +182,25 @@ end
 
 if op == 'reconcile' then
   local delta = tonumber(ARGV[3])
-  local max_credit = tonumber(ARGV[4])
   local now = clock_us()
   local n = #KEYS / 2
   for i = 1, n do
     local hash, ahead = KEYS[i], KEYS[n + i]
-    local delta_us = math.floor(delta * tonumber(ARGV[4 + i]) + 0.5)
-    local f = redis.call('HMGET', hash, 'req_tat_us', 'tok_tat_us', 'tok_ahead_us', 'tok_credit_us')
+    local delta_us = math.floor(delta * tonumber(ARGV[3 + i]) + 0.5)
+    local f = redis.call('HMGET', hash, 'req_tat_us', 'tok_tat_us', 'tok_ahead_us')
     local req_tat, tat = tonumber(f[1]) or 0, tonumber(f[2]) or 0
     local tok_ahead = settle_ahead(ahead, tonumber(f[3]) or 0, now)
-    local credit = tonumber(f[4]) or 0
     if delta_us > 0 then
       tat = math.max(tat, now) + delta_us
     else
-      -- Unused budget comes back at once: first it pays off the debt of calls already sent,
-      -- never filling the bucket past full; the rest is kept as credit (at most max_credit)
-      -- that the next bookings spend first. Moving the TAT back past bookings still ahead
-      -- would let new calls pile onto them instead.
-      local refund = -delta_us
-      local repaid = math.min(refund, math.max(tat - tok_ahead - now, 0))
-      tat = tat - repaid
-      credit = math.min(credit + refund - repaid, max_credit)
+      -- Unused budget comes back at once, as far as it repays the debt of calls already sent:
+      -- that is all a provider bucket can have regained (never past full). Moving the TAT back
+      -- over bookings still ahead would let new calls pile onto them, in a burst as large as
+      -- the refunds of the booking horizon.
+      local sent_debt = math.max(tat - tok_ahead - now, 0)
+      tat = tat - math.min(-delta_us, sent_debt)
     end
-    redis.call('HSET', hash, 'tok_tat_us', int(tat), 'tok_ahead_us', int(tok_ahead), 'tok_credit_us', int(credit))
+    redis.call('HSET', hash, 'tok_tat_us', int(tat), 'tok_ahead_us', int(tok_ahead))
     local w = read_window(hash, math.floor(now / 1000))
     w.tok = math.max(w.tok + delta, 0)
     write_window(hash, w)

@@ -7,8 +7,9 @@ so each budget is a GCRA limiter that paces calls evenly with a burst of at most
 (default 0.2 s) of its rate. `RateLimiter.reserve` books 1 request plus an estimate of the tokens
 in all buckets in one atomic script call, or books nothing; the caller sleeps the short wait it
 is given, or puts the job back with `retry_after_s` when the wait would be longer than it
-accepts. `reconcile` charges the real token count after the call, so unused budget returns at
-once. A provider's 429 / Retry-After pauses it fleet-wide (`pause`), and `reserve` refuses
+accepts. After the call, `reconcile` replaces the estimate with what the provider counted:
+unused budget returns at once, as far as a provider's own bucket can have regained it. A
+provider's 429 / Retry-After pauses it fleet-wide (`pause`), and `reserve` refuses
 every bucket of a paused provider until the deadline. The script is `rate_limit.lua` beside
 this module; its header documents the keys and arguments.
 """
@@ -110,15 +111,12 @@ class RateLimiter:
     `now_ms` arguments replace Redis TIME; they exist for tests only.
     """
 
-    def __init__(
-        self, client: redis.Redis, keys: Keys, *, burst_s: float = 0.2, refund_credit_s: float = 0.3
-    ) -> None:
-        if burst_s < 0 or refund_credit_s < 0:
-            raise ValueError(f"burst_s and refund_credit_s must be >= 0, not {burst_s}, {refund_credit_s}")
+    def __init__(self, client: redis.Redis, keys: Keys, *, burst_s: float = 0.2) -> None:
+        if burst_s < 0:
+            raise ValueError(f"burst_s must be >= 0, not {burst_s}")
         self._client = client
         self._keys = keys
         self._burst_us = round(burst_s * 1_000_000)
-        self._refund_credit_us = round(refund_credit_s * 1_000_000)
         self._script = client.register_script(_SCRIPT)
 
     def reserve(
@@ -127,7 +125,8 @@ class RateLimiter:
         """Book 1 request and `tokens` tokens in every bucket if that conforms within `max_wait_s`.
 
         A cost above a bucket's burst is granted once that bucket is full and leaves it in debt
-        (later calls wait it out), so a big request is delayed, never refused forever.
+        (later calls wait it out), so a big request is delayed, never refused forever. Every
+        bucket is booked at the time the slowest one allows, when the call really goes out.
         """
         if tokens < 0:
             raise ValueError(f"tokens must be >= 0, not {tokens}")
@@ -161,11 +160,19 @@ class RateLimiter:
         )
 
     def reconcile(self, reservation: Reservation, actual_tokens: int, *, now_ms: int | None = None) -> None:
-        """Replace the reservation's token estimate with the tokens the call really used.
+        """Replace the reservation's token estimate with what the provider counted for the call.
 
-        Unused tokens go back to every token bucket at once (never filling one past full); a
-        call that used more than its estimate is charged the difference. Call it once per
-        granted reservation; for a call the provider did not count, pass 0.
+        `actual_tokens` is what the provider charges against its token limit, which is not
+        always the usage it reports: OpenAI and jobgate's sim charge prompt + `max_tokens` when
+        the request sets it, however short the answer (prompt + completion without it);
+        Anthropic charges `max_tokens` up front and refunds the unused part at the end.
+
+        A surplus is charged at once. Unused tokens return to every token bucket at once, as far
+        as they repay the debt of calls already sent and never past full: that is all the
+        provider's own bucket can have regained, and crediting more would let new calls pile
+        onto the bookings still waiting to go out. Estimates far above the charge therefore cost
+        throughput; sending `max_tokens` upstream lets the estimate match it. Call this once
+        per granted reservation; pass 0 for a call that never reached the provider.
         """
         if not reservation.granted:
             raise ValueError("only a granted reservation can be reconciled")
@@ -175,7 +182,7 @@ class RateLimiter:
         token_buckets = [b for b in reservation.buckets if b.tpm is not None]
         if delta == 0 or not token_buckets:
             return
-        args: list[str | int] = ["reconcile", _now_arg(now_ms), delta, self._refund_credit_us]
+        args: list[str | int] = ["reconcile", _now_arg(now_ms), delta]
         args += [_interval_us(b.tpm) for b in token_buckets]
         keys = [self._keys.rate_limit(b.name) for b in token_buckets]
         keys += [self._keys.rate_limit_ahead(b.name) for b in token_buckets]
