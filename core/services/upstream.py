@@ -71,6 +71,11 @@ def _wait_for(retry_state: RetryCallState) -> float:
     return float(wait_exponential_jitter(initial=0.2, max=MAX_INLINE_RETRY_WAIT_S, jitter=0.2)(retry_state))
 
 
+def _asks_to_wait(exc: UpstreamError) -> bool:
+    """A rate limit, or an overload that names a Retry-After: the provider pauses, nothing broke."""
+    return bool(exc.retry_after_s) and (isinstance(exc, RateLimited) or exc.error_type == "overloaded")
+
+
 def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, UpstreamError) and exc.retryable
 
@@ -104,7 +109,12 @@ class UpstreamCaller:
         tenant_bucket: Bucket | None,
         records: list[CallRecord],
     ) -> Completion:
-        """The completion, or UpstreamError (after retries), or TargetUnavailable."""
+        """The completion, or UpstreamError (after retries), or TargetUnavailable.
+
+        A retry refused because the first try's own failure opened the breaker still raises
+        that failure: the target failed this job, which must cost it an attempt. Only a
+        failure that asked us to wait (a 429, an overload with Retry-After) stays a wait.
+        """
         cfg = self.config.providers[target.provider]
         buckets = [provider_bucket(target.provider, rpm=cfg.rpm, tpm=cfg.tpm)]
         if tenant_bucket is not None:
@@ -118,9 +128,19 @@ class UpstreamCaller:
             sleep=self.sleep,
             reraise=True,
         )
-        for attempt in retrying:
-            with attempt:
-                return self._call_once(target, request, buckets, estimate, max_wait_s, records)
+        failure: UpstreamError | None = None
+        try:
+            for attempt in retrying:
+                with attempt:
+                    try:
+                        return self._call_once(target, request, buckets, estimate, max_wait_s, records)
+                    except UpstreamError as exc:
+                        failure = exc
+                        raise
+        except TargetUnavailable as busy:
+            if failure is not None and not _asks_to_wait(failure):
+                raise failure from busy
+            raise
         raise AssertionError("unreachable: tenacity reraises the last error")
 
     def _call_once(
@@ -155,7 +175,7 @@ class UpstreamCaller:
         except UpstreamError as exc:
             latency_ms = int((self.monotonic() - t0) * 1000)
             self.limiter.reconcile(reservation, 0)
-            if exc.retry_after_s and (isinstance(exc, RateLimited) or exc.error_type == "overloaded"):
+            if exc.retry_after_s and _asks_to_wait(exc):
                 self.limiter.pause(target.provider, exc.retry_after_s)
             self._observe(target, exc.error_type, latency_ms)
             if exc.error_type in BREAKER_FAILURES:

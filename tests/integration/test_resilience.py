@@ -1,0 +1,377 @@
+"""The executor's resilience decisions, one job at a time, on real Redis, SQLite and the sim.
+
+Each job is submitted through the API in this process and run by the real `JobExecutor`
+(`inline_worker`), so a test decides when it runs and reads the outcome, the job object and
+its attempt log. The alias `fast` has two targets, each on a provider of its own, both served
+by the simulated upstream under model names unique to the test; faults are per-model sim knobs.
+Nothing sleeps: the caller's inline waits (tenacity backoff, limiter waits) are recorded by a
+fake `sleep` instead of being slept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import yaml
+from sqlalchemy import select, update
+
+from core.config import BreakerConfig
+from core.redis.breaker import CircuitBreaker
+from core.redis.keys import Keys
+from core.redis.rate_limit import RateLimiter, provider_bucket
+from core.services.execute import Outcome
+from core.store.models import Job, JobAttempt
+from tests.conftest import InlineWorker
+from tests.sim_process import SimHandle
+
+TPM = 60_000  # 1,000 tokens/s: plenty for one small job, easy to book out for a minute
+
+
+@pytest.fixture
+def database_url(sqlite_url: str) -> str:
+    return sqlite_url
+
+
+@pytest.fixture
+def primary(upstream_model: str) -> str:
+    return f"{upstream_model}-primary"
+
+
+@pytest.fixture
+def fallback(upstream_model: str) -> str:
+    return f"{upstream_model}-fallback"
+
+
+@pytest.fixture
+def config_path(tmp_path: Path, sim: SimHandle, primary: str, fallback: str) -> Iterator[Path]:
+    """`fast` → primary/<primary> then backup/<fallback>; cache on by default."""
+    config = {
+        "providers": {
+            "primary": {"kind": "openai", "base_url": sim.openai_base_url, "timeout_s": 10, "tpm": TPM},
+            "backup": {"kind": "openai", "base_url": sim.openai_base_url, "timeout_s": 10, "tpm": TPM},
+        },
+        "models": {
+            "fast": {
+                "targets": [
+                    {"provider": "primary", "model": primary},
+                    {"provider": "backup", "model": fallback},
+                ]
+            }
+        },
+        "cache": {"default": True, "ttl_s": 60},
+    }
+    path = tmp_path / "jobgate.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    yield path
+    sim.configure(models={primary: None, fallback: None})
+
+
+@pytest.fixture
+def sleeps(inline_worker: InlineWorker) -> list[float]:
+    """The inline waits the upstream caller asked for, recorded instead of slept."""
+    recorded: list[float] = []
+    inline_worker.executor.caller.sleep = recorded.append
+    return recorded
+
+
+@pytest.fixture
+def limiter(redis_client: redis.Redis, keys: Keys) -> RateLimiter:
+    return RateLimiter(redis_client, keys)
+
+
+def requests_seen(sim: SimHandle, model: str) -> int:
+    """Requests the sim received for `model`, whatever their answer."""
+    counters = sim.stats()["models"].get(model)
+    return int(counters["requests"]) if counters else 0
+
+
+async def submit(client: httpx.AsyncClient, prompt: str, **options: Any) -> str:
+    body = {"model": "fast", "messages": [{"role": "user", "content": prompt}], "max_tokens": 16, **options}
+    response = await client.post("/v1/jobs", json=body)
+    assert response.status_code == 202, response.text
+    return str(response.json()["id"])
+
+
+async def run(worker: InlineWorker, job_id: str) -> Outcome:
+    return await asyncio.to_thread(worker.run, job_id)
+
+
+async def read_job(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
+    response = await client.get(f"/v1/jobs/{job_id}")
+    assert response.status_code == 200, response.text
+    job: dict[str, Any] = response.json()
+    return job
+
+
+def attempt_log(worker: InlineWorker, job_id: str) -> list[tuple[str | None, str, str | None]]:
+    """(provider, outcome, message) of every recorded try, in order."""
+    with worker.sessions() as session:
+        rows = session.execute(
+            select(JobAttempt.provider, JobAttempt.outcome, JobAttempt.error_message)
+            .where(JobAttempt.job_id == job_id)
+            .order_by(JobAttempt.id)
+        ).all()
+    return [(provider, outcome, message) for provider, outcome, message in rows]
+
+
+def not_before_set(worker: InlineWorker, job_id: str) -> bool:
+    with worker.sessions() as session:
+        return session.execute(select(Job.not_before).where(Job.id == job_id)).scalar_one() is not None
+
+
+# --- Cache ----------------------------------------------------------------------------------------
+
+
+async def test_identical_job_is_answered_from_cache_without_an_upstream_call(
+    api_client: httpx.AsyncClient, inline_worker: InlineWorker, sim: SimHandle, primary: str
+) -> None:
+    first = await submit(api_client, "What is the capital of France?")
+    second = await submit(api_client, "What is the capital of France?")
+
+    assert (await run(inline_worker, first)).status == "succeeded"
+    assert (await run(inline_worker, second)).status == "succeeded"
+
+    job = await read_job(api_client, second)
+    assert job["cached"] is True
+    assert job["result"]["choices"][0]["message"]["content"] == "echo: What is the capital of France?"
+    assert requests_seen(sim, primary) == 1
+
+
+async def test_job_with_cache_false_calls_upstream_even_when_an_answer_is_cached(
+    api_client: httpx.AsyncClient, inline_worker: InlineWorker, sim: SimHandle, primary: str
+) -> None:
+    warm = await submit(api_client, "Tell me a fact.")
+    assert (await run(inline_worker, warm)).status == "succeeded"
+
+    fresh = await submit(api_client, "Tell me a fact.", cache=False)
+    assert (await run(inline_worker, fresh)).status == "succeeded"
+
+    job = await read_job(api_client, fresh)
+    assert job["cached"] is False
+    assert job["served_by"] == {"provider": "primary", "model": primary}
+    assert requests_seen(sim, primary) == 2
+
+
+# --- Errors and fallback --------------------------------------------------------------------------
+
+
+async def test_bad_request_fails_at_once_without_retry_or_fallback(
+    api_client: httpx.AsyncClient, inline_worker: InlineWorker, sim: SimHandle, primary: str, fallback: str
+) -> None:
+    sim.configure(models={primary: {"fail_rate": 1.0, "fail_status": 400}})
+    job_id = await submit(api_client, "Malformed, says the provider.")
+
+    outcome = await run(inline_worker, job_id)
+
+    assert outcome.status == "failed"
+    job = await read_job(api_client, job_id)
+    assert job["error"]["type"] == "bad_request"
+    assert job["attempts"] == 1
+    assert requests_seen(sim, primary) == 1
+    assert requests_seen(sim, fallback) == 0
+    assert [outcome for _, outcome, _ in attempt_log(inline_worker, job_id)] == ["bad_request"]
+
+
+async def test_server_errors_on_the_primary_fall_back_to_the_next_target(
+    api_client: httpx.AsyncClient,
+    inline_worker: InlineWorker,
+    sim: SimHandle,
+    primary: str,
+    fallback: str,
+    sleeps: list[float],
+) -> None:
+    sim.configure(models={primary: {"fail_rate": 1.0, "fail_status": 500}})
+    job_id = await submit(api_client, "Served by the backup.")
+
+    assert (await run(inline_worker, job_id)).status == "succeeded"
+
+    job = await read_job(api_client, job_id)
+    assert job["served_by"] == {"provider": "backup", "model": fallback}
+    assert job["attempts"] == 1
+    # The primary is tried twice (one backoff between), then the fallback answers.
+    assert requests_seen(sim, primary) == 2
+    assert len(sleeps) == 1
+    assert [(p, o) for p, o, _ in attempt_log(inline_worker, job_id)] == [
+        ("primary", "server_error"),
+        ("primary", "server_error"),
+        ("backup", "succeeded"),
+    ]
+
+
+async def test_open_breaker_skips_the_primary_without_calling_it(
+    api_client: httpx.AsyncClient,
+    inline_worker: InlineWorker,
+    redis_client: redis.Redis,
+    keys: Keys,
+    sim: SimHandle,
+    primary: str,
+    fallback: str,
+) -> None:
+    breaker = CircuitBreaker(redis_client, keys)
+    for _ in range(BreakerConfig().failures):
+        breaker.record_failure(f"primary/{primary}", BreakerConfig(), probe=False)
+    job_id = await submit(api_client, "The breaker is open.")
+
+    assert (await run(inline_worker, job_id)).status == "succeeded"
+
+    job = await read_job(api_client, job_id)
+    assert job["served_by"] == {"provider": "backup", "model": fallback}
+    assert requests_seen(sim, primary) == 0
+    assert [(p, o) for p, o, _ in attempt_log(inline_worker, job_id)] == [
+        ("primary", "breaker_open"),
+        ("backup", "succeeded"),
+    ]
+
+
+async def test_every_target_failing_spends_an_attempt_each_time_then_fails(
+    api_client: httpx.AsyncClient,
+    inline_worker: InlineWorker,
+    sim: SimHandle,
+    primary: str,
+    fallback: str,
+    sleeps: list[float],
+) -> None:
+    sim.configure(models={model: {"fail_rate": 1.0, "fail_status": 500} for model in (primary, fallback)})
+    job_id = await submit(api_client, "Nobody can answer.")
+    base_delay_s = inline_worker.executor.policy.retry_delay_s
+
+    first = await run(inline_worker, job_id)
+
+    assert first == Outcome("requeued", delay_s=base_delay_s)
+    job = await read_job(api_client, job_id)
+    assert (job["status"], job["attempts"]) == ("queued", 1)
+    # Not due before its delay: a message arriving early claims nothing and calls nobody.
+    assert (await run(inline_worker, job_id)).status == "requeued"
+    assert requests_seen(sim, primary) == requests_seen(sim, fallback) == 2
+
+    make_due(inline_worker, job_id)
+    assert await run(inline_worker, job_id) == Outcome("requeued", delay_s=2 * base_delay_s)
+    make_due(inline_worker, job_id)
+    assert (await run(inline_worker, job_id)).status == "failed"
+
+    job = await read_job(api_client, job_id)
+    assert job["attempts"] == 3
+    assert job["error"]["type"] == "server_error"
+    # The fifth failure opened each breaker, so the last retries were refused, not sent; the
+    # failures still count: a breaker the job's own failure opened is no reason to refund it.
+    assert requests_seen(sim, primary) == requests_seen(sim, fallback) == 5
+    assert [(p, o) for p, o, _ in attempt_log(inline_worker, job_id)][-4:] == [
+        ("primary", "server_error"),
+        ("primary", "breaker_open"),
+        ("backup", "server_error"),
+        ("backup", "breaker_open"),
+    ]
+
+
+def make_due(worker: InlineWorker, job_id: str) -> None:
+    """Let a requeued job's delay pass without waiting for it."""
+    with worker.sessions() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(not_before=None))
+        session.commit()
+
+
+# --- Rate limits and pauses -----------------------------------------------------------------------
+
+
+async def test_job_whose_every_target_is_rate_limited_is_requeued_without_spending_an_attempt(
+    api_client: httpx.AsyncClient,
+    inline_worker: InlineWorker,
+    limiter: RateLimiter,
+    sim: SimHandle,
+    primary: str,
+    fallback: str,
+) -> None:
+    # Book both providers' token budgets a minute ahead (a big request leaves its bucket in debt).
+    for provider in ("primary", "backup"):
+        booked = limiter.reserve([provider_bucket(provider, rpm=None, tpm=TPM)], TPM, max_wait_s=0)
+        assert booked.granted
+    job_id = await submit(api_client, "Everyone is busy.", priority="batch")
+
+    outcome = await run(inline_worker, job_id)
+
+    assert outcome.status == "requeued"
+    assert outcome.delay_s is not None and 30 < outcome.delay_s <= 60
+    job = await read_job(api_client, job_id)
+    assert job["status"] == "queued"
+    assert job["attempts"] == 0
+    assert not_before_set(inline_worker, job_id)
+    assert requests_seen(sim, primary) == requests_seen(sim, fallback) == 0
+    assert [(p, o) for p, o, _ in attempt_log(inline_worker, job_id)] == [
+        ("primary", "rate_limit_wait"),
+        ("backup", "rate_limit_wait"),
+    ]
+
+
+async def test_interactive_job_waits_inline_for_budget_a_batch_job_would_requeue_for(
+    api_client: httpx.AsyncClient,
+    inline_worker: InlineWorker,
+    limiter: RateLimiter,
+    sim: SimHandle,
+    primary: str,
+    sleeps: list[float],
+) -> None:
+    # Two seconds of the primary's tokens booked: beyond a batch job's wait, within an interactive one's.
+    limiter.reserve([provider_bucket("primary", rpm=None, tpm=TPM)], 2 * TPM // 60, max_wait_s=0)
+    limiter.reserve([provider_bucket("backup", rpm=None, tpm=TPM)], 2 * TPM // 60, max_wait_s=0)
+    batch_job = await submit(api_client, "Batch, no hurry.", priority="batch")
+    interactive_job = await submit(api_client, "Interactive, now please.", priority="interactive")
+
+    assert (await run(inline_worker, batch_job)).status == "requeued"
+    assert (await run(inline_worker, interactive_job)).status == "succeeded"
+
+    assert len(sleeps) == 1 and 1.0 < sleeps[0] <= 2.0
+    assert requests_seen(sim, primary) == 1
+
+
+async def test_retry_after_on_a_429_pauses_the_provider_and_requeues_the_job_for_the_pause(
+    api_client: httpx.AsyncClient,
+    inline_worker: InlineWorker,
+    limiter: RateLimiter,
+    sim: SimHandle,
+    primary: str,
+    fallback: str,
+    sleeps: list[float],
+) -> None:
+    sim.configure(
+        models={
+            primary: {"fail_rate": 1.0, "fail_status": 429, "retry_after_s": 30},
+            fallback: {"fail_rate": 1.0, "fail_status": 429, "retry_after_s": 30},
+        }
+    )
+    job_id = await submit(api_client, "Slow down.", priority="batch")
+
+    outcome = await run(inline_worker, job_id)
+
+    assert outcome.status == "requeued"
+    assert outcome.delay_s is not None and 25 < outcome.delay_s <= 30
+    assert limiter.paused_until("primary") is not None
+    assert limiter.paused_until("backup") is not None
+    # One call each: the retry finds the provider paused instead of calling it again.
+    assert requests_seen(sim, primary) == requests_seen(sim, fallback) == 1
+    job = await read_job(api_client, job_id)
+    assert job["attempts"] == 0, "waiting out a rate limit must not use up an attempt"
+
+
+async def test_paused_provider_is_not_called_and_its_fallback_serves(
+    api_client: httpx.AsyncClient,
+    inline_worker: InlineWorker,
+    limiter: RateLimiter,
+    sim: SimHandle,
+    primary: str,
+    fallback: str,
+) -> None:
+    limiter.pause("primary", 30)
+    job_id = await submit(api_client, "The primary is paused.")
+
+    assert (await run(inline_worker, job_id)).status == "succeeded"
+
+    job = await read_job(api_client, job_id)
+    assert job["served_by"] == {"provider": "backup", "model": fallback}
+    assert requests_seen(sim, primary) == 0
+    assert attempt_log(inline_worker, job_id)[0] == ("primary", "rate_limit_wait", "provider paused")
