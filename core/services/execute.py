@@ -16,6 +16,7 @@ SQL connections are never held across an upstream call.
 from __future__ import annotations
 
 import functools
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -105,6 +106,7 @@ class JobExecutor:
         on_final: Callable[[str, list[str]], None],
         active: ActiveClaims | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
         self.sessions = sessions
         self.clock = clock
@@ -116,6 +118,7 @@ class JobExecutor:
         self.on_final = on_final
         self.active = active or ActiveClaims()
         self.monotonic = monotonic
+        self.jitter = jitter
         self._tenant_names: dict[str, str] = {}
 
     # --- entry point ---------------------------------------------------------------------
@@ -238,7 +241,8 @@ class JobExecutor:
     ) -> Outcome:
         job = run.claim.job
         if busy_for and last_error is None:
-            delay_s = min(busy_for)
+            # Jittered, so jobs refused together do not all come back at the same moment.
+            delay_s = min(busy_for) * (1 + 0.25 * self.jitter())
             deadline = as_utc(job.deadline)
             if deadline is not None and (deadline - self.clock.utcnow()).total_seconds() < delay_s:
                 error = {

@@ -37,6 +37,8 @@ MAX_INLINE_RETRY_WAIT_S = 2.0
 INTERACTIVE_MAX_WAIT_S = 10.0
 BATCH_MAX_WAIT_S = 0.5
 # Outcomes that say the target is unhealthy (a bad request or a 429 says nothing of its health).
+# Failures the provider did not count against its limits (refused before it ran the call).
+NOT_CHARGED = frozenset({"rate_limited", "connection_error", "bad_request", "auth"})
 BREAKER_FAILURES = frozenset({"server_error", "overloaded", "timeout", "connection_error", "truncated"})
 
 
@@ -161,7 +163,9 @@ class UpstreamCaller:
             raise TargetUnavailable("breaker open", permit.retry_after_s or cfg.breaker.cooldown_s)
         reservation = self.limiter.reserve(buckets, estimate, max_wait_s=max_wait_s)
         if not reservation.granted:
-            # A probe permit taken here lapses after its probe timeout; the next caller probes.
+            if permit.probe:
+                # Nothing was sent: hand the probe back so another caller can take it now.
+                self.breaker.release_probe(name)
             reason = "provider paused" if reservation.paused else "rate limit budget booked"
             records.append(CallRecord(target, "rate_limit_wait", reason, 0, started_at))
             raise TargetUnavailable(reason, reservation.retry_after_s or 1.0)
@@ -174,7 +178,10 @@ class UpstreamCaller:
             completion = self.providers[target.provider].complete(request, target.model)
         except UpstreamError as exc:
             latency_ms = int((self.monotonic() - t0) * 1000)
-            self.limiter.reconcile(reservation, 0)
+            if exc.error_type in NOT_CHARGED:
+                # Refused before the provider counted it; a 5xx or timeout keeps its booking,
+                # since the provider may well have charged the call.
+                self.limiter.reconcile(reservation, 0)
             if exc.retry_after_s and _asks_to_wait(exc):
                 self.limiter.pause(target.provider, exc.retry_after_s)
             self._observe(target, exc.error_type, latency_ms)
@@ -191,7 +198,10 @@ class UpstreamCaller:
         self._observe(target, "succeeded", latency_ms)
         metrics.UPSTREAM_TOKENS.labels(target.provider, target.model, "input").inc(completion.input_tokens)
         metrics.UPSTREAM_TOKENS.labels(target.provider, target.model, "output").inc(completion.output_tokens)
-        self.limiter.reconcile(reservation, completion.input_tokens + completion.output_tokens)
+        # What the provider charges: OpenAI (and the sim) count `max_tokens` when it is set,
+        # whatever the answer used; reconciling to less would overdraw its per-second bucket.
+        charged = completion.input_tokens + (request.max_output_tokens or completion.output_tokens)
+        self.limiter.reconcile(reservation, charged)
         self.breaker.record_success(name, cfg.breaker, probe=permit.probe)
         self._apply_provider_limits(target.provider, completion)
         records.append(CallRecord(target, "succeeded", None, latency_ms, started_at))
