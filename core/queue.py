@@ -47,11 +47,24 @@ RUN_ACTORS = {INTERACTIVE: RUN_INTERACTIVE, BATCH: RUN_BATCH}
 
 # Dead worker detection for the broker's own requeue of unacked messages; jobgate's SQL
 # lease + sweeper is the real guarantee, this is the second line (DESIGN.md, measured facts).
+# Workers use `heartbeat_timeout_ms(lease_s)`: a worker silent for a lease (at most this
+# long) is dead, so the messages it had prefetched come back as soon as its running jobs do.
 HEARTBEAT_TIMEOUT_MS = 30_000
 ENQUEUE_CHUNK = 2_000
 
 
-def build_broker(redis_url: str, keys: Keys, *, max_connections: int, timeout_s: float) -> RedisBroker:
+def heartbeat_timeout_ms(lease_s: float) -> int:
+    return max(1_000, min(HEARTBEAT_TIMEOUT_MS, int(lease_s * 1000)))
+
+
+def build_broker(
+    redis_url: str,
+    keys: Keys,
+    *,
+    max_connections: int,
+    timeout_s: float,
+    heartbeat_timeout_ms: int = HEARTBEAT_TIMEOUT_MS,
+) -> RedisBroker:
     """Create the broker (without Dramatiq's default Prometheus/retry behaviour) and install it."""
     pool = redis.BlockingConnectionPool.from_url(
         redis_url,
@@ -64,7 +77,7 @@ def build_broker(redis_url: str, keys: Keys, *, max_connections: int, timeout_s:
     broker = WakeableRedisBroker(
         client=redis.Redis(connection_pool=pool),
         namespace=keys.broker_namespace,
-        heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
+        heartbeat_timeout=heartbeat_timeout_ms,
     )
     for spec in (RUN_INTERACTIVE, RUN_BATCH, DELIVER_WEBHOOK):
         broker.declare_queue(spec.queue_name)
@@ -161,6 +174,16 @@ def queue_depths(broker: RedisBroker) -> dict[str, int]:
     for name in names:
         pipe.llen(f"{broker.namespace}:{name}")
     return dict(zip(names, pipe.execute(), strict=True))
+
+
+def beat_heartbeat(broker: RedisBroker) -> None:
+    """Record that this process's consumers are alive, as Dramatiq's dispatch script does.
+
+    Dramatiq beats only when a consumer fetches or acks: a worker whose every thread is busy
+    on a long upstream call stays silent, and the forced maintenance below would take it for
+    dead and hand its prefetched messages to others. Workers call this on a timer instead.
+    """
+    broker.client.zadd(f"{broker.namespace}:__heartbeats__", {broker.broker_id: int(time.time() * 1000)})
 
 
 def run_broker_maintenance(broker: RedisBroker) -> None:

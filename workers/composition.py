@@ -61,7 +61,11 @@ def compose(settings: Settings, *, threads: int, webhook_threads: int) -> Worker
     clock = SqlClock(engine.dialect.name)
     all_threads = threads + webhook_threads
     broker = queue.build_broker(
-        settings.redis_url, keys, max_connections=all_threads + 32, timeout_s=settings.redis_timeout_s
+        settings.redis_url,
+        keys,
+        max_connections=all_threads + 32,
+        timeout_s=settings.redis_timeout_s,
+        heartbeat_timeout_ms=queue.heartbeat_timeout_ms(settings.lease_s),
     )
     # Fleet state (limiter, breaker, cache, single-flight) has its own pool: a single-flight
     # follower holds a connection while it waits, so one per thread plus a margin.

@@ -1,7 +1,8 @@
-"""Background threads of a worker process: the lease keeper and the fleet sweeper.
+"""Background threads of a worker process: the lease keeper, the heartbeat and the sweeper.
 
 The lease keeper renews, in one statement, the leases of every job this process is running,
-so a long upstream call never looks like a dead worker. The sweeper runs in every worker
+so a long upstream call never looks like a dead worker; the heartbeat does the same for the
+broker's view of this process (the messages it has prefetched). The sweeper runs in every worker
 process but does its work only while holding a Redis lock, so it runs once per fleet in
 effect, with nothing extra for the operator to deploy or forget.
 """
@@ -16,6 +17,7 @@ import structlog
 from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy.orm import Session, sessionmaker
 
+from core import queue
 from core.redis.keys import Keys
 from core.services.execute import ActiveClaims
 from core.services.maintenance import sweep
@@ -41,6 +43,24 @@ class LeaseKeeper(threading.Thread):
                     store.renew_leases(session, self.clock, self.active.snapshot(), lease_s=self.lease_s)
             except Exception:
                 log.exception("lease_renewal_failed")
+
+
+class BrokerHeartbeat(threading.Thread):
+    """Beats this process's broker heartbeat a few times per `broker.heartbeat_timeout`."""
+
+    def __init__(self, broker: RedisBroker) -> None:
+        super().__init__(name="broker-heartbeat", daemon=True)
+        self.broker = broker
+        self.interval_s = broker.heartbeat_timeout / 1000 / 4
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.interval_s):
+            try:
+                queue.beat_heartbeat(self.broker)
+            except redis.RedisError as exc:
+                # Redis is away: nobody can take this worker for dead meanwhile either.
+                log.warning("broker_heartbeat_failed", error=type(exc).__name__)
 
 
 class FleetSweeper(threading.Thread):

@@ -23,7 +23,7 @@ from core.providers import close_providers
 from core.settings import Settings
 from workers.actors import declare_actors
 from workers.composition import compose
-from workers.maintenance import FleetSweeper, LeaseKeeper
+from workers.maintenance import BrokerHeartbeat, FleetSweeper, LeaseKeeper
 
 log = structlog.get_logger("jobgate.worker")
 
@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         worker_timeout=settings.worker_idle_poll_ms,
     )
     keeper = LeaseKeeper(parts.sessions, parts.clock, parts.active, lease_s=settings.lease_s)
+    heartbeat = BrokerHeartbeat(parts.broker)
     sweeper = FleetSweeper(parts.sessions, parts.clock, parts.broker, parts.state, parts.keys, settings)
 
     stop = threading.Event()
@@ -84,15 +85,18 @@ def main(argv: list[str] | None = None) -> int:
     job_worker.start()
     webhook_worker.start()
     keeper.start()
+    heartbeat.start()
     sweeper.start()
     log.info("worker_started", pid=os.getpid(), threads=threads, queues=args.queues)
     print(f"worker ready pid={os.getpid()} threads={threads}", flush=True)
     stop.wait()
     log.info("worker_stopping", grace_s=args.grace_s)
-    keeper.stopping.set()
     sweeper.stopping.set()
     job_worker.stop(timeout=int(args.grace_s * 1000))
     webhook_worker.stop(timeout=int(args.grace_s * 1000))
+    # Only now: the jobs that ran on during the grace period kept their leases and heartbeat.
+    keeper.stopping.set()
+    heartbeat.stopping.set()
     close_providers(parts.providers)
     parts.sender.close()
     parts.broker.close()

@@ -75,11 +75,13 @@ def sweep(
     sessions: sessionmaker[Session], clock: SqlClock, broker: RedisBroker, *, redispatch_after_s: float
 ) -> SweepReport:
     requeued, failed, deliveries = reap_expired_leases(sessions, clock)
+    if requeued:
+        queue.dispatch_jobs(broker, requeued)
+    # After the reaped jobs' dispatch, so they count as pending here and are not sent twice.
     lost = find_lost_jobs(sessions, clock, broker, older_than_s=redispatch_after_s)
     queue.run_broker_maintenance(broker)
-    to_dispatch = requeued + lost
-    if to_dispatch:
-        queue.dispatch_jobs(broker, to_dispatch)
+    if lost:
+        queue.dispatch_jobs(broker, lost)
     with sessions() as session:
         deliveries += overdue_deliveries(session, clock.utcnow(), grace_s=redispatch_after_s)
     if deliveries:
