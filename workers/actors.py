@@ -7,6 +7,7 @@ time limit just above the longest provider timeout.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 
 import dramatiq
@@ -51,7 +52,16 @@ def _deliver_webhook_fn(deliverer: WebhookDeliverer, broker: RedisBroker) -> Cal
             result = deliverer.deliver(delivery_id, manual=manual)
             retry_in_s = result.retry_in_s
             if result.status == "pending" and retry_in_s is not None and retry_in_s <= MAX_BROKER_DELAY_S:
-                queue.dispatch_deliveries(broker, [delivery_id], delay_ms=max(1, int(retry_in_s * 1000)))
+                # A message id of its own: Dramatiq moves a due delayed message to the queue and
+                # only then acks its delay-queue copy, deleting that id's body there. Under the
+                # delivery's id, a retry scheduled by a fast failure in between was deleted with
+                # it ("Found 'None' message in message cache"), and waited for the sweeper.
+                message_id = f"{delivery_id}-{uuid.uuid4().hex[:12]}"
+                queue.enqueue_messages(
+                    broker,
+                    [(queue.DELIVER_WEBHOOK, message_id, (delivery_id, False))],
+                    delay_ms=max(1, int(retry_in_s * 1000)),
+                )
         except Exception:
             # The delivery's hold lapses and the sweeper dispatches it again: nothing is lost.
             log.exception("deliver_webhook_crashed")
