@@ -19,6 +19,11 @@ import structlog
 log = structlog.get_logger("jobgate.notifier")
 
 RECONNECT_DELAY_S = 1.0
+# Pub/sub is read in bounded slices, never with `listen()`: redis-py's indefinitely blocking
+# read can swallow the task's cancellation (seen with redis 8.1 on Python 3.11), which hung
+# the API's shutdown. A slice returns at once when a message arrives, so it costs no latency.
+READ_SLICE_S = 1.0
+STOP_TIMEOUT_S = 5.0
 
 
 class JobNotifier:
@@ -27,15 +32,17 @@ class JobNotifier:
         self.channel = channel
         self._waiters: dict[str, set[asyncio.Future[None]]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._listen(), name="job-notifier")
 
     async def stop(self) -> None:
         if self._task is not None:
+            self._stopping = True
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._task, STOP_TIMEOUT_S)
 
     @contextlib.asynccontextmanager
     async def watch(self, job_id: str) -> AsyncIterator[asyncio.Future[None]]:
@@ -57,12 +64,13 @@ class JobNotifier:
                 future.set_result(None)
 
     async def _listen(self) -> None:
-        while True:
+        while not self._stopping:
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
+                while not self._stopping:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=READ_SLICE_S)
+                    if message is not None and message.get("type") == "message":
                         data = message["data"]
                         self._wake(data.decode() if isinstance(data, bytes) else str(data))
             except asyncio.CancelledError:
@@ -73,7 +81,8 @@ class JobNotifier:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
             # Waiters re-read SQL on their own; a reconnect only costs latency.
-            await asyncio.sleep(RECONNECT_DELAY_S)
+            if not self._stopping:
+                await asyncio.sleep(RECONNECT_DELAY_S)
 
     async def publish(self, job_id: str) -> None:
         """Tell every API process's waiters that `job_id` is final (best effort)."""

@@ -8,8 +8,10 @@ Under `CI=true` an unreachable service fails the run instead of skipping tests.
 from __future__ import annotations
 
 import os
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import httpx
@@ -108,28 +110,65 @@ def empty_sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'jobgate.db'}"
 
 
+def _postgres_url(admin_url: str, database: str) -> str:
+    return make_url(admin_url).set(database=database).render_as_string(hide_password=False)
+
+
+@contextmanager
+def _postgres_database(admin_url: str, prefix: str, template: str | None = None) -> Iterator[str]:
+    """A new database `<prefix><hex>` (a copy of `template` if given), dropped afterwards."""
+    name = f"{prefix}{uuid.uuid4().hex[:12]}"
+    create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template is not None:
+        create += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(create)
+    try:
+        yield name
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            # FORCE: a process the test started may still hold a connection when it is torn down.
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 @pytest.fixture
 def empty_postgres_url(postgres_admin_url: str) -> Iterator[str]:
     """A new, empty Postgres database `jobgate_test_<hex>`, dropped after the test."""
-    name = f"jobgate_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield make_url(postgres_admin_url).set(database=name).render_as_string(hide_password=False)
-    with psycopg.connect(postgres_admin_url, autocommit=True) as admin:
-        # FORCE: a process the test started may still hold a connection when it is torn down.
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with _postgres_database(postgres_admin_url, "jobgate_test_") as name:
+        yield _postgres_url(postgres_admin_url, name)
+
+
+@pytest.fixture(scope="session")
+def _migrated_postgres_template(postgres_admin_url: str) -> Iterator[str]:
+    """Migrated once per session; each test's database is a copy (CREATE DATABASE … TEMPLATE)."""
+    with _postgres_database(postgres_admin_url, "jobgate_test_template_") as name:
+        upgrade(_postgres_url(postgres_admin_url, name))
+        yield name
+
+
+@pytest.fixture(scope="session")
+def _migrated_sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite-template") / "jobgate.db"
+    upgrade(f"sqlite:///{path}")
+    return path
 
 
 @pytest.fixture
-def sqlite_url(empty_sqlite_url: str) -> str:
-    upgrade(empty_sqlite_url)
-    return empty_sqlite_url
+def sqlite_url(_migrated_sqlite_template: Path, tmp_path: Path) -> str:
+    """A migrated SQLite file of this test's own (a copy of the session's migrated template)."""
+    path = tmp_path / "jobgate.db"
+    with sqlite3.connect(_migrated_sqlite_template) as source, sqlite3.connect(path) as copy:
+        source.backup(copy)
+    return f"sqlite:///{path}"
 
 
 @pytest.fixture
-def postgres_url(empty_postgres_url: str) -> str:
-    upgrade(empty_postgres_url)
-    return empty_postgres_url
+def postgres_url(postgres_admin_url: str, _migrated_postgres_template: str) -> Iterator[str]:
+    """A migrated Postgres database `jobgate_test_<hex>` of this test's own, dropped afterwards."""
+    with _postgres_database(
+        postgres_admin_url, "jobgate_test_", template=_migrated_postgres_template
+    ) as name:
+        yield _postgres_url(postgres_admin_url, name)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -137,6 +176,10 @@ def database_url(request: pytest.FixtureRequest) -> str:
     """A migrated database of each kind; a module overrides this fixture to pin one."""
     url: str = request.getfixturevalue(f"{request.param}_url")
     return url
+
+
+# A test whose behaviour does not depend on the SQL backend runs on SQLite only.
+sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -220,17 +263,27 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-@pytest.fixture
-async def api_client(settings: Settings, api_key: str) -> AsyncIterator[httpx.AsyncClient]:
-    """The FastAPI app in this process, lifespan included, authenticated as `api_key`."""
+@asynccontextmanager
+async def in_process_api(settings: Settings, key: str | None = None) -> AsyncIterator[httpx.AsyncClient]:
+    """`create_app(settings)` served in this process (lifespan included) to an httpx client."""
     app = create_app(settings)
-    transport = httpx.ASGITransport(app=app)
+    headers = bearer(key) if key is not None else None
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(
-            transport=transport, base_url="http://jobgate.test", headers=bearer(api_key), timeout=30
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://jobgate.test",
+            headers=headers,
+            timeout=30,
         ) as client,
     ):
+        yield client
+
+
+@pytest.fixture
+async def api_client(settings: Settings, api_key: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The API in this process, authenticated as `api_key` (tenant-a)."""
+    async with in_process_api(settings, api_key) as client:
         yield client
 
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from core.settings import Settings
-from tests.conftest import InlineWorker, sim_calls
+from tests.conftest import InlineWorker, sim_calls, sqlite_only
 from tests.sim_process import SimHandle
 
 MAX_BATCH_REQUESTS = 8
@@ -98,6 +98,7 @@ async def test_ndjson_upload_takes_its_options_from_the_query_string(api_client:
     assert {job["priority"] for job in jobs.values()} == {"interactive"}
 
 
+@sqlite_only
 async def test_ndjson_upload_with_an_unknown_query_option_is_refused(api_client: httpx.AsyncClient) -> None:
     response = await api_client.post(
         "/v1/batches",
@@ -111,6 +112,7 @@ async def test_ndjson_upload_with_an_unknown_query_option_is_refused(api_client:
     await assert_nothing_stored(api_client)
 
 
+@sqlite_only
 async def test_duplicate_custom_id_rejects_the_batch_naming_it(api_client: httpx.AsyncClient) -> None:
     response = await api_client.post(
         "/v1/batches", json={"requests": [line("a"), line("twin"), line("b"), line("twin")]}
@@ -140,6 +142,7 @@ async def test_one_bad_ndjson_line_rejects_the_batch_naming_its_line(api_client:
     await assert_nothing_stored(api_client)
 
 
+@sqlite_only
 async def test_ndjson_line_that_is_not_json_rejects_the_batch_naming_its_line(
     api_client: httpx.AsyncClient,
 ) -> None:
@@ -155,10 +158,11 @@ async def test_ndjson_line_that_is_not_json_rejects_the_batch_naming_its_line(
     await assert_nothing_stored(api_client)
 
 
-async def test_json_batch_line_with_an_unknown_model_is_refused_naming_it(api_client: httpx.AsyncClient) -> None:
-    response = await api_client.post(
-        "/v1/batches", json={"requests": [line("a"), line("b", model="gpt-17")]}
-    )
+@sqlite_only
+async def test_json_batch_line_with_an_unknown_model_is_refused_naming_it(
+    api_client: httpx.AsyncClient,
+) -> None:
+    response = await api_client.post("/v1/batches", json={"requests": [line("a"), line("b", model="gpt-17")]})
 
     assert response.status_code == 400
     error = response.json()["error"]
@@ -168,6 +172,7 @@ async def test_json_batch_line_with_an_unknown_model_is_refused_naming_it(api_cl
     await assert_nothing_stored(api_client)
 
 
+@sqlite_only
 async def test_batch_over_the_request_limit_is_refused(api_client: httpx.AsyncClient) -> None:
     custom_ids = [f"r{i}" for i in range(MAX_BATCH_REQUESTS + 1)]
 
@@ -179,12 +184,14 @@ async def test_batch_over_the_request_limit_is_refused(api_client: httpx.AsyncCl
     await assert_nothing_stored(api_client)
 
 
+@sqlite_only
 async def test_batch_at_the_request_limit_is_accepted(api_client: httpx.AsyncClient) -> None:
     batch = await create_batch(api_client, [f"r{i}" for i in range(MAX_BATCH_REQUESTS)])
 
     assert batch["counts"]["total"] == MAX_BATCH_REQUESTS
 
 
+@sqlite_only
 async def test_empty_batch_is_refused(api_client: httpx.AsyncClient) -> None:
     response = await api_client.post("/v1/batches", json={"requests": []})
 
@@ -192,6 +199,7 @@ async def test_empty_batch_is_refused(api_client: httpx.AsyncClient) -> None:
     assert response.json()["error"]["param"] == "requests"
 
 
+@sqlite_only
 async def test_batch_in_another_content_type_is_refused(api_client: httpx.AsyncClient) -> None:
     response = await api_client.post("/v1/batches", content=b"a,b,c", headers={"Content-Type": "text/csv"})
 
@@ -316,6 +324,7 @@ async def test_batch_list_pages_newest_first(api_client: httpx.AsyncClient) -> N
     assert rest["has_more"] is False
 
 
+@sqlite_only
 async def test_unknown_batch_id_is_not_found(api_client: httpx.AsyncClient) -> None:
     for response in (
         await api_client.get("/v1/batches/batch_doesnotexist"),

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from api.waiting import RECHECK_S
-from tests.conftest import InlineWorker, sim_calls
+from tests.conftest import InlineWorker, sim_calls, sqlite_only
 from tests.sim_process import SimHandle
 
 
@@ -117,6 +117,7 @@ async def test_long_poll_answers_as_soon_as_the_job_finishes(
     assert elapsed_s < RECHECK_S
 
 
+@sqlite_only
 async def test_long_poll_on_an_unfinished_job_answers_it_queued_after_the_wait(
     api_client: httpx.AsyncClient,
 ) -> None:
@@ -131,6 +132,7 @@ async def test_long_poll_on_an_unfinished_job_answers_it_queued_after_the_wait(
     assert 0.4 < elapsed_s < 3
 
 
+@sqlite_only
 async def test_long_poll_longer_than_sixty_seconds_is_refused(api_client: httpx.AsyncClient) -> None:
     job = await submit(api_client)
 
@@ -171,6 +173,7 @@ async def test_cancelling_a_finished_job_leaves_it_as_it_was(
     assert response.json() == finished
 
 
+@sqlite_only
 async def test_unknown_job_id_is_not_found(api_client: httpx.AsyncClient) -> None:
     for response in (
         await api_client.get("/v1/jobs/job_doesnotexist"),
@@ -197,6 +200,7 @@ async def test_job_list_pages_newest_first_with_a_cursor(api_client: httpx.Async
     assert third["has_more"] is False and third["last_id"] == newest_first[4]
 
 
+@sqlite_only
 async def test_job_list_defaults_to_twenty(api_client: httpx.AsyncClient) -> None:
     for i in range(21):
         await submit(api_client, f"prompt {i}")
@@ -235,6 +239,7 @@ async def test_job_list_filters_by_status_and_batch(
     assert await listed(status="running") == []
 
 
+@sqlite_only
 async def test_job_list_limit_outside_one_to_a_hundred_is_refused(api_client: httpx.AsyncClient) -> None:
     for limit in (0, 101):
         response = await api_client.get("/v1/jobs", params={"limit": limit})
@@ -242,6 +247,7 @@ async def test_job_list_limit_outside_one_to_a_hundred_is_refused(api_client: ht
         assert response.json()["error"]["param"] == "limit"
 
 
+@sqlite_only
 async def test_job_list_with_an_unknown_status_is_refused(api_client: httpx.AsyncClient) -> None:
     response = await api_client.get("/v1/jobs", params={"status": "finished"})
 
