@@ -1,0 +1,1 @@
+"""Benchmarks: one module per figure, run by `jobgate bench` (bench/run.py), results in bench/results/."""
