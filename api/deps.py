@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import redis.asyncio as aioredis
+import structlog
 from dramatiq.brokers.redis import RedisBroker
 from fastapi import Depends, Request
 from redis import Redis as SyncRedis
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.notifier import JobNotifier
@@ -21,6 +23,8 @@ from core.redis.keys import Keys
 from core.settings import Settings
 from core.store.clock import SqlClock
 from core.store.models import ApiKey, Tenant
+
+log = structlog.get_logger("jobgate.api")
 
 
 @dataclass
@@ -51,8 +55,17 @@ def get_state(request: Request) -> AppState:
 
 
 async def get_session(state: Annotated[AppState, Depends(get_state)]) -> AsyncIterator[AsyncSession]:
-    async with state.sessions() as session:
+    session = state.sessions()
+    try:
         yield session
+    finally:
+        try:
+            await session.close()
+        except (DBAPIError, OSError) as exc:
+            # FastAPI closes this after the answer has started: a database gone meanwhile would
+            # break the client's keep-alive connection instead of failing its next request
+            # with a 503. The pool discards the dead connection; nothing here is left undone.
+            log.warning("session_close_failed", error=type(exc).__name__)
 
 
 def _bearer(request: Request) -> str:
