@@ -40,7 +40,7 @@ from core.store.clock import SqlClock
 from core.store.db import make_sync_engine, make_sync_sessions
 from core.store.migrate import upgrade
 from core.store.models import Job
-from tests.processes import ServiceProcess, jobgate_env, start_worker
+from tests.processes import ServiceProcess, jobgate_env, start_worker, stop_all
 from tests.sim_process import SimHandle, run_sim
 
 REDIS_URL = os.environ.get("JOBGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -373,5 +373,4 @@ def worker_process(settings: Settings) -> Iterator[Callable[..., ServiceProcess]
         return worker
 
     yield start
-    for worker in started:
-        worker.stop()
+    stop_all(started)

@@ -126,10 +126,14 @@ class ServiceProcess:
         stderr = self.stderr_path.read_text(errors="replace")[-3000:] if self.stderr_path.exists() else ""
         return f"exit code {self.process.poll()}; stdout tail: {self.lines[-20:]}; stderr tail:\n{stderr}"
 
-    def stop(self, *, grace_s: float = 10.0) -> int:
-        """SIGTERM this pid, SIGKILL it after `grace_s`; returns the exit code."""
+    def terminate(self) -> None:
+        """SIGTERM this pid (if it still runs); `stop` then waits for it."""
         if self.alive():
             self.process.send_signal(signal.SIGTERM)
+
+    def stop(self, *, grace_s: float = 10.0) -> int:
+        """SIGTERM this pid, SIGKILL it after `grace_s`; returns the exit code."""
+        self.terminate()
         try:
             code = self.process.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
@@ -137,6 +141,14 @@ class ServiceProcess:
             code = self.process.wait(timeout=5)
         self.stderr_path.unlink(missing_ok=True)
         return code
+
+
+def stop_all(processes: list[ServiceProcess], *, grace_s: float = 10.0) -> None:
+    """Stop several processes at once: SIGTERM to each pid first, then wait for each."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.stop(grace_s=grace_s)
 
 
 def python_module(module: str, *args: str) -> list[str]:
