@@ -12,7 +12,7 @@ import itertools
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
+import httpx2
 import openai
 
 
@@ -23,7 +23,7 @@ def call_directly(base_url: str, model: str, *, calls: int, threads: int) -> int
         api_key="bench",
         max_retries=0,
         timeout=30,
-        http_client=httpx.Client(limits=httpx.Limits(max_connections=threads + 16), timeout=30),
+        http_client=openai.DefaultHttpxClient(limits=httpx2.Limits(max_connections=threads + 16), timeout=30),
     )
     counter = itertools.count()
     lock = threading.Lock()
