@@ -33,8 +33,13 @@ fmt: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
+## make bench: every benchmark in bench/, figures as ratios to baselines run beside them
 bench: $(STAMP)
 	$(BIN)/jobgate bench
+
+## make chaos: the full-size chaos run (5,000 jobs, workers SIGKILLed, Redis crashed once)
+chaos: $(STAMP)
+	$(BIN)/python -m bench.chaos
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache
