@@ -8,6 +8,7 @@
 --     req_tat_us, tok_tat_us  GCRA theoretical arrival time of the requests / tokens dimension
 --                             (Redis time, µs): every booking so far is paid for at that time.
 --                             At or before "now" the bucket is full.
+--     line_us                 the end of the waiting line of refused callers (see reserve)
 --     tok_ahead_us, seq       the token cost (in µs of TAT) of bookings whose calls have not
 --                             gone out yet, and a counter naming them
 --     win_start_ms, win_req, win_tok, prev_req, prev_tok
@@ -25,6 +26,8 @@
 --   KEYS[1..n] bucket hashes;  KEYS[n+1..2n] their sorted sets;  KEYS[2n+1..] pause keys
 --   ARGV[3] n, ARGV[4] tokens, ARGV[5] max_wait_us, ARGV[6] burst_us,
 --   ARGV[5+2i], ARGV[6+2i]  bucket i's µs per request and µs per token ("" = no such limit)
+--   ARGV[7+2n] "1": a refused caller takes a place in the buckets' waiting line (`line_us`,
+--   the end of the line, in every bucket hash) and its retry_after is its slot in the line
 --   returns {granted 0|1, wait_us, retry_after_us, paused 0|1}
 --   Atomic because the earliest conforming time is a maximum over all buckets: reading them
 --   and moving every TAT must not interleave with another worker's booking.
@@ -148,7 +151,23 @@ if op == 'reserve' then
   end
   local wait = at - now
   if wait > max_wait then
-    return {0, 0, wait, 0}
+    if ARGV[7 + 2 * n] ~= '1' then
+      return {0, 0, wait, 0}
+    end
+    -- The waiting line: refused callers are handed slots one cost apart from the end of the
+    -- line (or from `at`, if the line is behind it), so a backlog comes back spread at the
+    -- bucket's rate instead of all at `at`, where all but a few would be refused again.
+    local line, step = 0, 0
+    for i = 1, n do
+      line = math.max(line, tonumber(redis.call('HGET', KEYS[i], 'line_us')) or 0)
+      step = math.max(step, buckets[i].req_iv or 0, buckets[i].tok_cost or 0)
+    end
+    local slot = math.ceil(math.max(at, line))
+    for i = 1, n do
+      redis.call('HSET', KEYS[i], 'line_us', int(slot + step))
+      redis.call('PEXPIRE', KEYS[i], math.ceil((slot + step - now) / 1000) + KEEP_MS)
+    end
+    return {0, 0, slot - now, 0}
   end
 
   -- Book at `at`, the moment the call may go out, in every bucket: a bucket that alone would

@@ -71,7 +71,8 @@ class Reservation:
 
     Granted: the budget is booked; call the provider after sleeping `wait_s`, then `reconcile`.
     Not granted: nothing is booked; try again in `retry_after_s` (the time the request would
-    conform if nobody else booked meanwhile, or the end of a provider pause when `paused`).
+    conform if nobody else booked meanwhile, or the caller's turn in the waiting line, or the
+    end of a provider pause when `paused`).
     """
 
     granted: bool
@@ -120,13 +121,26 @@ class RateLimiter:
         self._script = client.register_script(_SCRIPT)
 
     def reserve(
-        self, buckets: Sequence[Bucket], tokens: int, *, max_wait_s: float, now_ms: int | None = None
+        self,
+        buckets: Sequence[Bucket],
+        tokens: int,
+        *,
+        max_wait_s: float,
+        line: bool = False,
+        now_ms: int | None = None,
     ) -> Reservation:
         """Book 1 request and `tokens` tokens in every bucket if that conforms within `max_wait_s`.
 
         A cost above a bucket's burst is granted once that bucket is full and leaves it in debt
         (later calls wait it out), so a big request is delayed, never refused forever. Every
         bucket is booked at the time the slowest one allows, when the call really goes out.
+
+        With `line`, a refused caller takes the next place in the buckets' waiting line: its
+        `retry_after_s` is when its turn comes if everyone ahead comes back at theirs, one
+        request's cost after the caller before it. A batch of 50,000 refused at once thus
+        returns spread at the budget's rate, about once each, instead of all at the moment the
+        budget frees, when all but a few would be refused (and requeued) again. Nothing is
+        booked: a caller that never returns leaves a gap that new callers fill.
         """
         if tokens < 0:
             raise ValueError(f"tokens must be >= 0, not {tokens}")
@@ -149,6 +163,7 @@ class RateLimiter:
         ]
         for bucket in limited:
             args += [_interval_us(bucket.rpm), _interval_us(bucket.tpm)]
+        args.append("1" if line else "0")
         keys = [self._keys.rate_limit(b.name) for b in limited]
         keys += [self._keys.rate_limit_ahead(b.name) for b in limited]
         keys += [self._keys.provider_pause(p) for p in providers]

@@ -241,8 +241,10 @@ class JobExecutor:
     ) -> Outcome:
         job = run.claim.job
         if busy_for and last_error is None:
-            # Jittered, so jobs refused together do not all come back at the same moment.
-            delay_s = min(busy_for) * (1 + 0.25 * self.jitter())
+            # Jittered (later, never earlier, and by at most half a second: a batch's delays
+            # are already spread by the limiter's waiting line), so jobs refused together do
+            # not all come back at the same moment.
+            delay_s = min(busy_for) + min(0.25 * min(busy_for), 0.5) * self.jitter()
             deadline = as_utc(job.deadline)
             if deadline is not None and (deadline - self.clock.utcnow()).total_seconds() < delay_s:
                 error = {

@@ -122,7 +122,6 @@ class UpstreamCaller:
         if tenant_bucket is not None:
             buckets.append(tenant_bucket)
         estimate = estimate_tokens(request)
-        max_wait_s = INTERACTIVE_MAX_WAIT_S if interactive else BATCH_MAX_WAIT_S
         retrying = Retrying(
             stop=stop_after_attempt(TRIES_PER_TARGET),
             wait=_wait_for,
@@ -135,7 +134,7 @@ class UpstreamCaller:
             for attempt in retrying:
                 with attempt:
                     try:
-                        return self._call_once(target, request, buckets, estimate, max_wait_s, records)
+                        return self._call_once(target, request, buckets, estimate, interactive, records)
                     except UpstreamError as exc:
                         failure = exc
                         raise
@@ -151,7 +150,7 @@ class UpstreamCaller:
         request: ChatRequest,
         buckets: list[Bucket],
         estimate: int,
-        max_wait_s: float,
+        interactive: bool,
         records: list[CallRecord],
     ) -> Completion:
         cfg = self.config.providers[target.provider]
@@ -161,7 +160,14 @@ class UpstreamCaller:
         if not permit.allowed:
             records.append(CallRecord(target, "breaker_open", None, 0, started_at))
             raise TargetUnavailable("breaker open", permit.retry_after_s or cfg.breaker.cooldown_s)
-        reservation = self.limiter.reserve(buckets, estimate, max_wait_s=max_wait_s)
+        # Batch jobs refused budget queue up in the limiter's waiting line; an interactive job
+        # books up to 10 s ahead instead, and when refused comes back as soon as budget frees.
+        reservation = self.limiter.reserve(
+            buckets,
+            estimate,
+            max_wait_s=INTERACTIVE_MAX_WAIT_S if interactive else BATCH_MAX_WAIT_S,
+            line=not interactive,
+        )
         if not reservation.granted:
             if permit.probe:
                 # Nothing was sent: hand the probe back so another caller can take it now.

@@ -105,6 +105,49 @@ def test_a_wait_longer_than_max_wait_is_refused_with_retry_after_and_books_nothi
     assert later.granted and later.wait_s == 0.5
 
 
+def test_callers_refused_in_line_get_slots_one_cost_apart_and_book_nothing(limiter: RateLimiter) -> None:
+    bucket = provider_bucket("openai", rpm=600, tpm=60_000)  # 100 ms per request, 1 ms per token
+    for _ in range(3):
+        assert limiter.reserve([bucket], 100, max_wait_s=0.5, now_ms=T0_MS).granted
+
+    # The token dimension binds (100 ms per call, as many as the request dimension); the
+    # first refused caller gets the time the budget frees, each next one a call's cost later.
+    refused = [limiter.reserve([bucket], 100, max_wait_s=0, line=True, now_ms=T0_MS) for _ in range(4)]
+
+    assert [r.granted for r in refused] == [False] * 4
+    assert [r.retry_after_s for r in refused] == [0.2, 0.3, 0.4, 0.5]
+    # Nothing was booked: a caller without a place in line is still served where it conforms.
+    assert limiter.reserve([bucket], 100, max_wait_s=0.5, now_ms=T0_MS).wait_s == 0.2
+
+
+def test_callers_coming_back_at_their_slots_are_granted_one_after_the_other(limiter: RateLimiter) -> None:
+    bucket = provider_bucket("openai", rpm=600, tpm=None)
+    for _ in range(7):  # booked 0.5 s ahead
+        limiter.reserve([bucket], 0, max_wait_s=0.5, now_ms=T0_MS)
+    slots = [
+        limiter.reserve([bucket], 0, max_wait_s=0.1, line=True, now_ms=T0_MS).retry_after_s for _ in range(20)
+    ]
+
+    returns = [limiter.reserve([bucket], 0, max_wait_s=0.1, now_ms=T0_MS + round(s * 1000)) for s in slots]
+
+    assert all(r.granted for r in returns), [r.retry_after_s for r in returns if not r.granted]
+
+
+def test_the_line_is_forgotten_once_its_end_has_passed(limiter: RateLimiter) -> None:
+    bucket = provider_bucket("openai", rpm=600, tpm=None)
+    for _ in range(7):
+        limiter.reserve([bucket], 0, max_wait_s=0.5, now_ms=T0_MS)
+    for _ in range(10):
+        limiter.reserve([bucket], 0, max_wait_s=0, line=True, now_ms=T0_MS)  # line ends at 1.6 s
+
+    later = T0_MS + 10_000
+    for _ in range(2):  # the burst
+        assert limiter.reserve([bucket], 0, max_wait_s=0, now_ms=later).granted
+    refused = limiter.reserve([bucket], 0, max_wait_s=0, line=True, now_ms=later)
+
+    assert not refused.granted and refused.retry_after_s == 0.1
+
+
 def test_reserve_books_every_bucket_or_none(limiter: RateLimiter) -> None:
     provider = provider_bucket("openai", rpm=600, tpm=None)  # burst: 2 requests
     tenant = tenant_bucket("acme", rpm=60, tpm=None)  # one request a second
