@@ -24,6 +24,7 @@ import pytest
 import structlog
 from standardwebhooks import Webhook
 
+from core.webhooks import sender as sender_module
 from core.webhooks.sender import SNIPPET_BYTES, WebhookSender
 from core.webhooks.signing import new_secret, webhook_headers
 from core.webhooks.ssrf import IPAddress, Resolver, UrlPolicy
@@ -266,9 +267,14 @@ def test_a_host_that_does_not_resolve_is_a_failure(sender: WebhookSender) -> Non
     )
 
 
-def test_attempts_are_logged_without_signature_or_query(receiver: Receiver, sender: WebhookSender) -> None:
+def test_attempts_are_logged_without_signature_or_query(
+    receiver: Receiver, sender: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
     headers = signed()
     with structlog.testing.capture_logs() as logs:
+        # A fresh logger: the module's own may be cached, by an earlier test, on a configuration
+        # that `capture_logs` cannot reach (`cache_logger_on_first_use`).
+        monkeypatch.setattr(sender_module, "log", structlog.get_logger("jobgate.webhooks"))
         sender.send(receiver.url("/fail") + "?token=s3cret", BODY, headers)
     [entry] = logs
     assert entry["event"] == "webhook_attempt"
