@@ -19,10 +19,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench import concurrency, progress, submit, sync_latency, throughput
+from bench import concurrency, limiter, memory, progress, submit, sync_latency, throughput
 from bench.report import format_table, machine, utc_now
 
-BENCHMARKS: list[ModuleType] = [throughput, concurrency, sync_latency, submit]
+BENCHMARKS: list[ModuleType] = [throughput, concurrency, sync_latency, submit, limiter, memory]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
