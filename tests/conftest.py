@@ -40,6 +40,7 @@ from core.store.clock import SqlClock
 from core.store.db import make_sync_engine, make_sync_sessions
 from core.store.migrate import upgrade
 from core.store.models import Job
+from tests.fleet import delete_prefix
 from tests.processes import ServiceProcess, jobgate_env, start_worker, stop_all
 from tests.sim_process import SimHandle, run_sim
 
@@ -72,12 +73,7 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
     """A unique key prefix for this test; its keys are deleted afterwards."""
     prefix = f"jgtest-{uuid.uuid4().hex[:10]}"
     yield prefix
-    client = redis.Redis.from_url(redis_url)
-    try:
-        for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-            client.delete(key)
-    finally:
-        client.close()
+    delete_prefix(redis_url, prefix)
 
 
 @pytest.fixture

@@ -13,14 +13,13 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 import anthropic
-import httpx2
 from anthropic.types import Message
 
 from core.config import ProviderConfig
 from core.domain.chat import ChatRequest, Completion, RateLimitHeaders
 from core.errors import Truncated
 from core.providers.anthropic_messages import SAMPLING_PARAMS, anthropic_request, openai_body
-from core.providers.base import completion_from_openai_body, header_int, utc_now
+from core.providers.base import completion_from_openai_body, header_int, sdk_http_client, utc_now
 from core.providers.errors import SdkErrorTypes, translate_sdk_error
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -48,10 +47,8 @@ class AnthropicProvider:
         self.name = name
         self._now = now
         self._timeout_s = config.timeout_s
-        self._timeout = httpx2.Timeout(config.timeout_s, connect=min(5.0, config.timeout_s))
-        self._http_client = anthropic.DefaultHttpxClient(
-            timeout=self._timeout,
-            limits=httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        self._http_client, self._timeout = sdk_http_client(
+            anthropic.DefaultHttpxClient, config, max_connections
         )
         self._client = anthropic.Anthropic(
             base_url=config.base_url or DEFAULT_BASE_URL,

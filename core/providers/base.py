@@ -11,9 +11,13 @@ whether an OpenAI-shaped body is a finished answer, so both adapters judge bodie
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import httpx2
+
+from core.config import ProviderConfig
 from core.domain.chat import TERMINAL_FINISH_REASONS, ChatRequest, Completion, RateLimitHeaders
 from core.errors import ContentFiltered, Truncated
 
@@ -31,6 +35,19 @@ class Provider(Protocol):
     def close(self) -> None:
         """Close the connection pool; the adapter must not be used afterwards."""
         ...
+
+
+def sdk_http_client(
+    factory: Callable[..., httpx2.Client], config: ProviderConfig, max_connections: int
+) -> tuple[httpx2.Client, httpx2.Timeout]:
+    """The SDK's own HTTP client (`openai.DefaultHttpxClient` / `anthropic.DefaultHttpxClient`)
+    with a pool for every worker thread and the provider's timeout (connecting: 5 s at most)."""
+    timeout = httpx2.Timeout(config.timeout_s, connect=min(5.0, config.timeout_s))
+    client = factory(
+        timeout=timeout,
+        limits=httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+    )
+    return client, timeout
 
 
 def completion_from_openai_body(

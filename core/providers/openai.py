@@ -15,14 +15,13 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-import httpx2
 import openai
 from openai.types.chat import ChatCompletion
 
 from core.config import ProviderConfig
 from core.domain.chat import CHAT_FIELDS, ChatRequest, Completion, RateLimitHeaders
 from core.errors import Truncated
-from core.providers.base import completion_from_openai_body, header_int, utc_now
+from core.providers.base import completion_from_openai_body, header_int, sdk_http_client, utc_now
 from core.providers.errors import SdkErrorTypes, translate_sdk_error
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -52,11 +51,7 @@ class OpenAIProvider:
         self.name = name
         self._now = now
         self._timeout_s = config.timeout_s
-        timeout = httpx2.Timeout(config.timeout_s, connect=min(5.0, config.timeout_s))
-        self._http_client = openai.DefaultHttpxClient(
-            timeout=timeout,
-            limits=httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-        )
+        self._http_client, timeout = sdk_http_client(openai.DefaultHttpxClient, config, max_connections)
         self._client = openai.OpenAI(
             base_url=config.base_url or DEFAULT_BASE_URL,
             api_key=config.api_key(),

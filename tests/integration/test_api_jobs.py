@@ -14,19 +14,9 @@ from typing import Any
 import httpx
 
 from api.waiting import RECHECK_S
+from tests.api_calls import job_body, submit
 from tests.conftest import InlineWorker, sim_calls, sqlite_only
 from tests.sim_process import SimHandle
-
-
-def job_body(prompt: str = "Hello", **extra: Any) -> dict[str, Any]:
-    return {"model": "fast", "messages": [{"role": "user", "content": prompt}], **extra}
-
-
-async def submit(client: httpx.AsyncClient, prompt: str = "Hello", **extra: Any) -> dict[str, Any]:
-    response = await client.post("/v1/jobs", json=job_body(prompt, **extra))
-    assert response.status_code == 202, response.text
-    job: dict[str, Any] = response.json()
-    return job
 
 
 def answer_text(job: dict[str, Any]) -> str:

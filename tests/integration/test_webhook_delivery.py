@@ -33,6 +33,7 @@ from core.store.clock import SqlClock
 from core.store.models import Job, WebhookDelivery
 from core.webhooks.sender import WebhookSender
 from core.webhooks.ssrf import IPAddress, UrlPolicy, resolve_host
+from tests.api_calls import job_body, submit
 from tests.conftest import InlineWorker
 from tests.processes import wait_until
 from tests.webhook_receiver import ReceiverHandle, run_receiver
@@ -103,17 +104,6 @@ def deliverer(make_deliverer: Callable[..., WebhookDeliverer]) -> WebhookDeliver
 def receiver() -> Iterator[ReceiverHandle]:
     with run_receiver() as handle:
         yield handle
-
-
-def job_body(prompt: str = "Hello", **extra: Any) -> dict[str, Any]:
-    return {"model": "fast", "messages": [{"role": "user", "content": prompt}], **extra}
-
-
-async def submit(client: httpx.AsyncClient, prompt: str = "Hello", **extra: Any) -> dict[str, Any]:
-    response = await client.post("/v1/jobs", json=job_body(prompt, **extra))
-    assert response.status_code == 202, response.text
-    job: dict[str, Any] = response.json()
-    return job
 
 
 async def create_endpoint(client: httpx.AsyncClient, url: str, **extra: Any) -> dict[str, Any]:

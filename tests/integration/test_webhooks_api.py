@@ -17,6 +17,7 @@ import redis
 
 from core.redis.keys import Keys
 from core.settings import Settings
+from tests.api_calls import job_body
 from tests.conftest import bearer, in_process_api
 
 HOOK_URL = "https://hooks.example.com/jobgate"
@@ -34,10 +35,6 @@ FORBIDDEN_URLS = {
     "localhost with a trailing dot": "https://localhost./hook",
     "a localhost subdomain": "https://api.localhost/hook",
 }
-
-
-def job_body(prompt: str = "Hello", **extra: Any) -> dict[str, Any]:
-    return {"model": "fast", "messages": [{"role": "user", "content": prompt}], **extra}
 
 
 async def create_endpoint(client: httpx.AsyncClient, url: str = HOOK_URL, **extra: Any) -> dict[str, Any]:
