@@ -99,6 +99,8 @@ class FleetSweeper(threading.Thread):
                         self.clock,
                         self.broker,
                         redispatch_after_s=self.settings.redispatch_after_s,
+                        # Two intervals: the next sweep may run late or on another worker.
+                        ahead_s=2 * self.settings.sweep_interval_s,
                     )
             except Exception:
                 log.exception("sweep_failed")

@@ -4,7 +4,8 @@ Run by one worker in the fleet at a time (under a Redis lock; see workers/mainte
 - Reaper: a `running` job whose lease expired (its worker died) goes back to `queued`, or
   fails with `attempts_exhausted` once it has used its attempts.
 - Sweeper: a `queued`, due job older than a grace period whose message is no longer in
-  Redis (Redis restarted empty, the API died between commit and enqueue) is enqueued again.
+  Redis (Redis restarted empty, the API died between commit and enqueue) is enqueued again;
+  so is one put back for longer than the broker holds delays, shortly before it comes due.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from core.services.webhook_delivery import overdue_deliveries
 from core.services.webhook_events import record_job_final
 from core.store import jobs as store
 from core.store.clock import SqlClock
+from core.store.models import as_utc
 
 log = structlog.get_logger("jobgate.maintenance")
 
@@ -58,37 +60,60 @@ def reap_expired_leases(
 
 
 def find_lost_jobs(
-    sessions: sessionmaker[Session], clock: SqlClock, broker: RedisBroker, *, older_than_s: float
-) -> list[tuple[str, str]]:
+    sessions: sessionmaker[Session],
+    clock: SqlClock,
+    broker: RedisBroker,
+    *,
+    older_than_s: float,
+    ahead_s: float = 0.0,
+) -> dict[int, list[tuple[str, str]]]:
+    """Queued jobs without a message in Redis that are due or come due within `ahead_s`,
+    grouped by the delay (ms) to enqueue them with: 0 for those already due."""
+    now = clock.utcnow()
     with sessions() as session:
-        rows = [
-            (r[0], r[1])
-            for r in session.execute(store.stale_queued_stmt(clock.now(), older_than_s, SWEEP_LIMIT))
-        ]
+        rows = list(
+            session.execute(store.stale_queued_stmt(clock.now(), older_than_s, SWEEP_LIMIT, ahead_s=ahead_s))
+        )
     if not rows:
-        return []
-    pending = queue.pending_job_ids(broker, rows)
-    return [row for row in rows if row[0] not in pending]
+        return {}
+    pending = queue.pending_job_ids(broker, [(r[0], r[1]) for r in rows])
+    lost: dict[int, list[tuple[str, str]]] = {}
+    for job_id, priority, not_before in rows:
+        if job_id not in pending:
+            due_at = as_utc(not_before)
+            due_in = 0.0 if due_at is None else (due_at - now).total_seconds()
+            lost.setdefault(max(0, int(due_in * 1000)), []).append((job_id, priority))
+    return lost
 
 
 def sweep(
-    sessions: sessionmaker[Session], clock: SqlClock, broker: RedisBroker, *, redispatch_after_s: float
+    sessions: sessionmaker[Session],
+    clock: SqlClock,
+    broker: RedisBroker,
+    *,
+    redispatch_after_s: float,
+    ahead_s: float = 0.0,
 ) -> SweepReport:
+    """One pass of fleet upkeep. `ahead_s`: jobs put back with a delay too long for the broker
+    (their `not_before` is in SQL only) that come due within it are enqueued now with the
+    rest of their delay, so they run on time rather than at the first sweep after it."""
     requeued, failed, deliveries = reap_expired_leases(sessions, clock)
     if requeued:
         queue.dispatch_jobs(broker, requeued)
     # After the reaped jobs' dispatch, so they count as pending here and are not sent twice.
-    lost = find_lost_jobs(sessions, clock, broker, older_than_s=redispatch_after_s)
+    lost = find_lost_jobs(sessions, clock, broker, older_than_s=redispatch_after_s, ahead_s=ahead_s)
     queue.run_broker_maintenance(broker)
-    if lost:
-        queue.dispatch_jobs(broker, lost)
+    for delay_ms, jobs in sorted(lost.items()):
+        queue.dispatch_jobs(broker, jobs, delay_ms=delay_ms)
     with sessions() as session:
         deliveries += overdue_deliveries(session, clock.utcnow(), grace_s=redispatch_after_s)
     if deliveries:
         queue.dispatch_deliveries(broker, deliveries)
     if failed:
         metrics.record_jobs_finished("failed", failed)
-    report = SweepReport(reaped=len(requeued), failed=failed, redispatched=len(lost))
+    report = SweepReport(
+        reaped=len(requeued), failed=failed, redispatched=sum(len(jobs) for jobs in lost.values())
+    )
     if requeued or failed or lost or deliveries:
         log.info(
             "sweep",

@@ -261,10 +261,13 @@ def reap_job_stmt(job_id: str, attempt: int, now: Any, *, exhausted: bool) -> Up
     return base.values(status=QUEUED, lease_until=None, not_before=None)
 
 
-def stale_queued_stmt(now: Any, older_than_s: float, limit: int) -> Select[str, str]:
-    due = or_(Job.not_before.is_(None), Job.not_before <= now)
+def stale_queued_stmt(
+    now: Any, older_than_s: float, limit: int, *, ahead_s: float = 0.0
+) -> Select[str, str, datetime | None]:
+    """Queued jobs created over `older_than_s` ago that are due, or come due within `ahead_s`."""
+    due = or_(Job.not_before.is_(None), Job.not_before <= now + timedelta(seconds=ahead_s))
     return (
-        select(Job.id, Job.priority)
+        select(Job.id, Job.priority, Job.not_before)
         .where(Job.status == QUEUED, due, Job.created_at < now - timedelta(seconds=older_than_s))
         .order_by(case((Job.priority == "interactive", 0), else_=1), Job.id)
         .limit(limit)
