@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from api import metrics
 from api.body_limit import BodyLimitMiddleware
 from api.deps import AppState
+from api.documentation import ERROR_RESPONSES
 from api.errors import install_error_handlers
 from api.notifier import JobNotifier
 from api.request_id import RequestIdMiddleware
@@ -90,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Queue-based asynchronous gateway for LLM completions.",
         lifespan=lifespan,
+        responses=ERROR_RESPONSES,
     )
     app.add_middleware(
         BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, max_batch_bytes=settings.max_batch_bytes

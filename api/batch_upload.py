@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from api.errors import describe_validation_error
+from api.errors import describe_json_error, describe_validation_error
 from api.job_specs import job_spec
 from api.schemas import BatchLine
 from core.config import GatewayConfig
@@ -73,8 +73,8 @@ def split_json_batch(raw: bytes) -> tuple[dict[str, Any], list[Any]]:
     """Parse `{"requests": [...], <options>}` into (options, requests)."""
     try:
         document = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"The body is not valid JSON: {exc}.") from None
+    except (ValueError, RecursionError) as exc:  # ValueError: bad JSON or UTF-8, a number too long
+        raise InvalidRequest(f"The body is not valid JSON: {describe_json_error(exc)}.") from None
     if not isinstance(document, dict) or not isinstance(document.get("requests"), list):
         raise InvalidRequest("Expected a JSON object with a 'requests' array.", param="requests")
     requests = document.pop("requests")
@@ -97,24 +97,27 @@ async def parse_ndjson_batch(chunks: AsyncIterator[bytes], parser: BatchParser) 
             return
         try:
             item = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:
             raise InvalidRequest(
-                f"Line {line_number}: not valid JSON: {exc}.", param=f"line {line_number}"
+                f"Line {line_number}: not valid JSON: {describe_json_error(exc)}.",
+                param=f"line {line_number}",
             ) from None
         parser.add(line_number, item, f"line {line_number}")
 
+    def too_long() -> InvalidRequest:
+        return InvalidRequest(
+            f"Line {line_number + 1} is longer than {MAX_LINE_BYTES} bytes.", param=f"line {line_number + 1}"
+        )
+
     async for chunk in chunks:
         buffer += chunk
-        while True:
-            newline = buffer.find(b"\n")
-            if newline < 0:
-                break
+        # Checked on whole lines too: how the body is cut into chunks must not change the answer.
+        while (newline := buffer.find(b"\n")) >= 0:
+            if newline > MAX_LINE_BYTES:
+                raise too_long()
             take(buffer[:newline])
             buffer = buffer[newline + 1 :]
         if len(buffer) > MAX_LINE_BYTES:
-            raise InvalidRequest(
-                f"Line {line_number + 1} is longer than {MAX_LINE_BYTES} bytes.",
-                param=f"line {line_number + 1}",
-            )
+            raise too_long()
     if buffer.strip():
         take(buffer)

@@ -6,10 +6,12 @@ keep one request bounded (messages, stop sequences, metadata) before anything is
 
 from __future__ import annotations
 
-from datetime import datetime
+import math
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from core.domain.chat import CHAT_FIELDS
 
@@ -18,6 +20,8 @@ MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512
 MAX_OUTPUT_TOKENS = 1_000_000
+# Far deeper than any tool's JSON schema or content part nests; shallow enough to walk recursively.
+MAX_JSON_DEPTH = 64
 
 
 class ChatMessage(BaseModel):
@@ -41,35 +45,53 @@ def check_metadata(value: dict[str, str] | None) -> dict[str, str] | None:
     return value
 
 
-def _check_text(value: Any, path: str) -> None:
-    """Strings must be valid Unicode without NUL: a lone surrogate (valid JSON `\\ud800`) or a
-    `\\u0000` would pass JSON parsing and then be refused by Postgres (a 5xx, not a 400)."""
+def _refused(path: str, reason: str) -> PydanticCustomError:
+    # The path goes in the context, so the error's `param` names the exact value (api/errors.py).
+    return PydanticCustomError("invalid_json_value", reason, {"path": path})
+
+
+def check_json_values(value: Any, path: str = "", depth: int = 0) -> None:
+    """Refuse what JSON parsing lets through but jobgate cannot keep as it was sent.
+
+    NUL (`\\u0000`) and lone surrogates (valid JSON `\\ud800`) in text: Postgres refuses the
+    first and UTF-8 cannot encode the second, so either would fail at the database as a 5xx.
+    NaN and Infinity (Python's JSON reader accepts them): pydantic would store null in their
+    place without a word. Nesting past MAX_JSON_DEPTH: serialising it exhausts the stack.
+    """
     if isinstance(value, str):
         if "\x00" in value:
-            raise ValueError(f"{path or 'value'}: the NUL character (\\u0000) is not allowed in text")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError(f"{path or 'value'}: contains a lone surrogate; send valid UTF-8 text") from None
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_text(key, path)
-            _check_text(item, f"{path}.{key}" if path else str(key))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _check_text(item, f"{path}.{index}" if path else str(index))
+            raise _refused(path, "the NUL character (\\u0000) is not allowed in text")
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _refused(path, "contains a lone surrogate; send valid UTF-8 text") from None
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise _refused(path, "NaN and Infinity are not JSON numbers; send a finite number")
+    elif isinstance(value, dict | list):
+        if depth >= MAX_JSON_DEPTH:
+            raise _refused(path, f"nested more than {MAX_JSON_DEPTH} levels deep")
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            check_json_values(key, path, depth + 1)
+            check_json_values(item, f"{path}.{key}" if path else str(key), depth + 1)
 
 
-class JobRequest(BaseModel):
-    """`POST /v1/jobs`, each batch line's `body`, and `POST /v1/chat/completions`."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class CheckedBody(BaseModel):
+    """A request body whose every value passes `check_json_values` before its fields are read."""
 
     @model_validator(mode="before")
     @classmethod
-    def _valid_text(cls, data: Any) -> Any:
-        _check_text(data, "")
+    def _valid_json_values(cls, data: Any) -> Any:
+        check_json_values(data)
         return data
+
+
+class JobRequest(CheckedBody):
+    """`POST /v1/jobs`, each batch line's `body`, and `POST /v1/chat/completions`."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: str = Field(min_length=1, max_length=200)
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
@@ -106,6 +128,17 @@ class JobRequest(BaseModel):
     def _metadata_limits(cls, value: dict[str, str] | None) -> dict[str, str] | None:
         return check_metadata(value)
 
+    @field_validator("deadline")
+    @classmethod
+    def _deadline_in_range(cls, value: datetime | None) -> datetime | None:
+        # Year 9999 at -23:59 is year 10000 in UTC: no database can store it.
+        if value is not None and value.tzinfo is not None:
+            try:
+                value.astimezone(UTC)
+            except OverflowError:
+                raise ValueError("the time is out of range once converted to UTC") from None
+        return value
+
     def chat_body(self) -> dict[str, Any]:
         """The provider-facing body: the OpenAI chat fields that were set."""
         data = self.model_dump(include=set(CHAT_FIELDS), exclude_none=True, mode="json")
@@ -119,8 +152,14 @@ class BatchLine(BaseModel):
     custom_id: str = Field(min_length=1, max_length=200)
     body: JobRequest
 
+    @field_validator("custom_id", mode="before")
+    @classmethod
+    def _valid_custom_id(cls, value: Any) -> Any:
+        check_json_values(value)
+        return value
 
-class BatchOptions(BaseModel):
+
+class BatchOptions(CheckedBody):
     model_config = ConfigDict(extra="forbid")
 
     priority: Literal["interactive", "batch"] = "batch"

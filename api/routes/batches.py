@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from api.batch_upload import BatchParser, parse_json_requests, parse_ndjson_batch, split_json_batch
 from api.deps import AppState, PrincipalDep, SessionDep, StateDep
 from api.dispatch import dispatch_committed, dispatch_deliveries, record_final_events
+from api.documentation import BatchList, BatchObject, answer
 from api.errors import describe_validation_error
 from api.job_specs import check_webhook_url
 from api.request_id import request_id_of
@@ -45,10 +46,15 @@ BATCH_BODY_DOC: dict[str, Any] = {
                     "properties": {
                         "requests": {
                             "type": "array",
+                            "minItems": 1,
                             "items": {
                                 "type": "object",
                                 "required": ["custom_id", "body"],
-                                "properties": {"custom_id": {"type": "string"}, "body": {"type": "object"}},
+                                "properties": {
+                                    "custom_id": {"type": "string", "minLength": 1, "maxLength": 200},
+                                    # The same body as POST /v1/jobs (documented there).
+                                    "body": {"$ref": "#/components/schemas/JobRequest"},
+                                },
                             },
                         },
                         "webhook_url": {"type": "string"},
@@ -104,7 +110,12 @@ async def _batch_view(session: AsyncSession, batch: Batch) -> dict[str, Any]:
     return batch_object(batch, store.summarise_batch(rows))
 
 
-@router.post("", status_code=201, openapi_extra=BATCH_BODY_DOC)
+@router.post(
+    "",
+    status_code=201,
+    openapi_extra=BATCH_BODY_DOC,
+    responses={201: answer(BatchObject, "The batch, every job queued.")},
+)
 async def create_batch(
     request: Request, state: StateDep, session: SessionDep, principal: PrincipalDep
 ) -> JSONResponse:
@@ -140,12 +151,14 @@ async def create_batch(
     return JSONResponse(await _batch_view(session, batch), status_code=201)
 
 
-@router.get("/{batch_id}")
+@router.get("/{batch_id}", response_model=None, responses={200: answer(BatchObject, "The batch.")})
 async def get_batch(batch_id: str, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
     return await _batch_view(session, await _load_batch(session, principal.tenant_id, batch_id))
 
 
-@router.get("")
+@router.get(
+    "", response_model=None, responses={200: answer(BatchList, "The tenant's batches, newest first.")}
+)
 async def list_batches(
     session: SessionDep,
     principal: PrincipalDep,
@@ -167,7 +180,11 @@ async def list_batches(
     }
 
 
-@router.post("/{batch_id}/cancel")
+@router.post(
+    "/{batch_id}/cancel",
+    response_model=None,
+    responses={200: answer(BatchObject, "The batch; its queued jobs are cancelled.")},
+)
 async def cancel_batch(
     batch_id: str, state: StateDep, session: SessionDep, principal: PrincipalDep
 ) -> dict[str, Any]:
@@ -213,7 +230,16 @@ async def _result_lines(state: AppState, batch_id: str) -> AsyncIterator[bytes]:
             return
 
 
-@router.get("/{batch_id}/results", response_class=StreamingResponse)
+@router.get(
+    "/{batch_id}/results",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "One JSON line per final job, in submission order.",
+            "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+        }
+    },
+)
 async def batch_results(
     batch_id: str, state: StateDep, session: SessionDep, principal: PrincipalDep
 ) -> StreamingResponse:

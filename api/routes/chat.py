@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 
 from api.deps import PrincipalDep, SessionDep, StateDep
 from api.dispatch import dispatch_committed
+from api.documentation import ErrorBody, answer
 from api.errors import error_body
 from api.job_specs import job_spec
 from api.request_id import request_id_of
@@ -27,7 +28,15 @@ from core.store import jobs as store
 router = APIRouter(prefix="/v1/chat", tags=["openai-compatible"])
 
 
-@router.post("/completions", response_model=None)
+@router.post(
+    "/completions",
+    response_model=None,
+    responses={
+        200: {"description": "The chat.completion body; header x-jobgate-job-id names the job."},
+        502: answer(ErrorBody, "The upstream failed the job (OpenAI's error shape, with `code`)."),
+        504: answer(ErrorBody, "The job did not finish in time; `error.job_id` can be polled."),
+    },
+)
 async def chat_completions(
     request: Request, body: JobRequest, state: StateDep, session: SessionDep, principal: PrincipalDep
 ) -> JSONResponse:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import structlog
 from fastapi import APIRouter, Header, Query, Request
@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from api.deps import PrincipalDep, SessionDep, StateDep
 from api.dispatch import dispatch_committed, dispatch_deliveries, record_final_events
+from api.documentation import JobList, JobObject, JobStatus, answer
 from api.job_specs import job_spec
 from api.request_id import request_id_of
 from api.schemas import JobRequest
@@ -24,17 +25,25 @@ log = structlog.get_logger("jobgate.api")
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
-
-@router.post("", status_code=202, response_model=None)
+@router.post(
+    "",
+    status_code=202,
+    response_model=None,
+    responses={
+        202: answer(JobObject, "The job, queued."),
+        200: answer(JobObject, "The job an earlier request with this Idempotency-Key and body made."),
+    },
+)
 async def create_job(
     request: Request,
     body: JobRequest,
     state: StateDep,
     session: SessionDep,
     principal: PrincipalDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
+    ] = None,
 ) -> JSONResponse:
     spec = job_spec(body, config=state.config, settings=state.settings, default_priority="interactive")
     job, created = await submit_job(
@@ -59,7 +68,7 @@ async def create_job(
     )
 
 
-@router.get("/{job_id}")
+@router.get("/{job_id}", response_model=None, responses={200: answer(JobObject, "The job.")})
 async def get_job(
     job_id: str,
     state: StateDep,
@@ -71,7 +80,11 @@ async def get_job(
     return job_object(job)
 
 
-@router.post("/{job_id}/cancel")
+@router.post(
+    "/{job_id}/cancel",
+    response_model=None,
+    responses={200: answer(JobObject, "The job, cancelled if it was queued.")},
+)
 async def cancel_job(
     job_id: str, state: StateDep, session: SessionDep, principal: PrincipalDep
 ) -> dict[str, Any]:
@@ -86,7 +99,7 @@ async def cancel_job(
     return job_object(await load_job(session, principal.tenant_id, job_id))
 
 
-@router.get("")
+@router.get("", response_model=None, responses={200: answer(JobList, "The tenant's jobs, newest first.")})
 async def list_jobs(
     session: SessionDep,
     principal: PrincipalDep,

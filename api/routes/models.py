@@ -7,11 +7,12 @@ from typing import Any
 from fastapi import APIRouter
 
 from api.deps import PrincipalDep, StateDep
+from api.documentation import ModelList, answer
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-@router.get("")
+@router.get("", response_model=None, responses={200: answer(ModelList, "Every model name a job may use.")})
 async def list_models(state: StateDep, _principal: PrincipalDep) -> dict[str, Any]:
     data = [{"id": name, "object": "model", "owned_by": "jobgate"} for name in state.config.known_models()]
     return {"object": "list", "data": data}

@@ -6,11 +6,12 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from api.deps import PrincipalDep, SessionDep, StateDep
 from api.dispatch import dispatch_deliveries
 from api.job_specs import check_webhook_url
+from api.schemas import CheckedBody
 from api.waiting import load_job
 from core.representation import rfc3339
 from core.services import webhook_admin as admin
@@ -26,7 +27,7 @@ def _check_events(value: list[str] | None) -> list[str] | None:
     return value
 
 
-class EndpointCreate(BaseModel):
+class EndpointCreate(CheckedBody):
     model_config = ConfigDict(extra="forbid")
 
     url: str = Field(min_length=1, max_length=2048)
@@ -36,7 +37,7 @@ class EndpointCreate(BaseModel):
     _events = field_validator("events")(_check_events)
 
 
-class EndpointPatch(BaseModel):
+class EndpointPatch(CheckedBody):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool | None = None
@@ -45,6 +46,14 @@ class EndpointPatch(BaseModel):
     description: str | None = Field(default=None, max_length=500)
 
     _events = field_validator("events")(_check_events)
+
+    @field_validator("url")
+    @classmethod
+    def _url_not_null(cls, value: str | None) -> str | None:
+        # Absent keeps the URL; an explicit null would reach the NOT NULL column (a 5xx).
+        if value is None:
+            raise ValueError("url cannot be null; leave it out to keep the current URL")
+        return value
 
 
 @router.post("/v1/webhook-endpoints", status_code=201)
