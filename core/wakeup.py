@@ -6,7 +6,7 @@ core per process to poll every 20 ms (DESIGN.md, measured facts). Instead, an id
 blocks on a per-queue wake list (`BLPOP`, one pooled connection per consumer) and every
 enqueue pushes a token onto that list in the same pipeline: pick-up in a few milliseconds,
 nothing spent while idle. Delay queues keep Dramatiq's polling (their messages become due by
-time, not by enqueue). Written against Dramatiq 2's `_RedisConsumer` (pinned `<3`);
+time, not by enqueue), at most `DELAY_POLL_MS` apart. Written against Dramatiq 2's `_RedisConsumer` (pinned `<3`);
 `tests/integration/test_queue.py` checks the pick-up latency, so a change there fails loudly.
 """
 
@@ -26,6 +26,8 @@ WAKE_WAIT_S = 1
 # Tokens kept per queue: enough to wake every consumer of a large fleet, bounded memory.
 WAKE_TOKENS_MAX = 256
 BUSY_NAP_S = 0.005
+# Longest a delayed message that fell due waits before it is put on its queue.
+DELAY_POLL_MS = 200
 
 
 def wake_key(namespace: str, queue_name: str) -> str:
@@ -41,6 +43,13 @@ def push_wake_tokens(client: Any, namespace: str, queue_name: str, count: int) -
 
 
 class _WakeableConsumer(_RedisConsumer):
+    def __init__(self, broker: RedisBroker, queue_name: str, prefetch: int, timeout: int) -> None:
+        if queue_name.endswith(".DQ"):
+            # The worker moves held delayed messages that fell due only between two polls of
+            # their delay queue: poll at least this often, so a job comes back on time.
+            timeout = min(timeout, DELAY_POLL_MS)
+        super().__init__(broker, queue_name, prefetch, timeout)
+
     def __next__(self) -> Any:
         if self.queue_name.endswith(".DQ"):
             return super().__next__()
