@@ -6,8 +6,9 @@ core per process to poll every 20 ms (DESIGN.md, measured facts). Instead, an id
 blocks on a per-queue wake list (`BLPOP`, one pooled connection per consumer) and every
 enqueue pushes a token onto that list in the same pipeline: pick-up in a few milliseconds,
 nothing spent while idle. Delay queues keep Dramatiq's polling (their messages become due by
-time, not by enqueue), at most `DELAY_POLL_MS` apart. Written against Dramatiq 2's `_RedisConsumer` (pinned `<3`);
-`tests/integration/test_queue.py` checks the pick-up latency, so a change there fails loudly.
+time, not by enqueue), at most `DELAY_POLL_MS` apart. Written against Dramatiq 2's
+`_RedisConsumer` (pinned `<3`); `tests/integration/test_queue.py` checks the pick-up latency,
+so a change there fails loudly.
 """
 
 from __future__ import annotations
