@@ -70,7 +70,9 @@ def _wait_for(retry_state: RetryCallState) -> float:
     exc = retry_state.outcome.exception() if retry_state.outcome else None
     if isinstance(exc, UpstreamError) and exc.retry_after_s:
         return min(exc.retry_after_s, MAX_INLINE_RETRY_WAIT_S)
-    return float(wait_exponential_jitter(multiplier=0.2, max=MAX_INLINE_RETRY_WAIT_S, jitter=0.2)(retry_state))
+    return float(
+        wait_exponential_jitter(multiplier=0.2, max=MAX_INLINE_RETRY_WAIT_S, jitter=0.2)(retry_state)
+    )
 
 
 def _asks_to_wait(exc: UpstreamError) -> bool:
