@@ -19,6 +19,7 @@ import math
 import os
 import signal
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -91,6 +92,11 @@ def answer_text(job_or_line: dict[str, Any]) -> str | None:
 # --- Infrastructure: a fresh database, a free port ----------------------------------------------
 
 
+# Alembic's `context` is one module-level proxy: two threads migrating at once (benchmarks run
+# side by side) would run on each other's configuration.
+_MIGRATING = threading.Lock()
+
+
 @contextmanager
 def fresh_postgres_database(admin_url: str = POSTGRES_ADMIN_URL) -> Iterator[str]:
     """A new, migrated Postgres database `jobgate_test_<hex>`; dropped (with FORCE) afterwards."""
@@ -99,7 +105,8 @@ def fresh_postgres_database(admin_url: str = POSTGRES_ADMIN_URL) -> Iterator[str
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
         url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-        upgrade(url)
+        with _MIGRATING:
+            upgrade(url)
         yield url
     finally:
         with psycopg.connect(admin_url, autocommit=True) as admin:
