@@ -14,7 +14,7 @@ that failed, the busiest second's calls.
 
 Full size (the issue's figure, minutes): 600 RPM, 60,000 TPM, 2,000 jobs, 3 workers.
 `--quick`: 6,000 RPM, 600,000 TPM, 1,000 jobs (same ratios, seconds). The run without the
-limiter (the baseline) drains a quarter as many jobs.
+limiter (the baseline) drains an eighth as many jobs.
 
     python -m bench.limiter [--quick]     # writes bench/results/limiter.json (limiter-quick.json)
 """
@@ -178,14 +178,14 @@ def run_once(shape: Shape, *, limiter: bool) -> dict[str, Any]:
 def run(scale: str | bool = "full") -> dict[str, Any]:
     """Both runs at `scale` ("full" or "quick"; True means quick, as `jobgate bench --quick` passes).
 
-    The baseline without the limiter runs a quarter of the jobs (the same limits and prompt
+    The baseline without the limiter runs an eighth of the jobs (the same limits and prompt
     mix): its figures are rates (429s per 1,000 calls, failed share), which do not need the
     full size, and the full-size run without a limiter would take minutes more.
     """
     name = ("quick" if scale else "full") if isinstance(scale, bool) else scale
     shape = SCALES[name]
     limited = run_once(shape, limiter=True)
-    unlimited = run_once(replace(shape, jobs=shape.jobs // 4), limiter=False)
+    unlimited = run_once(replace(shape, jobs=shape.jobs // 8), limiter=False)
     return {
         "scale": name,
         "shape": asdict(shape),

@@ -8,13 +8,21 @@ redrawn with `\\r`; otherwise (CI logs, pipes) each phase is one plain line, bar
 from __future__ import annotations
 
 import sys
+import threading
 import time
 
 BAR_WIDTH = 24
 
-_name = ""
-_started = 0.0
-_last_bar = 0.0
+
+class _Current(threading.local):
+    """The running benchmark, per thread: a background benchmark reports under its own name."""
+
+    name = ""
+    started = 0.0
+    last_bar = 0.0
+
+
+_current = _Current()
 
 
 def _write(text: str, *, final: bool = False) -> None:
@@ -26,26 +34,24 @@ def _write(text: str, *, final: bool = False) -> None:
 
 
 def begin(name: str) -> None:
-    global _name, _started
-    _name, _started = name, time.monotonic()
-    _write(f"[{_name}] starting")
+    _current.name, _current.started = name, time.monotonic()
+    _write(f"[{name}] starting")
 
 
 def step(message: str) -> None:
-    _write(f"[{_name} {time.monotonic() - _started:5.1f}s] {message}")
+    _write(f"[{_current.name} {time.monotonic() - _current.started:5.1f}s] {message}")
 
 
 def bar(done: int, total: int, what: str = "jobs") -> None:
     """Redraw a bar (terminal only, at most 10 times a second)."""
-    global _last_bar
     now = time.monotonic()
-    if not sys.stderr.isatty() or (now - _last_bar < 0.1 and done < total):
+    if not sys.stderr.isatty() or (now - _current.last_bar < 0.1 and done < total):
         return
-    _last_bar = now
+    _current.last_bar = now
     filled = int(BAR_WIDTH * done / max(total, 1))
     drawn = "#" * filled + "." * (BAR_WIDTH - filled)
-    _write(f"[{_name} {now - _started:5.1f}s] [{drawn}] {done:,}/{total:,} {what}")
+    _write(f"[{_current.name} {now - _current.started:5.1f}s] [{drawn}] {done:,}/{total:,} {what}")
 
 
 def end(summary: str) -> None:
-    _write(f"[{_name} {time.monotonic() - _started:5.1f}s] done: {summary}", final=True)
+    _write(f"[{_current.name} {time.monotonic() - _current.started:5.1f}s] done: {summary}", final=True)
