@@ -24,15 +24,15 @@ from typing import Any
 from bench import concurrency, limiter, memory, progress, submit, sync_latency, throughput
 from bench.report import format_table, machine, utc_now
 
-BENCHMARKS: list[ModuleType] = [throughput, concurrency, sync_latency, submit, limiter, memory]
+BENCHMARKS: list[ModuleType] = [limiter, throughput, concurrency, sync_latency, submit, memory]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # Benchmarks run in the background, at the lowest CPU priority, while the others run one after
 # the other. The memory run needs 20,000 jobs of CPU, not time, and its figure (RSS after 20,000
 # jobs vs after 2,000) does not depend on speed; run alone it would push `make bench` past 10
 # minutes. Niced (its processes inherit the niceness of the thread that starts them), it takes
-# what the others leave: the limiter run is paced by the provider (about 8 jobs/s) and the
-# other figures are ratios to baselines measured under the same load. Each result records
-# what ran beside it.
+# what the others leave: the limiter run, first for that reason, is paced by the provider
+# (about 8 jobs/s for minutes), and the other figures are ratios to baselines measured under
+# the same load. Each result records what ran beside it.
 BACKGROUND = {"memory"}
 BACKGROUND_NICE = 19
 
