@@ -244,7 +244,8 @@ class JobExecutor:
             # Jittered (later, never earlier, and by at most half a second: a batch's delays
             # are already spread by the limiter's waiting line), so jobs refused together do
             # not all come back at the same moment.
-            delay_s = min(busy_for) + min(0.25 * min(busy_for), 0.5) * self.jitter()
+            wait_s = min(busy_for)
+            delay_s = wait_s + min(0.25 * wait_s, 0.5) * self.jitter()
             deadline = as_utc(job.deadline)
             if deadline is not None and (deadline - self.clock.utcnow()).total_seconds() < delay_s:
                 error = {
