@@ -18,7 +18,7 @@ from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import queue
-from core.services.webhook_events import record_jobs_final
+from core.services.webhook_events import commit_final
 
 log = structlog.get_logger("jobgate.dispatch")
 
@@ -37,11 +37,10 @@ async def dispatch_committed(
     return True
 
 
-async def record_final_events(session: AsyncSession, job_ids: list[str], now: datetime) -> list[str]:
-    """Write the webhook outbox rows for jobs this request made final (before its commit)."""
-    if not job_ids:
-        return []
-    return await session.run_sync(lambda sync_session: record_jobs_final(sync_session, job_ids, now))
+async def commit_final_events(session: AsyncSession, job_ids: list[str], now: datetime) -> list[str]:
+    """Commit, with the webhook outbox rows of the jobs this request made final (and of the
+    batches that completed); returns the deliveries to dispatch."""
+    return await session.run_sync(lambda sync_session: commit_final(sync_session, job_ids, now))
 
 
 async def dispatch_deliveries(

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 
 from api.deps import PrincipalDep, SessionDep, StateDep
-from api.dispatch import dispatch_committed, dispatch_deliveries, record_final_events
+from api.dispatch import commit_final_events, dispatch_committed, dispatch_deliveries
 from api.documentation import JobList, JobObject, JobStatus, answer
 from api.job_specs import job_spec
 from api.request_id import request_id_of
@@ -90,8 +90,7 @@ async def cancel_job(
 ) -> dict[str, Any]:
     stmt = store.cancel_job_stmt(principal.tenant_id, job_id, state.clock.now()).returning(Job.id)
     cancelled = list((await session.execute(stmt)).scalars())
-    deliveries = await record_final_events(session, cancelled, state.clock.utcnow())
-    await session.commit()
+    deliveries = await commit_final_events(session, cancelled, state.clock.utcnow())
     if cancelled:
         metrics.record_jobs_finished("cancelled")
         await state.notifier.publish(job_id)

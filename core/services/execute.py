@@ -37,7 +37,7 @@ from core.redis.cache import ResponseCache
 from core.redis.rate_limit import Bucket, tenant_bucket
 from core.redis.single_flight import Flight, SingleFlight
 from core.services.upstream import CallRecord, TargetUnavailable, UpstreamCaller
-from core.services.webhook_events import record_job_final
+from core.services.webhook_events import commit_final
 from core.store import jobs as store
 from core.store.clock import SqlClock
 from core.store.models import JobAttempt, Tenant, as_utc
@@ -314,9 +314,8 @@ class JobExecutor:
         """One transaction: the final state, the attempt log and the webhook outbox rows."""
         with self.sessions() as session:
             won = store.finish_job(session, self.clock, run.claim, **values)
-            deliveries = record_job_final(session, run.job_id, self.clock.utcnow()) if won else []
             store.record_attempts(session, self._attempt_rows(run))
-            session.commit()
+            deliveries = commit_final(session, [run.job_id] if won else [], self.clock.utcnow())
         if not won:
             log.warning("final_write_lost", job_id=run.job_id, attempt=run.claim.attempt)
             return Outcome("skipped")

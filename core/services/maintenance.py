@@ -6,6 +6,8 @@ Run by one worker in the fleet at a time (under a Redis lock; see workers/mainte
 - Sweeper: a `queued`, due job older than a grace period whose message is no longer in
   Redis (Redis restarted empty, the API died between commit and enqueue) is enqueued again;
   so is one put back for longer than the broker holds delays, shortly before it comes due.
+- Batches whose every job is final but that were never marked completed (a worker died
+  between a last job's final write and the batch check after it) are announced.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core import metrics, queue
 from core.services.webhook_delivery import overdue_deliveries
-from core.services.webhook_events import record_job_final
+from core.services.webhook_events import announce_completed_batches, commit_final
 from core.store import jobs as store
 from core.store.clock import SqlClock
 from core.store.models import as_utc
@@ -27,6 +29,7 @@ log = structlog.get_logger("jobgate.maintenance")
 
 SWEEP_LIMIT = 20_000
 REAP_LIMIT = 5_000
+BATCH_LIMIT = 1_000
 
 
 @dataclass(frozen=True)
@@ -42,8 +45,7 @@ def reap_expired_leases(
     """Returns the (job_id, priority) pairs put back in the queue, how many were failed, and
     the webhook deliveries the failures produced."""
     requeued: list[tuple[str, str]] = []
-    deliveries: list[str] = []
-    failed = 0
+    failed: list[str] = []
     with sessions() as session:
         rows = session.execute(store.expired_leases_stmt(clock.now(), REAP_LIMIT)).all()
         for job_id, attempts, max_attempts, priority in rows:
@@ -51,12 +53,20 @@ def reap_expired_leases(
             stmt = store.reap_job_stmt(job_id, attempts, clock.now(), exhausted=exhausted)
             if store.rowcount(session.execute(stmt)) == 1:
                 if exhausted:
-                    failed += 1
-                    deliveries += record_job_final(session, job_id, clock.utcnow())
+                    failed.append(job_id)
                 else:
                     requeued.append((job_id, priority))
-        session.commit()
-    return requeued, failed, deliveries
+        deliveries = commit_final(session, failed, clock.utcnow())
+    return requeued, len(failed), deliveries
+
+
+def announce_unannounced_batches(session: Session, clock: SqlClock, *, older_than_s: float) -> list[str]:
+    """Batches whose last job's worker died between its final write and the batch check."""
+    stmt = store.unannounced_batches_stmt(clock.now(), older_than_s, BATCH_LIMIT)
+    batch_ids = list(session.execute(stmt).scalars())
+    deliveries = announce_completed_batches(session, batch_ids, clock.utcnow())
+    session.commit()
+    return deliveries
 
 
 def find_lost_jobs(
@@ -107,6 +117,7 @@ def sweep(
         queue.dispatch_jobs(broker, jobs, delay_ms=delay_ms)
     with sessions() as session:
         deliveries += overdue_deliveries(session, clock.utcnow(), grace_s=redispatch_after_s)
+        deliveries += announce_unannounced_batches(session, clock, older_than_s=redispatch_after_s)
     if deliveries:
         queue.dispatch_deliveries(broker, deliveries)
     if failed:

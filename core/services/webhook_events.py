@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from core.ids import new_id
@@ -101,17 +101,30 @@ def _add_deliveries(
     return ids
 
 
-def record_job_final(session: Session, job_id: str, now: datetime) -> list[str]:
-    """In the transaction that made the job final: its deliveries (and the batch's, if it was
-    the last). Returns the new delivery ids, to be dispatched after the commit."""
-    return record_jobs_final(session, [job_id], now)
+def commit_final(session: Session, job_ids: list[str], now: datetime) -> list[str]:
+    """Commit the transaction that made `job_ids` final, with their webhook outbox rows; then
+    announce the batches they completed. Returns the new delivery ids, to dispatch.
+
+    The batch check runs after the commit, in a transaction of its own: of the jobs that
+    finish a batch concurrently, the last to commit is sure to see all of them final (its
+    check starts after every commit), so no lock is needed. Checking inside the transaction
+    would need one on the batch row, which made every job of a batch finish one at a time
+    (the throughput benchmark's bottleneck). A crash between the two leaves the batch for
+    the sweeper (`announce_completed_batches` over `store.unannounced_batches_stmt`).
+    """
+    deliveries, batch_ids = record_jobs_final(session, job_ids, now)
+    session.commit()
+    if batch_ids:
+        deliveries += announce_completed_batches(session, batch_ids, now)
+        session.commit()
+    return deliveries
 
 
-def record_jobs_final(session: Session, job_ids: list[str], now: datetime) -> list[str]:
-    """The same for many jobs at once (a batch cancel): endpoints are read once per tenant and
-    event, and each batch's completion is checked once, after all its jobs."""
+def record_jobs_final(session: Session, job_ids: list[str], now: datetime) -> tuple[list[str], list[str]]:
+    """In the transaction that made the jobs final: their deliveries, with endpoints read once
+    per tenant and event. Returns the delivery ids and the ids of the batches they belong to."""
     endpoints: dict[tuple[str, str], list[Destination]] = {}
-    batches: dict[str, Batch] = {}
+    batches: dict[str, Batch | None] = {}
     ids: list[str] = []
     for start in range(0, len(job_ids), 1_000):
         chunk = job_ids[start : start + 1_000]
@@ -127,9 +140,9 @@ def record_jobs_final(session: Session, job_ids: list[str], now: datetime) -> li
                 endpoints[key] = _endpoints(session, job.tenant_id, event_type)
             batch = None
             if job.batch_id is not None:
-                batch = batches.get(job.batch_id) or session.get(Batch, job.batch_id)
-                if batch is not None:
-                    batches[batch.id] = batch
+                if job.batch_id not in batches:
+                    batches[job.batch_id] = session.get(Batch, job.batch_id)
+                batch = batches[job.batch_id]
             destinations = list(endpoints[key])
             own_url = job.webhook_url or (batch.webhook_url if batch is not None else None)
             if own_url:
@@ -145,33 +158,32 @@ def record_jobs_final(session: Session, job_ids: list[str], now: datetime) -> li
                     job_id=job.id,
                     batch_id=job.batch_id,
                 )
-    for batch in batches.values():
-        ids += record_batch_if_completed(session, batch, now)
+    return ids, [batch_id for batch_id, batch in batches.items() if batch is not None]
+
+
+def announce_completed_batches(session: Session, batch_ids: list[str], now: datetime) -> list[str]:
+    """Marks completed each batch whose every job is final (as committed), once: the first
+    caller to set `completed_at` writes the `batch.completed` deliveries. The caller commits."""
+    ids: list[str] = []
+    for batch_id in batch_ids:
+        active = session.execute(
+            select(Job.id).where(Job.batch_id == batch_id, Job.status.in_(store.ACTIVE_STATES)).limit(1)
+        ).first()
+        if active is not None:
+            continue
+        batch = session.execute(
+            update(Batch)
+            .where(Batch.id == batch_id, Batch.completed_at.is_(None))
+            .values(completed_at=now)
+            .returning(Batch)
+            .execution_options(synchronize_session=False, populate_existing=True)
+        ).scalar_one_or_none()
+        if batch is not None:
+            ids += _announce_batch(session, batch, now)
     return ids
 
 
-def record_batch_if_completed(session: Session, batch: Batch, now: datetime) -> list[str]:
-    """The first caller to see every job of the batch final marks it completed and emits the event."""
-    # The batch's last jobs may finish in concurrent transactions, each still seeing the other
-    # running, so neither would announce the batch. Taking the batch row's lock first makes them
-    # count one after the other, and under READ COMMITTED the later count sees the earlier
-    # commit. (SQLite runs one writer at a time and renders no FOR UPDATE.)
-    session.execute(select(Batch.id).where(Batch.id == batch.id).with_for_update())
-    active = session.execute(
-        select(func.count())
-        .select_from(Job)
-        .where(Job.batch_id == batch.id, Job.status.in_(store.ACTIVE_STATES))
-    ).scalar_one()
-    if active:
-        return []
-    won = store.rowcount(
-        session.execute(
-            update(Batch).where(Batch.id == batch.id, Batch.completed_at.is_(None)).values(completed_at=now)
-        )
-    )
-    if not won:
-        return []
-    session.refresh(batch)
+def _announce_batch(session: Session, batch: Batch, now: datetime) -> list[str]:
     destinations = _endpoints(session, batch.tenant_id, "batch.completed")
     if batch.webhook_url:
         destinations.insert(0, Destination(batch.webhook_url, None))

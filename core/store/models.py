@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -69,7 +70,16 @@ class ApiKey(Base):
 
 class Batch(Base):
     __tablename__ = "batches"
-    __table_args__ = (Index("ix_batches_tenant_id_id", "tenant_id", "id"),)
+    __table_args__ = (
+        Index("ix_batches_tenant_id_id", "tenant_id", "id"),
+        # Open batches only: the sweeper looks for finished ones never marked completed.
+        Index(
+            "ix_batches_open",
+            "created_at",
+            postgresql_where=text("completed_at IS NULL"),
+            sqlite_where=text("completed_at IS NULL"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))

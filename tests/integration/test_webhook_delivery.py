@@ -27,7 +27,7 @@ from core import queue
 from core.redis.keys import Keys
 from core.services.maintenance import sweep
 from core.services.webhook_delivery import AttemptResult, WebhookDeliverer
-from core.services.webhook_events import record_job_final
+from core.services.webhook_events import announce_completed_batches, commit_final
 from core.settings import Settings
 from core.store.clock import SqlClock
 from core.store.models import Job, WebhookDelivery
@@ -523,10 +523,7 @@ async def test_sweeper_dispatches_deliveries_whose_message_was_lost_but_not_a_di
     assert not redis_client.hexists(messages, log[paused["id"]])
 
 
-@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
-async def test_batch_whose_last_two_jobs_finish_in_concurrent_transactions_announces_completion_once(
-    api_client: httpx.AsyncClient, inline_worker: InlineWorker
-) -> None:
+async def two_job_batch(api_client: httpx.AsyncClient, worker: InlineWorker) -> tuple[str, str, str]:
     response = await api_client.post(
         "/v1/batches",
         json={
@@ -535,36 +532,96 @@ async def test_batch_whose_last_two_jobs_finish_in_concurrent_transactions_annou
         },
     )
     batch_id = response.json()["id"]
-    with inline_worker.sessions() as session:
+    with worker.sessions() as session:
         first, second = session.execute(
             select(Job.id).where(Job.batch_id == batch_id).order_by(Job.seq)
         ).scalars()
+    return batch_id, first, second
+
+
+def batch_announcements(worker: InlineWorker, batch_id: str) -> int:
+    with worker.sessions() as session:
+        return session.execute(
+            select(func.count())
+            .select_from(WebhookDelivery)
+            .where(WebhookDelivery.batch_id == batch_id, WebhookDelivery.event_type == "batch.completed")
+        ).scalar_one()
+
+
+def finish(session: Session, job_id: str, now: datetime) -> None:
+    session.execute(update(Job).where(Job.id == job_id).values(status="succeeded", finished_at=now))
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_batch_whose_last_two_jobs_finish_in_concurrent_transactions_announces_completion_once(
+    api_client: httpx.AsyncClient, inline_worker: InlineWorker
+) -> None:
+    batch_id, first, second = await two_job_batch(api_client, inline_worker)
     now = datetime.now(UTC)
 
-    # Two workers' final transactions, interleaved: each writes its job's final state, then
-    # its outbox rows (which is where the batch's completion is decided).
+    # Two workers' final transactions, open at once: each sees the other's job still running
+    # until that one commits. The first to commit checks its batch after its commit, while
+    # the other is still open; the second checks after both commits.
     with inline_worker.sessions() as one, inline_worker.sessions() as two:
-        one.execute(update(Job).where(Job.id == first).values(status="succeeded", finished_at=now))
-        two.execute(update(Job).where(Job.id == second).values(status="succeeded", finished_at=now))
-        from_one = record_job_final(one, first, now)
-        from_two: list[str] = []
-        other = threading.Thread(target=lambda: from_two.extend(record_job_final(two, second, now)))
-        other.start()
-        # Commit the first only once the second has counted the batch's jobs or is waiting to.
+        finish(one, first, now)
+        finish(two, second, now)
+        from_one = commit_final(one, [first], now)
+        from_two = commit_final(two, [second], now)
+
+    assert batch_announcements(inline_worker, batch_id) == 1
+    assert (len(from_one), len(from_two)) == (1, 2)  # the second carries the batch's event
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_batch_checked_by_both_last_jobs_after_both_commits_is_announced_by_one_only(
+    api_client: httpx.AsyncClient, inline_worker: InlineWorker
+) -> None:
+    batch_id, first, second = await two_job_batch(api_client, inline_worker)
+    now = datetime.now(UTC)
+    with inline_worker.sessions() as session:
+        finish(session, first, now)
+        finish(session, second, now)
+        session.commit()
+
+    with inline_worker.sessions() as one, inline_worker.sessions() as two:
+        from_one = announce_completed_batches(one, [batch_id], now)
+        other = threading.Thread(target=lambda: announce_completed_batches(two, [batch_id], now))
+        other.start()  # blocks on the batch row the first updated, then finds it completed
         wait_until(
             lambda: not other.is_alive() or lock_waits(inline_worker) > 0,
             timeout_s=10,
-            what="the second transaction to count the batch's jobs or wait for the batch",
+            what="the second check to reach the batch row",
         )
         one.commit()
         other.join(timeout=10)
         two.commit()
 
+    assert len(from_one) == 1
+    assert batch_announcements(inline_worker, batch_id) == 1
+
+
+async def test_batch_left_unannounced_by_a_crash_after_the_final_commit_is_announced_by_the_sweeper(
+    api_client: httpx.AsyncClient, inline_worker: InlineWorker, settings: Settings
+) -> None:
+    batch_id, first, second = await two_job_batch(api_client, inline_worker)
+    now = datetime.now(UTC)
     with inline_worker.sessions() as session:
-        announced = session.execute(
-            select(func.count())
-            .select_from(WebhookDelivery)
-            .where(WebhookDelivery.batch_id == batch_id, WebhookDelivery.event_type == "batch.completed")
-        ).scalar_one()
-    assert announced == 1
-    assert len(from_one) + len(from_two) == 3  # two job events and the batch's
+        finish(session, first, now)
+        finish(session, second, now)
+        session.commit()  # and the worker dies before its batch check
+    clock = SqlClock(inline_worker.engine.dialect.name)
+    broker = queue.build_broker(
+        settings.redis_url or "", Keys(settings.redis_prefix), max_connections=4, timeout_s=5
+    )
+
+    try:
+        sweep(inline_worker.sessions, clock, broker, redispatch_after_s=0)
+        announced_once = batch_announcements(inline_worker, batch_id)
+        sweep(inline_worker.sessions, clock, broker, redispatch_after_s=0)
+    finally:
+        broker.close()
+
+    assert announced_once == 1
+    assert batch_announcements(inline_worker, batch_id) == 1
+    batch = (await api_client.get(f"/v1/batches/{batch_id}")).json()
+    assert batch["status"] == "completed"
