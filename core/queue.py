@@ -13,7 +13,9 @@ job id, so the sweeper can ask Redis whether a queued job still has a message
 
 from __future__ import annotations
 
+import random
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -85,6 +87,17 @@ def build_broker(
     return broker
 
 
+def _unique_id() -> str:
+    """A random UUID for Dramatiq's own message id, drawn without a system call.
+
+    Dramatiq's default (`uuid4`) reads os.urandom, which releases the GIL: enqueueing a
+    50,000-job batch from a thread of the busy API then waited for the GIL once per message
+    (a third of the batch's dispatch time under load). The id only has to be unique, not
+    secret; the Redis id that matters is the job id.
+    """
+    return str(uuid.UUID(int=random.getrandbits(128), version=4))
+
+
 def _message(spec: ActorSpec, message_id: str, args: tuple[object, ...]) -> dramatiq.Message:
     return dramatiq.Message(
         queue_name=spec.queue_name,
@@ -92,6 +105,7 @@ def _message(spec: ActorSpec, message_id: str, args: tuple[object, ...]) -> dram
         args=args,
         kwargs={},
         options={"redis_message_id": message_id},
+        message_id=_unique_id(),
     )
 
 
