@@ -2,12 +2,12 @@
 
 The API (one process) and 2 workers x 32 threads run, the simulated upstream answers at
 once. One `POST /v1/batches` uploads 50,000 NDJSON lines; accepted jobs/s is 50,000 over
-the POST's duration (parse and validate every line, insert every job, commit, enqueue
-pipelined, answer with the batch's counts). The first result is the first job seen
-succeeded, from the start of the POST; workers may finish jobs before the POST has
-answered. The batch is not drained: the fleet is stopped and its database dropped.
-The baseline beside it is the broker alone: the same number of messages enqueued pipelined
-(`core.queue.enqueue_messages`), the part of the POST no SQL or validation is in.
+the POST's duration (parse and validate every line, insert every job, commit, answer with
+the batch's counts; the API enqueues the jobs pipelined right after answering). The first
+result is the first job seen succeeded, from the start of the POST. The batch is not
+drained: the fleet is stopped and its database dropped. The baseline beside it is the
+broker alone: the same number of messages enqueued pipelined (`core.queue.enqueue_messages`,
+what the API does after answering), a rate with no SQL or validation in it.
 """
 
 from __future__ import annotations

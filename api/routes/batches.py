@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.background import BackgroundTask
 
 from api.batch_upload import BatchParser, parse_json_requests, parse_ndjson_batch, split_json_batch
 from api.deps import AppState, PrincipalDep, SessionDep, StateDep
@@ -145,10 +146,14 @@ async def create_batch(
         request_id=request_id_of(request),
     )
     log.info("batch_submitted", batch_id=batch.id, jobs=len(jobs))
-    await dispatch_committed(
-        state.broker, jobs, fault_exit_after_commit=state.settings.fault_exit_after_commit
+    # The batch is committed, so it is the client's: answer now and enqueue its jobs after the
+    # answer is sent. Enqueueing tens of thousands of messages takes seconds on a busy machine
+    # (workers already running the first ones compete for the CPU); if this process dies
+    # meanwhile, the sweeper dispatches what was not enqueued, as for any lost message.
+    dispatch = BackgroundTask(
+        dispatch_committed, state.broker, jobs, fault_exit_after_commit=state.settings.fault_exit_after_commit
     )
-    return JSONResponse(await _batch_view(session, batch), status_code=201)
+    return JSONResponse(await _batch_view(session, batch), status_code=201, background=dispatch)
 
 
 @router.get("/{batch_id}", response_model=None, responses={200: answer(BatchObject, "The batch.")})
