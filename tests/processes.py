@@ -22,6 +22,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,6 +108,26 @@ class ServiceProcess:
                     break
                 self._line_added.wait(timeout=remaining)
         raise RuntimeError(f"{self.name} never printed {needle!r}; {self.diagnostics()}")
+
+    def log_records(self, event: str, **fields: Any) -> list[dict[str, Any]]:
+        """This process's JSON log lines (stderr) for `event` whose `fields` match."""
+        records = []
+        for line in self.stderr_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                record = json.loads(line)
+                if record.get("event") == event and all(record.get(k) == v for k, v in fields.items()):
+                    records.append(record)
+        return records
+
+    def wait_for_log(self, event: str, *, timeout_s: float, **fields: Any) -> dict[str, Any]:
+        """The first JSON log line for `event` (with `fields`), waiting for it up to `timeout_s`."""
+        wait_until(
+            lambda: bool(self.log_records(event, **fields)),
+            timeout_s=timeout_s,
+            interval_s=0.05,
+            what=f"{self.name} to log {event!r}",
+        )
+        return self.log_records(event, **fields)[0]
 
     def wait_for_http(self, url: str, *, timeout_s: float) -> None:
         """Poll `url` until it answers 200; fail early if the process dies."""

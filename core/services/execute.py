@@ -41,6 +41,7 @@ from core.services.webhook_events import commit_final
 from core.store import jobs as store
 from core.store.clock import SqlClock
 from core.store.models import JobAttempt, Tenant, as_utc
+from core.store.retry import retrying_on_disconnect
 
 log = structlog.get_logger("jobgate.execute")
 
@@ -311,11 +312,13 @@ class JobExecutor:
         return self._final(run, {"status": store.FAILED, "error": error}, store.FAILED)
 
     def _final(self, run: _Run, values: dict[str, Any], status: str) -> Outcome:
-        """One transaction: the final state, the attempt log and the webhook outbox rows."""
-        with self.sessions() as session:
-            won = store.finish_job(session, self.clock, run.claim, **values)
-            store.record_attempts(session, self._attempt_rows(run))
-            deliveries = commit_final(session, [run.job_id] if won else [], self.clock.utcnow())
+        """One transaction: the final state, the attempt log and the webhook outbox rows;
+        retried if the database connection is lost (the upstream call is paid for)."""
+        for attempt in retrying_on_disconnect(self.policy.lease_s):
+            with attempt, self.sessions() as session:
+                won = store.finish_job(session, self.clock, run.claim, **values)
+                store.record_attempts(session, self._attempt_rows(run))
+                deliveries = commit_final(session, [run.job_id] if won else [], self.clock.utcnow())
         if not won:
             log.warning("final_write_lost", job_id=run.job_id, attempt=run.claim.attempt)
             return Outcome("skipped")
@@ -339,10 +342,13 @@ class JobExecutor:
         )
 
     def _requeue(self, run: _Run, delay_s: float, *, refund: bool) -> Outcome:
-        with self.sessions() as session:
-            won = store.requeue_job(session, self.clock, run.claim, delay_s=delay_s, refund_attempt=refund)
-            store.record_attempts(session, self._attempt_rows(run))
-            session.commit()
+        for attempt in retrying_on_disconnect(self.policy.lease_s):
+            with attempt, self.sessions() as session:
+                won = store.requeue_job(
+                    session, self.clock, run.claim, delay_s=delay_s, refund_attempt=refund
+                )
+                store.record_attempts(session, self._attempt_rows(run))
+                session.commit()
         if won and refund:
             metrics.LIMITER_DELAYS.labels(reason="busy").inc()
         return Outcome("requeued", delay_s=delay_s) if won else Outcome("skipped")

@@ -15,14 +15,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import structlog
 from sqlalchemy import select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from core.ids import new_id
 from core.representation import batch_object, job_object, rfc3339
 from core.store import jobs as store
 from core.store.models import Batch, Job, TenantWebhookSecret, WebhookDelivery, WebhookEndpoint, as_utc
+from core.store.retry import is_connection_error
 from core.webhooks.signing import new_secret
+
+log = structlog.get_logger("jobgate.webhooks")
 
 MAX_INLINE_RESULT_BYTES = 256 * 1024
 SECRET_OVERLAP = timedelta(hours=24)
@@ -114,9 +119,18 @@ def commit_final(session: Session, job_ids: list[str], now: datetime) -> list[st
     """
     deliveries, batch_ids = record_jobs_final(session, job_ids, now)
     session.commit()
-    if batch_ids:
+    if not batch_ids:
+        return deliveries
+    try:
         deliveries += announce_completed_batches(session, batch_ids, now)
         session.commit()
+    except DBAPIError as exc:
+        # The jobs are final and committed; a lost connection here only delays the batch's
+        # announcement to the sweeper. Raising would make a caller retry a write that is done.
+        if not is_connection_error(exc):
+            raise
+        session.rollback()
+        log.warning("batch_check_left_to_sweeper", batches=len(batch_ids), error=type(exc).__name__)
     return deliveries
 
 

@@ -7,6 +7,8 @@
   freezes as a network partition would): every request that needs SQL answers 503 with
   Retry-After within a bound, `/readyz` names the database, and service resumes by itself
   once the proxy is back.
+- Postgres goes away while a worker's upstream call is in flight: the answer is written
+  once it is back (the write is retried), the job succeeds on its first attempt, one call.
 - Redis is unreachable (the test's own redis-server, crashed): a submission is still
   accepted (202, committed to SQL), `/readyz` names Redis, and once Redis is back the
   sweeper dispatches the job and it runs.
@@ -190,6 +192,42 @@ def test_api_answers_503_within_bounds_while_postgres_is_partitioned_and_recover
     assert max(ready_s, submit_s) < ANSWER_BOUND_S, (ready_s, submit_s)
     wait_until(lambda: client.get("/readyz").status_code == 200, timeout_s=20, what="/readyz to recover")
     assert len(client.get("/v1/jobs").json()["data"]) == 1
+
+
+def test_answer_that_arrives_while_postgres_is_unreachable_is_written_once_it_returns(
+    sim: SimHandle, upstream_model: str
+) -> None:
+    """The upstream call is paid for: its result waits for the database instead of being lost
+    (which would expire the lease and run, and pay for, the job again)."""
+    sim.configure(models={upstream_model: {"latency_ms": 1500}})
+    with (
+        tcp_proxy(5432) as proxy,
+        run_fleet(
+            sim=sim, config=sim_config(sim, upstream_model), workers=0, threads=2, settings=FAST_SWEEP
+        ) as fleet,
+    ):
+        proxied = fleet.database_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        assert proxied != fleet.database_url
+        worker = ServiceProcess.start(
+            "worker", list(fleet.worker_argv), {**fleet.worker_env, "JOBGATE_DATABASE_URL": proxied}
+        )
+        fleet.workers.append(worker)
+        worker.wait_for_line("worker ready", timeout_s=60)
+        job = fleet.submit_job(job_body("answered while the database is away"))
+        wait_for_status(fleet.database_url, job["id"], "running", timeout_s=20)
+
+        proxy.stop()  # the call is in flight; its answer comes back to a database that is gone
+        wait_until(
+            lambda: bool(worker.log_records("sql_write_retry") or worker.log_records("run_job_crashed")),
+            timeout_s=20,
+            what="the worker's final write to meet the unreachable database",
+        )
+        proxy.start()
+        done = wait_for_status(fleet.database_url, job["id"], "succeeded", timeout_s=30)
+
+    assert done["attempts"] == 1
+    assert done["result"]["choices"][0]["message"]["content"].endswith("answered while the database is away")
+    assert sim_calls(sim, upstream_model) == 1
 
 
 # --- Redis unreachable --------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from decimal import Decimal
@@ -12,7 +11,6 @@ import pytest
 
 from core.config import Price
 from tests.fleet import chat_body, run_fleet, sim_provider
-from tests.processes import wait_until
 from tests.sim_process import SimHandle, run_sim
 
 pytestmark = pytest.mark.e2e
@@ -107,23 +105,10 @@ def test_one_request_id_follows_a_job_from_the_api_log_to_the_worker_log(sim_for
         job_id = response.json()["id"]
         assert fleet.wait_for_job(job_id, timeout_s=30)["status"] == "succeeded"
 
-        def logged(path: Path, event: str) -> list[dict]:
-            records = []
-            for line in path.read_text().splitlines():
-                if line.startswith("{"):
-                    record = json.loads(line)
-                    if record.get("event") == event and record.get("job_id") == job_id:
-                        records.append(record)
-            return records
-
         worker = fleet.workers[0]
-        wait_until(
-            lambda: bool(logged(worker.stderr_path, "job_finished")),
-            timeout_s=10,
-            what="the worker's log line",
-        )
-        api_lines = logged(fleet.api.stderr_path, "job_submitted")
-        worker_lines = logged(worker.stderr_path, "job_finished")
+        worker.wait_for_log("job_finished", job_id=job_id, timeout_s=10)
+        api_lines = fleet.api.log_records("job_submitted", job_id=job_id)
+        worker_lines = worker.log_records("job_finished", job_id=job_id)
         worker_log = worker.stderr_path.read_text()
     assert [r["request_id"] for r in api_lines] == [request_id]
     assert [r["request_id"] for r in worker_lines] == [request_id]
