@@ -117,7 +117,7 @@ def measure_jobgate(fleet: Fleet, sim: SimHandle, count: int) -> dict[str, Any]:
 
 
 def run(quick: bool) -> dict[str, Any]:
-    count = 2_000 if quick else 10_000
+    count = 2_000 if quick else 5_000
     direct_calls = 1_000 if quick else 2_000
     with run_sim(latency_ms=0) as sim:
         direct = measure_direct(sim, direct_calls)
