@@ -181,9 +181,9 @@ def run(scale: str | bool = "full") -> dict[str, Any]:
 
     The baseline without the limiter runs an eighth of the jobs (the same limits and prompt
     mix): its figures are rates (429s per 1,000 calls, failed share), which do not need the
-    full size, and the full-size run without a limiter would take minutes more. The two run at the same time,
-    each on its own sim and fleet: the limited run is paced by its provider, not by the CPU,
-    and side by side both see the same machine.
+    full size, and the full-size run without a limiter would take minutes more. The two run
+    at the same time, each on its own sim and fleet: the limited run is paced by its
+    provider, not by the CPU, and side by side both see the same machine.
     """
     name = ("quick" if scale else "full") if isinstance(scale, bool) else scale
     shape = SCALES[name]

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core import metrics, queue
 from core.services.webhook_delivery import overdue_deliveries
-from core.services.webhook_events import announce_completed_batches, commit_final
+from core.services.webhook_events import commit_final, mark_batches_completed
 from core.store import jobs as store
 from core.store.clock import SqlClock
 from core.store.models import as_utc
@@ -64,7 +64,7 @@ def announce_unannounced_batches(session: Session, clock: SqlClock, *, older_tha
     """Batches whose last job's worker died between its final write and the batch check."""
     stmt = store.unannounced_batches_stmt(clock.now(), older_than_s, BATCH_LIMIT)
     batch_ids = list(session.execute(stmt).scalars())
-    deliveries = announce_completed_batches(session, batch_ids, clock.utcnow())
+    deliveries = mark_batches_completed(session, batch_ids, clock.utcnow())
     session.commit()
     return deliveries
 

@@ -115,7 +115,7 @@ def commit_final(session: Session, job_ids: list[str], now: datetime) -> list[st
     check starts after every commit), so no lock is needed. Checking inside the transaction
     would need one on the batch row, which made every job of a batch finish one at a time
     (the throughput benchmark's bottleneck). A crash between the two leaves the batch for
-    the sweeper (`announce_completed_batches` over `store.unannounced_batches_stmt`).
+    the sweeper (`mark_batches_completed` over `store.unannounced_batches_stmt`).
     """
     deliveries, batch_ids = record_jobs_final(session, job_ids, now)
     session.commit()
@@ -176,15 +176,20 @@ def record_jobs_final(session: Session, job_ids: list[str], now: datetime) -> tu
 
 
 def announce_completed_batches(session: Session, batch_ids: list[str], now: datetime) -> list[str]:
-    """Marks completed each batch whose every job is final (as committed), once: the first
-    caller to set `completed_at` writes the `batch.completed` deliveries. The caller commits."""
+    """Of these batches, marks completed those whose every job is final (as committed)."""
+    done = [
+        batch_id
+        for batch_id in batch_ids
+        if session.execute(store.batch_active_jobs_stmt(batch_id).limit(1)).first() is None
+    ]
+    return mark_batches_completed(session, done, now)
+
+
+def mark_batches_completed(session: Session, batch_ids: list[str], now: datetime) -> list[str]:
+    """Marks completed batches known to have every job final, once: the first caller to set
+    `completed_at` writes the `batch.completed` deliveries. The caller commits."""
     ids: list[str] = []
     for batch_id in batch_ids:
-        active = session.execute(
-            select(Job.id).where(Job.batch_id == batch_id, Job.status.in_(store.ACTIVE_STATES)).limit(1)
-        ).first()
-        if active is not None:
-            continue
         batch = session.execute(
             update(Batch)
             .where(Batch.id == batch_id, Batch.completed_at.is_(None))

@@ -261,17 +261,22 @@ def reap_job_stmt(job_id: str, attempt: int, now: Any, *, exhausted: bool) -> Up
     return base.values(status=QUEUED, lease_until=None, not_before=None)
 
 
+def batch_active_jobs_stmt(batch_id: Any) -> Select[str]:
+    """The batch's jobs still queued or running; `batch_id` is a value, or `Batch.id` in a
+    correlated subquery."""
+    return select(Job.id).where(Job.batch_id == batch_id, Job.status.in_(ACTIVE_STATES))
+
+
 def unannounced_batches_stmt(now: Any, older_than_s: float, limit: int) -> Select[str]:
     """Batches not yet marked completed whose every job is final: left so by a crash between a
     last job's final write and the batch check after it (served by the partial index of open
     batches, so the cost follows the batches in progress, not the table)."""
-    active = select(Job.id).where(Job.batch_id == Batch.id, Job.status.in_(ACTIVE_STATES))
     return (
         select(Batch.id)
         .where(
             Batch.completed_at.is_(None),
             Batch.created_at < now - timedelta(seconds=older_than_s),
-            ~active.exists(),
+            ~batch_active_jobs_stmt(Batch.id).exists(),
         )
         .limit(limit)
     )
