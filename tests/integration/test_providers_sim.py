@@ -211,7 +211,10 @@ def test_a_model_without_limits_reports_no_rate_limits(kind: str, make_provider:
 def test_one_adapter_carries_hundreds_of_calls_in_flight_at_once(
     kind: str, fresh_sim: SimHandle, make_provider: MakeProvider
 ) -> None:
-    threads_n, latency_s = 200, 0.5
+    # Each call is held long enough (2 s) that all 200 are started before the first ends, even on a
+    # busy 2-core machine where starting them takes most of a second; a pool capped at httpx's
+    # default 100 connections would still never pass 100 in flight.
+    threads_n, latency_s = 200, 2.0
     fresh_sim.configure(latency_ms=latency_s * 1000)
     provider = make_provider(kind)
     results: list[Completion | Exception] = []

@@ -446,7 +446,8 @@ def test_latency_header_delays_one_request(sim: SimHandle) -> None:
 
 
 def test_concurrent_requests_overlap_during_latency(sim: SimHandle) -> None:
-    sim.configure(latency_ms=300)
+    # 1 s per request: long enough that all 50 are started before the first ends on a busy machine.
+    sim.configure(latency_ms=1000)
     client = openai_client(sim)
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=50) as pool:
@@ -457,7 +458,7 @@ def test_concurrent_requests_overlap_during_latency(sim: SimHandle) -> None:
     stats = sim.stats()
     assert stats["max_in_flight"] == 50
     assert stats["in_flight"] == 0
-    assert elapsed_s < 10 * 0.3  # overlapping, not 50 * 0.3 in a row
+    assert elapsed_s < 10 * 1.0  # overlapping, not 50 * 1.0 in a row
 
 
 def test_start_up_flags_become_the_initial_config() -> None:
