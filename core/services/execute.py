@@ -316,6 +316,11 @@ class JobExecutor:
         retried if the database connection is lost (the upstream call is paid for)."""
         for attempt in retrying_on_disconnect(self.policy.lease_s):
             with attempt, self.sessions() as session:
+                if self._landed(attempt.retry_state.attempt_number, session, run, status, run.claim.attempt):
+                    # Its webhook deliveries and batch check were committed with it, or are
+                    # left to the sweeper (overdue deliveries, unannounced batches).
+                    won, deliveries = True, []
+                    break
                 won = store.finish_job(session, self.clock, run.claim, **values)
                 store.record_attempts(session, self._attempt_rows(run))
                 deliveries = commit_final(session, [run.job_id] if won else [], self.clock.utcnow())
@@ -325,6 +330,16 @@ class JobExecutor:
         self._observe_final(run, status)
         self.on_final(run.job_id, deliveries)
         return Outcome(status)
+
+    @staticmethod
+    def _landed(try_number: int, session: Session, run: _Run, status: str, attempts: int) -> bool:
+        """On a retry after a lost connection: did the first try's COMMIT land, only its answer
+        lost? Then writing again would fail the claim (reported as lost) and log the attempts
+        twice. Nothing else can have put the job in that state within the lease."""
+        if try_number == 1 or not store.holds(session, run.job_id, status=status, attempts=attempts):
+            return False
+        log.info("sql_write_had_landed", job_id=run.job_id, status=status)
+        return True
 
     def _observe_final(self, run: _Run, status: str) -> None:
         job = run.claim.job
@@ -342,8 +357,14 @@ class JobExecutor:
         )
 
     def _requeue(self, run: _Run, delay_s: float, *, refund: bool) -> Outcome:
+        attempts_after = run.claim.attempt - 1 if refund else run.claim.attempt
         for attempt in retrying_on_disconnect(self.policy.lease_s):
             with attempt, self.sessions() as session:
+                if self._landed(
+                    attempt.retry_state.attempt_number, session, run, store.QUEUED, attempts_after
+                ):
+                    won = True
+                    break
                 won = store.requeue_job(
                     session, self.clock, run.claim, delay_s=delay_s, refund_attempt=refund
                 )

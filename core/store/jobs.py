@@ -185,6 +185,13 @@ def finish_job(session: Session, clock: SqlClock, claim: Claim, **values: Any) -
     return rowcount(session.execute(stmt)) == 1
 
 
+def holds(session: Session, job_id: str, *, status: str, attempts: int) -> bool:
+    """Whether the job is in `status` at attempt count `attempts`: how a write retried after a
+    lost connection learns that its first try's COMMIT landed and only the answer was lost."""
+    stmt = select(Job.id).where(Job.id == job_id, Job.status == status, Job.attempts == attempts)
+    return session.execute(stmt).first() is not None
+
+
 def requeue_job(
     session: Session, clock: SqlClock, claim: Claim, *, delay_s: float, refund_attempt: bool = False
 ) -> bool:

@@ -3,7 +3,9 @@
 By the time a worker writes a job's result, the upstream call is paid for; a Postgres
 restart, failover or network blip at that moment must not throw the answer away (the lease
 would expire and the job run, and be paid for, again). These writes are conditional on the
-claim, so retrying them is safe: if the claim was lost meanwhile, the retry writes nothing.
+claim, so retrying them is safe: if the claim was lost meanwhile, the retry writes nothing;
+if the first try's COMMIT landed and only its answer was lost, the caller sees its own write
+(`jobs.holds`) and writes nothing again.
 Only connection-level errors are retried (SQLAlchemy's `OperationalError`, or any DBAPI
 error that invalidated its connection), within a bound the caller gives (the lease: past
 it the reaper may have handed the job on).

@@ -5,13 +5,14 @@ Each job is submitted through the API in this process and run by the real `JobEx
 its attempt log. The alias `fast` has two targets, each on a provider of its own, both served
 by the simulated upstream under model names unique to the test; faults are per-model sim knobs.
 Nothing sleeps: the caller's inline waits (tenacity backoff, limiter waits) are recorded by a
-fake `sleep` instead of being slept.
+fake `sleep` instead of being slept (only the SQL write retried after a lost connection waits
+its own 0.2-0.4 s backoff).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ import pytest
 import redis
 import yaml
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import BreakerConfig
 from core.redis.breaker import CircuitBreaker
@@ -376,3 +379,75 @@ async def test_paused_provider_is_not_called_and_its_fallback_serves(
     assert job["served_by"] == {"provider": "backup", "model": fallback}
     assert requests_seen(sim, primary) == 0
     assert attempt_log(inline_worker, job_id)[0] == ("primary", "rate_limit_wait", "provider paused")
+
+
+# --- A COMMIT that landed but whose answer was lost -----------------------------------------------
+
+
+def lose_one_commit_answer(worker: InlineWorker) -> list[str]:
+    """The executor's next commit carrying attempt rows (a final or requeue write) reaches the
+    database, then raises as if the connection dropped before the server's answer came back:
+    the one fault a retried write cannot tell from a commit that never happened. Cannot be
+    timed for real here (a proxy cannot drop the socket between COMMIT and its reply), so the
+    session raises it. Returns the list the fault appends to when it fires."""
+    fired: list[str] = []
+
+    class AnswerLost(Session):
+        def add_all(self, instances: Iterable[object]) -> None:
+            instances = list(instances)
+            self.info["carries_attempts"] = any(isinstance(obj, JobAttempt) for obj in instances)
+            super().add_all(instances)
+
+        def commit(self) -> None:
+            super().commit()
+            if self.info.pop("carries_attempts", False) and not fired:
+                fired.append("commit answer lost")
+                reset = ConnectionResetError("server closed the connection unexpectedly")
+                raise OperationalError("COMMIT", None, reset)
+
+    worker.executor.sessions = sessionmaker(worker.engine, class_=AnswerLost, expire_on_commit=False)
+    return fired
+
+
+async def test_final_write_whose_commit_landed_before_the_connection_dropped_is_kept_once(
+    api_client: httpx.AsyncClient, inline_worker: InlineWorker, sim: SimHandle, primary: str
+) -> None:
+    job_id = await submit(api_client, "Answer once.", cache=False)
+    fired = lose_one_commit_answer(inline_worker)
+
+    outcome = await run(inline_worker, job_id)
+
+    assert fired
+    # The retry sees its own write instead of reporting the claim lost and logging the call twice.
+    assert outcome.status == "succeeded"
+    job = await read_job(api_client, job_id)
+    assert (job["status"], job["attempts"]) == ("succeeded", 1)
+    assert attempt_log(inline_worker, job_id) == [("primary", "succeeded", None)]
+    assert requests_seen(sim, primary) == 1
+
+
+async def test_requeue_whose_commit_landed_before_the_connection_dropped_is_kept_once(
+    api_client: httpx.AsyncClient,
+    inline_worker: InlineWorker,
+    sim: SimHandle,
+    primary: str,
+    fallback: str,
+    sleeps: list[float],
+) -> None:
+    sim.configure(models={model: {"fail_rate": 1.0, "fail_status": 500} for model in (primary, fallback)})
+    job_id = await submit(api_client, "Nobody can answer yet.")
+    fired = lose_one_commit_answer(inline_worker)
+
+    outcome = await run(inline_worker, job_id)
+
+    assert fired
+    assert outcome == Outcome("requeued", delay_s=inline_worker.executor.policy.retry_delay_s)
+    job = await read_job(api_client, job_id)
+    assert (job["status"], job["attempts"]) == ("queued", 1)
+    # One row per call the sim saw (each target tried twice inline), not each row twice.
+    calls = requests_seen(sim, primary) + requests_seen(sim, fallback)
+    assert (
+        [o for _, o, _ in attempt_log(inline_worker, job_id)]
+        == ["server_error"] * calls
+        == ["server_error"] * 4
+    )
