@@ -136,43 +136,46 @@ def commit_final(session: Session, job_ids: list[str], now: datetime) -> list[st
 
 def record_jobs_final(session: Session, job_ids: list[str], now: datetime) -> tuple[list[str], list[str]]:
     """In the transaction that made the jobs final: their deliveries, with endpoints read once
-    per tenant and event. Returns the delivery ids and the ids of the batches they belong to."""
+    per tenant and event. Returns the delivery ids and the ids of the batches they belong to.
+
+    Reads only the columns that route events; the whole job (prompt and answer) is loaded
+    only for a job that has somewhere to be sent (most jobs of a polled batch have not)."""
     endpoints: dict[tuple[str, str], list[Destination]] = {}
-    batches: dict[str, Batch | None] = {}
+    batch_ids: dict[str, None] = {}  # in order, once each
     ids: list[str] = []
     for start in range(0, len(job_ids), 1_000):
         chunk = job_ids[start : start + 1_000]
-        jobs = session.execute(
-            select(Job).where(Job.id.in_(chunk)).execution_options(populate_existing=True)
-        ).scalars()
-        for job in jobs:
-            if job.status not in store.FINAL_STATES:
+        routes = session.execute(
+            select(Job.id, Job.tenant_id, Job.status, Job.webhook_url, Batch.id, Batch.webhook_url)
+            .outerjoin(Batch, Batch.id == Job.batch_id)
+            .where(Job.id.in_(chunk))
+        ).all()
+        for job_id, tenant_id, status, job_url, batch_id, batch_url in routes:
+            if status not in store.FINAL_STATES:
                 continue
-            event_type = f"job.{job.status}"
-            key = (job.tenant_id, event_type)
+            if batch_id is not None:
+                batch_ids[batch_id] = None
+            event_type = f"job.{status}"
+            key = (tenant_id, event_type)
             if key not in endpoints:
-                endpoints[key] = _endpoints(session, job.tenant_id, event_type)
-            batch = None
-            if job.batch_id is not None:
-                if job.batch_id not in batches:
-                    batches[job.batch_id] = session.get(Batch, job.batch_id)
-                batch = batches[job.batch_id]
+                endpoints[key] = _endpoints(session, tenant_id, event_type)
             destinations = list(endpoints[key])
-            own_url = job.webhook_url or (batch.webhook_url if batch is not None else None)
+            own_url = job_url or batch_url
             if own_url:
                 destinations.insert(0, Destination(own_url, None))
             if destinations:
+                job = session.get_one(Job, job_id, populate_existing=True)
                 ids += _add_deliveries(
                     session,
-                    tenant_id=job.tenant_id,
+                    tenant_id=tenant_id,
                     event_type=event_type,
                     payload=_payload(event_type, job_event_data(job), now),
                     destinations=destinations,
                     now=now,
-                    job_id=job.id,
-                    batch_id=job.batch_id,
+                    job_id=job_id,
+                    batch_id=batch_id,
                 )
-    return ids, [batch_id for batch_id, batch in batches.items() if batch is not None]
+    return ids, list(batch_ids)
 
 
 def announce_completed_batches(session: Session, batch_ids: list[str], now: datetime) -> list[str]:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, Update, and_, case, func, or_, select, update
+from sqlalchemy import Select, Table, Update, and_, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.store.clock import SqlClock
@@ -176,11 +176,12 @@ def finish_job(session: Session, clock: SqlClock, claim: Claim, **values: Any) -
 
     Does not commit: the caller writes the job's webhook deliveries in the same transaction.
     """
+    # A Core UPDATE on the table: the ORM's bulk-update path cost a tenth of a worker's CPU
+    # per job here (measured with py-spy), for nothing the session needs.
     stmt = (
-        update(Job)
+        update(cast(Table, Job.__table__))
         .where(_owns(claim))
         .values(finished_at=clock.now(), lease_until=None, **values)
-        .execution_options(synchronize_session=False)
     )
     return rowcount(session.execute(stmt)) == 1
 
