@@ -88,6 +88,12 @@ def limiter(redis_client: redis.Redis, keys: Keys) -> RateLimiter:
     return RateLimiter(redis_client, keys)
 
 
+@pytest.fixture
+def every_target_fails(sim: SimHandle, primary: str, fallback: str, sleeps: list[float]) -> None:
+    """Both targets of `fast` answer 500 to every request; inline retry waits are not slept."""
+    sim.configure(models={model: {"fail_rate": 1.0, "fail_status": 500} for model in (primary, fallback)})
+
+
 def requests_seen(sim: SimHandle, model: str) -> int:
     """Requests the sim received for `model`, whatever their answer."""
     counters = sim.stats()["models"].get(model)
@@ -238,9 +244,8 @@ async def test_every_target_failing_spends_an_attempt_each_time_then_fails(
     sim: SimHandle,
     primary: str,
     fallback: str,
-    sleeps: list[float],
+    every_target_fails: None,
 ) -> None:
-    sim.configure(models={model: {"fail_rate": 1.0, "fail_status": 500} for model in (primary, fallback)})
     job_id = await submit(api_client, "Nobody can answer.")
     base_delay_s = inline_worker.executor.policy.retry_delay_s
 
@@ -430,11 +435,10 @@ async def test_requeue_whose_commit_landed_before_the_connection_dropped_is_kept
     api_client: httpx.AsyncClient,
     inline_worker: InlineWorker,
     sim: SimHandle,
+    every_target_fails: None,
     primary: str,
     fallback: str,
-    sleeps: list[float],
 ) -> None:
-    sim.configure(models={model: {"fail_rate": 1.0, "fail_status": 500} for model in (primary, fallback)})
     job_id = await submit(api_client, "Nobody can answer yet.")
     fired = lose_one_commit_answer(inline_worker)
 
