@@ -1,8 +1,10 @@
 """Parsing a batch upload: a JSON `{"requests": [...]}` body or NDJSON lines, all or nothing.
 
 Every line is validated before anything is stored; the first bad one rejects the batch with
-a 400 naming its line number (1-based; for JSON, the index in `requests` plus one). The
-NDJSON form is read as a stream, line by line, so it is never held twice in memory.
+a 400 naming its line number (1-based; for JSON, the index in `requests` plus one). One
+request is held to the same size as a single job's body (`JOBGATE_MAX_BODY_BYTES`): a line
+(or a `requests` item) over it is a 413 naming it. The NDJSON form is read as a stream, line
+by line, so it is never held twice in memory.
 """
 
 from __future__ import annotations
@@ -17,11 +19,17 @@ from api.errors import describe_json_error, describe_validation_error
 from api.job_specs import job_spec
 from api.schemas import BatchLine
 from core.config import GatewayConfig
-from core.errors import InvalidRequest
+from core.errors import InvalidRequest, PayloadTooLarge
 from core.services.submit import JobSpec
 from core.settings import Settings
 
-MAX_LINE_BYTES = 1_000_000
+
+def line_too_long(line_number: int, limit: int, param: str) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"Line {line_number} is longer than {limit} bytes (JOBGATE_MAX_BODY_BYTES, the limit of one"
+        " request); shorten it or submit that request on its own.",
+        param=param,
+    )
 
 
 class BatchParser:
@@ -81,8 +89,12 @@ def split_json_batch(raw: bytes) -> tuple[dict[str, Any], list[Any]]:
     return document, requests
 
 
-def parse_json_requests(requests: list[Any], parser: BatchParser) -> None:
+def parse_json_requests(requests: list[Any], parser: BatchParser, *, upload_bytes: int) -> None:
+    limit = parser.settings.max_body_bytes
     for index, item in enumerate(requests):
+        # Only an upload larger than one request's limit can hold a request over it.
+        if upload_bytes > limit and len(json.dumps(item, separators=(",", ":")).encode()) > limit:
+            raise line_too_long(index + 1, limit, f"requests.{index}")
         parser.add(index + 1, item, f"requests.{index}")
 
 
@@ -104,20 +116,20 @@ async def parse_ndjson_batch(chunks: AsyncIterator[bytes], parser: BatchParser) 
             ) from None
         parser.add(line_number, item, f"line {line_number}")
 
-    def too_long() -> InvalidRequest:
-        return InvalidRequest(
-            f"Line {line_number + 1} is longer than {MAX_LINE_BYTES} bytes.", param=f"line {line_number + 1}"
-        )
+    limit = parser.settings.max_body_bytes
+
+    def too_long() -> PayloadTooLarge:
+        return line_too_long(line_number + 1, limit, f"line {line_number + 1}")
 
     async for chunk in chunks:
         buffer += chunk
         # Checked on whole lines too: how the body is cut into chunks must not change the answer.
         while (newline := buffer.find(b"\n")) >= 0:
-            if newline > MAX_LINE_BYTES:
+            if newline > limit:
                 raise too_long()
             take(buffer[:newline])
             buffer = buffer[newline + 1 :]
-        if len(buffer) > MAX_LINE_BYTES:
+        if len(buffer) > limit:
             raise too_long()
     if buffer.strip():
         take(buffer)

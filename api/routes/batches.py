@@ -126,10 +126,11 @@ async def create_batch(
         parser = _parser(state, options)
         await parse_ndjson_batch(request.stream(), parser)
     elif content_type == "application/json":
-        document, requests = split_json_batch(await request.body())
+        raw = await request.body()
+        document, requests = split_json_batch(raw)
         options = _options(document)
         parser = _parser(state, options)
-        parse_json_requests(requests, parser)
+        parse_json_requests(requests, parser, upload_bytes=len(raw))
     else:
         raise UnsupportedMediaType(
             f"Unsupported Content-Type {content_type!r}: send application/json or application/x-ndjson.",
@@ -188,16 +189,22 @@ async def list_batches(
 @router.post(
     "/{batch_id}/cancel",
     response_model=None,
-    responses={200: answer(BatchObject, "The batch; its queued jobs are cancelled.")},
+    responses={
+        200: answer(BatchObject, "The batch; its queued jobs are cancelled. A finished batch is unchanged.")
+    },
 )
 async def cancel_batch(
     batch_id: str, state: StateDep, session: SessionDep, principal: PrincipalDep
 ) -> dict[str, Any]:
     batch = await _load_batch(session, principal.tenant_id, batch_id)
     now = state.clock.now()
+    # A batch whose every job is already final stays as it was (completed), as a final job does.
+    still_active = store.batch_active_jobs_stmt(batch.id).exists()
     if batch.cancelled_at is None:
         await session.execute(
-            update(Batch).where(Batch.id == batch.id, Batch.cancelled_at.is_(None)).values(cancelled_at=now)
+            update(Batch)
+            .where(Batch.id == batch.id, Batch.cancelled_at.is_(None), still_active)
+            .values(cancelled_at=now)
         )
     stmt = store.cancel_batch_jobs_stmt(batch.id, now).returning(Job.id)
     cancelled = list((await session.execute(stmt)).scalars())

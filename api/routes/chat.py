@@ -3,17 +3,24 @@
 Any OpenAI client can point its `base_url` at jobgate: the job runs with priority
 `interactive` through the same queue, limiter and cache as every other job, and the answer
 is the `chat.completion` body. A job still running after `JOBGATE_SYNC_TIMEOUT_S` answers
-504 with its id (header `x-jobgate-job-id`), so the client can go on polling it.
+504 with its id (header `x-jobgate-job-id`), so the client can go on polling it. A job that
+failed rate-limited or overloaded answers 429/503 with `Retry-After`: the seconds until one of
+its model's providers ends its fleet-wide pause, or 1.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
+import time
 from typing import Any
 
+import redis
+import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from api.deps import PrincipalDep, SessionDep, StateDep
+from api.deps import AppState, PrincipalDep, SessionDep, StateDep
 from api.dispatch import dispatch_committed
 from api.documentation import ErrorBody, answer
 from api.errors import error_body
@@ -22,10 +29,32 @@ from api.request_id import request_id_of
 from api.schemas import JobRequest
 from api.waiting import wait_for_job
 from core.errors import http_status_for
+from core.redis.rate_limit import RateLimiter
 from core.services.submit import submit_job
 from core.store import jobs as store
 
 router = APIRouter(prefix="/v1/chat", tags=["openai-compatible"])
+
+log = structlog.get_logger("jobgate.api")
+
+# Retry-After when no target of the model is paused: the job used its attempts on a provider
+# that is busy, not one that named a time; OpenAI's clients back off from 1 s on their own.
+DEFAULT_RETRY_AFTER_S = 1
+
+
+def _retry_after_s(state: AppState, model: str) -> int:
+    """Seconds until one of the model's providers is out of its fleet-wide pause (the soonest),
+    or `DEFAULT_RETRY_AFTER_S` when none is paused (or Redis cannot say)."""
+    limiter = RateLimiter(state.redis_sync, state.keys)
+    providers = {target.provider for target in state.config.targets_for(model) or []}
+    try:
+        now_s, pauses = time.time(), [limiter.paused_until(provider) for provider in providers]
+    except redis.RedisError as exc:
+        log.warning("retry_after_unknown", error=type(exc).__name__)
+        return DEFAULT_RETRY_AFTER_S
+    if not pauses or None in pauses:
+        return DEFAULT_RETRY_AFTER_S
+    return max(DEFAULT_RETRY_AFTER_S, math.ceil(min(p for p in pauses if p is not None) - now_s))
 
 
 @router.post(
@@ -33,6 +62,10 @@ router = APIRouter(prefix="/v1/chat", tags=["openai-compatible"])
     response_model=None,
     responses={
         200: {"description": "The chat.completion body; header x-jobgate-job-id names the job."},
+        429: {
+            **answer(ErrorBody, "The job failed rate-limited; retry after `Retry-After` seconds."),
+            "headers": {"Retry-After": {"description": "seconds", "schema": {"type": "integer"}}},
+        },
         502: answer(ErrorBody, "The upstream failed the job (OpenAI's error shape, with `code`)."),
         504: answer(ErrorBody, "The job did not finish in time; `error.job_id` can be polled."),
     },
@@ -60,7 +93,10 @@ async def chat_completions(
         error: dict[str, Any] = job.error or {"type": "server_error", "message": "The job failed."}
         body_out = error_body(error["type"], error.get("message", ""))
         body_out["error"]["code"] = error["type"]
-        return JSONResponse(body_out, status_code=http_status_for(error["type"]), headers=headers)
+        status = http_status_for(error["type"])
+        if status in (429, 503):
+            headers["Retry-After"] = str(await asyncio.to_thread(_retry_after_s, state, job.model))
+        return JSONResponse(body_out, status_code=status, headers=headers)
     body_out = error_body(
         "timeout",
         f"The job did not finish within {state.settings.sync_timeout_s:g} s; poll GET /v1/jobs/{job.id}.",

@@ -289,6 +289,21 @@ async def test_cancelling_a_batch_cancels_its_queued_jobs_and_none_reach_the_ups
     assert {after["q1"]["status"], after["q2"]["status"]} == {"cancelled"}
 
 
+async def test_cancelling_a_finished_batch_leaves_it_completed(
+    api_client: httpx.AsyncClient, inline_worker: InlineWorker
+) -> None:
+    batch = await create_batch(api_client, ["one", "two"])
+    await asyncio.to_thread(inline_worker.run_queued)
+    completed = (await api_client.get(f"/v1/batches/{batch['id']}")).json()
+
+    response = await api_client.post(f"/v1/batches/{batch['id']}/cancel")
+    after = (await api_client.get(f"/v1/batches/{batch['id']}")).json()
+
+    assert completed["status"] == "completed"
+    assert response.status_code == 200
+    assert response.json() == after == completed
+
+
 async def test_batch_cancelled_while_a_job_runs_lets_that_job_finish(
     api_client: httpx.AsyncClient, inline_worker: InlineWorker, sim: SimHandle, upstream_model: str
 ) -> None:

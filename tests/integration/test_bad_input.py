@@ -22,7 +22,6 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.batch_upload import MAX_LINE_BYTES
 from api.schemas import MAX_JSON_DEPTH, MAX_MESSAGES, MAX_OUTPUT_TOKENS
 from core.settings import Settings
 from core.store.db import make_sync_engine, make_sync_sessions
@@ -30,6 +29,7 @@ from core.store.models import Batch, Job
 from tests.conftest import InlineWorker, sqlite_only
 
 MAX_BATCH_REQUESTS = 8
+MAX_BODY_BYTES: int = Settings.model_fields["max_body_bytes"].default
 NDJSON = {"Content-Type": "application/x-ndjson"}
 JSON = {"Content-Type": "application/json"}
 # Spread over several chunks, as a server receives a large upload: earlier lines are parsed
@@ -406,20 +406,38 @@ async def test_webhook_endpoint_url_cannot_be_set_to_null(api_client: httpx.Asyn
 # --- Batches: all or nothing, whatever the line says -----------------------------------------
 
 
+def assert_too_large(response: httpx.Response, line_number: int, param: str) -> None:
+    assert response.status_code == 413, response.text
+    error = response.json()["error"]
+    assert error["type"] == "request_too_large"
+    assert error["message"].startswith(f"Line {line_number} is longer than {MAX_BODY_BYTES} bytes")
+    assert error["param"] == param
+
+
 @sqlite_only
 @pytest.mark.parametrize("delivery", ["one-chunk", "streamed"])
-async def test_ndjson_line_longer_than_the_line_limit_is_refused_naming_the_line(
+async def test_ndjson_line_longer_than_one_request_may_be_is_refused_413_naming_the_line(
     api_client: httpx.AsyncClient, sql: sessionmaker[Session], delivery: str
 ) -> None:
-    long_line = {"custom_id": "long", "body": job_body("x" * (MAX_LINE_BYTES + 1))}
+    long_line = {"custom_id": "long", "body": job_body("x" * (MAX_BODY_BYTES + 1))}
     payload = ndjson([line("a"), long_line, line("c")])
     content = payload if delivery == "one-chunk" else in_chunks(payload, 64 * 1024)
 
     response = await api_client.post("/v1/batches", content=content, headers=NDJSON)
 
-    error = error_of(response)
-    assert error["message"] == f"Line 2 is longer than {MAX_LINE_BYTES} bytes."
-    assert error["param"] == "line 2"
+    assert_too_large(response, 2, "line 2")
+    await assert_nothing_stored(api_client, sql)
+
+
+@sqlite_only
+async def test_json_batch_request_longer_than_one_request_may_be_is_refused_413_naming_it(
+    api_client: httpx.AsyncClient, sql: sessionmaker[Session]
+) -> None:
+    long_line = {"custom_id": "long", "body": job_body("x" * (MAX_BODY_BYTES + 1))}
+
+    response = await api_client.post("/v1/batches", json={"requests": [line("a"), line("b"), long_line]})
+
+    assert_too_large(response, 3, "requests.2")
     await assert_nothing_stored(api_client, sql)
 
 

@@ -1,0 +1,110 @@
+"""`POST /v1/chat/completions`, the synchronous path, against real Redis, SQL and the sim.
+
+The request waits in the API (in this process) while the test runs its job: through the real
+executor (`inline_worker`), or by writing the failure a worker would have written, to see how
+each final state is answered. Each test routes the `fast` alias to its own upstream model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select, update
+
+from core.redis.keys import Keys
+from core.redis.rate_limit import RateLimiter
+from core.store import jobs as store
+from core.store.models import Job
+from tests.api_calls import job_body
+from tests.conftest import InlineWorker
+from tests.processes import wait_until
+
+
+def queued_job_id(worker: InlineWorker) -> str:
+    """The id of the one job the waiting request submitted, once it is queued."""
+    found: list[str] = []
+
+    def queued() -> bool:
+        with worker.sessions() as session:
+            found[:] = session.execute(select(Job.id).where(Job.status == store.QUEUED)).scalars()
+        return len(found) == 1
+
+    wait_until(queued, timeout_s=10, what="the request's job to be queued")
+    return found[0]
+
+
+def fail_job(worker: InlineWorker, error_type: str) -> Callable[[str], None]:
+    """Ends the job failed with `error_type`, as a worker would, and wakes the waiting request."""
+
+    def finish(job_id: str) -> None:
+        error = {"type": error_type, "message": f"The upstream answered {error_type}."}
+        with worker.sessions() as session:
+            session.execute(update(Job).where(Job.id == job_id).values(status=store.FAILED, error=error))
+            session.commit()
+        worker.redis.publish(worker.done_channel, job_id)
+
+    return finish
+
+
+async def ask(
+    client: httpx.AsyncClient, worker: InlineWorker, finish: Callable[[str], Any], **options: Any
+) -> tuple[httpx.Response, str]:
+    """Sends the request, finishes its job with `finish(job_id)` meanwhile; the answer and the id."""
+    waiting = asyncio.create_task(client.post("/v1/chat/completions", json=job_body("Hello?", **options)))
+    job_id = await asyncio.to_thread(queued_job_id, worker)
+    await asyncio.to_thread(finish, job_id)
+    return await asyncio.wait_for(waiting, timeout=30), job_id
+
+
+@pytest.fixture
+def limiter(inline_worker: InlineWorker, keys: Keys) -> RateLimiter:
+    return RateLimiter(inline_worker.redis, keys)
+
+
+async def test_answer_is_the_chat_completion_with_the_job_named_in_a_header(
+    api_client: httpx.AsyncClient, inline_worker: InlineWorker
+) -> None:
+    response, job_id = await ask(api_client, inline_worker, inline_worker.run)
+
+    assert response.status_code == 200
+    assert response.headers["x-jobgate-job-id"] == job_id
+    completion = response.json()
+    assert completion["object"] == "chat.completion"
+    assert completion["choices"][0]["message"]["content"] == "echo: Hello?"
+
+
+async def test_rate_limited_job_answers_429_retry_after_the_providers_pause(
+    api_client: httpx.AsyncClient, inline_worker: InlineWorker, limiter: RateLimiter
+) -> None:
+    limiter.pause("sim", 30)
+
+    response, job_id = await ask(api_client, inline_worker, fail_job(inline_worker, "rate_limited"))
+
+    assert response.status_code == 429
+    assert 28 <= int(response.headers["retry-after"]) <= 30
+    assert response.headers["x-jobgate-job-id"] == job_id
+    assert response.json()["error"]["type"] == response.json()["error"]["code"] == "rate_limited"
+
+
+async def test_overloaded_job_answers_503_retry_after_one_second_when_nothing_is_paused(
+    api_client: httpx.AsyncClient, inline_worker: InlineWorker
+) -> None:
+    response, _ = await ask(api_client, inline_worker, fail_job(inline_worker, "overloaded"))
+
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert response.json()["error"]["code"] == "overloaded"
+
+
+async def test_job_refused_upstream_answers_400_without_retry_after(
+    api_client: httpx.AsyncClient, inline_worker: InlineWorker
+) -> None:
+    response, _ = await ask(api_client, inline_worker, fail_job(inline_worker, "bad_request"))
+
+    assert response.status_code == 400
+    assert "retry-after" not in response.headers
+    assert response.json()["error"]["code"] == "bad_request"
