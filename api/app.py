@@ -18,6 +18,7 @@ from api.body_limit import BodyLimitMiddleware
 from api.deps import AppState
 from api.documentation import ERROR_RESPONSES
 from api.errors import install_error_handlers
+from api.key_gate import KeyGateMiddleware
 from api.notifier import JobNotifier
 from api.request_id import RequestIdMiddleware
 from api.routes import batches, chat, health, jobs, models, providers, usage, webhooks
@@ -96,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, max_batch_bytes=settings.max_batch_bytes
     )
+    app.add_middleware(KeyGateMiddleware)  # a missing key is a 401 before any body check
     # Outermost, so 413s and errors carry the id too.
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from api.key_gate import MISSING_KEY, bearer_token
 from api.notifier import JobNotifier
 from core.auth import hash_key
 from core.config import GatewayConfig
@@ -69,13 +70,10 @@ async def get_session(state: Annotated[AppState, Depends(get_state)]) -> AsyncIt
 
 
 def _bearer(request: Request) -> str:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthenticated(
-            "Missing API key: send 'Authorization: Bearer <key>' (create one with `jobgate keys create`)."
-        )
-    return token.strip()
+    token = bearer_token(request.headers.get("authorization", ""))
+    if token is None:  # refused by KeyGateMiddleware already, unless this app runs without it
+        raise Unauthenticated(MISSING_KEY)
+    return token
 
 
 async def get_principal(

@@ -69,6 +69,26 @@ async def test_every_v1_route_refuses_a_request_without_a_key(
     assert error_of(response)["type"] == "authentication_error"
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/jobs", b'{"model": "fast", "messages": ['),
+        ("/v1/chat/completions", b"[1, 2"),
+        ("/v1/jobs", b"x" * 2_000_000),  # over JOBGATE_MAX_BODY_BYTES
+    ],
+    ids=["malformed", "malformed-sync", "over-size"],
+)
+async def test_a_request_without_a_key_hears_401_before_anything_about_its_body(
+    api_client: httpx.AsyncClient, path: str, body: bytes
+) -> None:
+    headers = {"Authorization": "", "Content-Type": "application/json"}
+    response = await api_client.post(path, content=body, headers=headers)
+
+    assert response.status_code == 401
+    assert error_of(response)["type"] == "authentication_error"
+    assert response.headers["x-request-id"]
+
+
 @pytest.mark.parametrize("header", ["Bearer jg_not-a-real-key", "Basic dXNlcjpwYXNz", "Bearer "])
 async def test_wrong_key_or_scheme_is_unauthenticated(api_client: httpx.AsyncClient, header: str) -> None:
     response = await api_client.post("/v1/jobs", json=job_body(), headers={"Authorization": header})
