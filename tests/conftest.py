@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -259,16 +260,22 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
+IN_PROCESS_URL = "http://jobgate.test"  # the base URL of `in_process_api`'s client
+
+
 @asynccontextmanager
-async def in_process_api(settings: Settings, key: str | None = None) -> AsyncIterator[httpx.AsyncClient]:
-    """`create_app(settings)` served in this process (lifespan included) to an httpx client."""
+async def in_process_api(
+    settings: Settings, key: str | None = None, *, http: Any = httpx
+) -> AsyncIterator[httpx.AsyncClient]:
+    """`create_app(settings)` served in this process (lifespan included) to an httpx client
+    (`http=httpx2` for the client the openai SDK takes)."""
     app = create_app(settings)
     headers = bearer(key) if key is not None else None
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://jobgate.test",
+        http.AsyncClient(
+            transport=http.ASGITransport(app=app),
+            base_url=IN_PROCESS_URL,
             headers=headers,
             timeout=30,
         ) as client,

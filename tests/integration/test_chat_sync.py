@@ -8,19 +8,22 @@ each final state is answered. Each test routes the `fast` alias to its own upstr
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
+import httpx2
+import openai
 import pytest
 from sqlalchemy import select, update
 
 from core.redis.keys import Keys
 from core.redis.rate_limit import RateLimiter
+from core.settings import Settings
 from core.store import jobs as store
 from core.store.models import Job
 from tests.api_calls import job_body
-from tests.conftest import InlineWorker
+from tests.conftest import IN_PROCESS_URL, InlineWorker, in_process_api
 from tests.processes import wait_until
 
 
@@ -58,6 +61,15 @@ async def ask(
     job_id = await asyncio.to_thread(queued_job_id, worker)
     await asyncio.to_thread(finish, job_id)
     return await asyncio.wait_for(waiting, timeout=30), job_id
+
+
+@pytest.fixture
+async def sdk(settings: Settings, api_key: str) -> AsyncIterator[openai.AsyncOpenAI]:
+    """The official SDK pointed at the API in this process, as README shows it."""
+    async with in_process_api(settings, http=httpx2) as http:
+        yield openai.AsyncOpenAI(
+            base_url=f"{IN_PROCESS_URL}/v1", api_key=api_key, http_client=http, max_retries=0
+        )
 
 
 @pytest.fixture
@@ -108,3 +120,33 @@ async def test_job_refused_upstream_answers_400_without_retry_after(
     assert response.status_code == 400
     assert "retry-after" not in response.headers
     assert response.json()["error"]["code"] == "bad_request"
+
+
+async def test_official_sdk_gets_its_chat_completion_and_the_job_id(
+    sdk: openai.AsyncOpenAI, inline_worker: InlineWorker
+) -> None:
+    call = sdk.chat.completions.with_raw_response.create(
+        model="fast", messages=[{"role": "user", "content": "Hi from the SDK"}]
+    )
+    waiting = asyncio.create_task(call)
+    job_id = await asyncio.to_thread(queued_job_id, inline_worker)
+    await asyncio.to_thread(inline_worker.run, job_id)
+    raw = await asyncio.wait_for(waiting, timeout=30)
+
+    assert raw.headers["x-jobgate-job-id"] == job_id
+    assert raw.parse().choices[0].message.content == "echo: Hi from the SDK"
+
+
+async def test_official_sdk_raises_its_rate_limit_error_with_the_retry_after(
+    sdk: openai.AsyncOpenAI, inline_worker: InlineWorker, limiter: RateLimiter
+) -> None:
+    limiter.pause("sim", 10)
+    call = sdk.chat.completions.create(model="fast", messages=[{"role": "user", "content": "Busy?"}])
+    waiting = asyncio.create_task(call)
+    job_id = await asyncio.to_thread(queued_job_id, inline_worker)
+    await asyncio.to_thread(fail_job(inline_worker, "rate_limited"), job_id)
+
+    with pytest.raises(openai.RateLimitError) as raised:
+        await asyncio.wait_for(waiting, timeout=30)
+    assert 8 <= int(raised.value.response.headers["retry-after"]) <= 10
+    assert raised.value.code == "rate_limited"
