@@ -64,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             socket_timeout=settings.redis_timeout_s,
             socket_connect_timeout=settings.redis_timeout_s,
         )
-        notifier = JobNotifier(pubsub, keys.job_done_channel)
+        notifier = JobNotifier(pubsub, keys.job_done_channel, publisher=commands)
         notifier.start()
         app.state.jobgate = AppState(
             settings=settings,

@@ -27,9 +27,12 @@ STOP_TIMEOUT_S = 5.0
 
 
 class JobNotifier:
-    def __init__(self, client: aioredis.Redis, channel: str) -> None:
+    def __init__(self, client: aioredis.Redis, channel: str, *, publisher: aioredis.Redis) -> None:
         self.client = client
         self.channel = channel
+        # Publishing goes through a client with a read timeout (the pub/sub one has none: it
+        # idles between messages), so a stalled Redis cannot hang the request that publishes.
+        self.publisher = publisher
         self._waiters: dict[str, set[asyncio.Future[None]]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -87,6 +90,6 @@ class JobNotifier:
     async def publish(self, job_id: str) -> None:
         """Tell every API process's waiters that `job_id` is final (best effort)."""
         try:
-            await self.client.publish(self.channel, job_id)
+            await self.publisher.publish(self.channel, job_id)
         except Exception as exc:
             log.warning("job_done_publish_failed", job_id=job_id, error=type(exc).__name__)

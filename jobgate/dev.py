@@ -42,8 +42,10 @@ def _dev_key(settings: Settings) -> str:
             key = create_key(session, DEV_TENANT).key
     finally:
         engine.dispose()
-    path.write_text(key + "\n")
-    path.chmod(0o600)
+    # Created 0600, never readable by others even for a moment (write_text then chmod would be).
+    path.unlink(missing_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+        file.write(key + "\n")
     return key
 
 

@@ -260,7 +260,8 @@ class WebhookSender:
             status_code=outcome.status_code,
             latency_ms=outcome.latency_ms,
             error=outcome.error,
-            response_snippet=outcome.response_snippet,
+            # Not the response snippet: a receiver that echoes the request would put the job's
+            # answer in the log. It is kept in the delivery's SQL attempt log instead.
         )
         return outcome
 
@@ -282,7 +283,14 @@ class WebhookSender:
                 snippet = _read_snippet(response)
         except InvalidRequest as exc:
             return failed(f"invalid url: {exc.message}")
-        except (ForbiddenDestination, UnresolvableDestination) as exc:
+        except ForbiddenDestination as exc:
+            # The tenant sees why, not the address: an internal name's DNS answer is not theirs
+            # to learn. The operator's log has it.
+            log.warning(
+                "webhook_destination_refused", url=_loggable(url), address=exc.address, reason=exc.reason
+            )
+            return failed(f"forbidden destination: {exc.host} resolves to a {exc.reason} address")
+        except UnresolvableDestination as exc:
             return failed(str(exc))
         except httpcore.TimeoutException as exc:
             return failed(_describe_timeout(exc))

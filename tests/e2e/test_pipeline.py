@@ -100,6 +100,7 @@ def test_jobgate_dev_answers_its_own_curl_example_and_stops_every_child_on_ctrl_
         assert job["status"] == "succeeded", job
         assert job["result"]["choices"][0]["message"]["content"]
         assert (tmp_path / "var" / "jobgate.db").exists()
+        assert (tmp_path / "var" / "dev-api-key").stat().st_mode & 0o777 == 0o600
         os.kill(dev.pid, signal.SIGINT)
         assert dev.process.wait(timeout=30) == 0, dev.diagnostics()
         wait_until(

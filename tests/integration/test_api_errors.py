@@ -7,7 +7,9 @@ Redis unreachable.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from typing import Any
 
 import httpx
@@ -16,6 +18,7 @@ import pytest
 from core.settings import Settings
 from jobgate.children import free_port
 from tests.conftest import in_process_api
+from tests.pg_proxy import tcp_proxy
 
 MAX_BODY_BYTES = 20_000
 MAX_BATCH_BYTES = 60_000
@@ -298,3 +301,24 @@ async def test_job_is_accepted_while_redis_is_down(settings: Settings, api_key: 
 
     assert response.status_code == 202
     assert stored.json()["status"] == "queued"
+
+
+async def test_cancel_answers_while_redis_is_partitioned(settings: Settings, api_key: str) -> None:
+    # Cancelling tells waiters over Redis; a Redis that accepts bytes and never answers must
+    # cost that notification (best effort, waiters re-read SQL), not hang the request.
+    redis_port = int(str(settings.redis_url).rsplit(":", 1)[1].split("/")[0])
+    with tcp_proxy(redis_port) as redis_proxy:
+        through = settings.model_copy(
+            update={"redis_url": f"redis://127.0.0.1:{redis_proxy.port}/0", "redis_timeout_s": 1}
+        )
+        async with in_process_api(through, api_key) as client:
+            job = (await client.post("/v1/jobs", json=job_body())).json()
+            redis_proxy.freeze()
+            started = time.monotonic()
+            response = await asyncio.wait_for(client.post(f"/v1/jobs/{job['id']}/cancel"), timeout=15)
+            elapsed_s = time.monotonic() - started
+            redis_proxy.thaw()
+
+    assert elapsed_s < 3, "bounded by JOBGATE_REDIS_TIMEOUT_S (1 s here), not by Redis"
+    assert response.status_code == 200
+    assert response.json()["status"] == "cancelled"

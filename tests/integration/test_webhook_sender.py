@@ -267,7 +267,7 @@ def test_a_host_that_does_not_resolve_is_a_failure(sender: WebhookSender) -> Non
     )
 
 
-def test_attempts_are_logged_without_signature_or_query(
+def test_attempts_are_logged_without_signature_query_or_response_body(
     receiver: Receiver, sender: WebhookSender, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     headers = signed()
@@ -278,11 +278,8 @@ def test_attempts_are_logged_without_signature_or_query(
         sender.send(receiver.url("/fail") + "?token=s3cret", BODY, headers)
     [entry] = logs
     assert entry["event"] == "webhook_attempt"
-    assert (entry["status_code"], entry["error"], entry["response_snippet"]) == (
-        500,
-        "http status 500",
-        "boom",
-    )
+    assert (entry["status_code"], entry["error"]) == (500, "http status 500")
+    assert "boom" not in repr(logs)  # what the receiver answered stays in SQL, not in logs
     assert entry["url"] == receiver.url("/fail")
     assert headers["webhook-signature"] not in repr(logs)
     assert "s3cret" not in repr(logs)
@@ -297,7 +294,7 @@ def test_a_host_resolving_to_loopback_is_refused_before_any_connection(receiver:
         outcome = guarded.send(receiver.url("/ok", host="evil.test"), BODY, signed())
 
     assert outcome.success is False
-    assert outcome.error == "forbidden destination 127.0.0.1 (loopback) for evil.test"
+    assert outcome.error == "forbidden destination: evil.test resolves to a loopback address"
     assert receiver.requests == []
     assert receiver.connections == []
 
