@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -127,10 +128,11 @@ async def create_batch(
         await parse_ndjson_batch(request.stream(), parser)
     elif content_type == "application/json":
         raw = await request.body()
-        document, requests = split_json_batch(raw)
+        # Parsed in a worker thread, as NDJSON chunks are: up to 200 MB must not hold the loop.
+        document, requests = await asyncio.to_thread(split_json_batch, raw)
         options = _options(document)
         parser = _parser(state, options)
-        parse_json_requests(requests, parser, upload_bytes=len(raw))
+        await asyncio.to_thread(parse_json_requests, requests, parser, upload_bytes=len(raw))
     else:
         raise UnsupportedMediaType(
             f"Unsupported Content-Type {content_type!r}: send application/json or application/x-ndjson.",

@@ -430,6 +430,24 @@ async def test_ndjson_line_longer_than_one_request_may_be_is_refused_413_naming_
 
 
 @sqlite_only
+async def test_blank_ndjson_lines_are_skipped_up_to_the_request_cap_then_refused(
+    api_client: httpx.AsyncClient, sql: sessionmaker[Session]
+) -> None:
+    few_blanks = ndjson([line("a"), b"", b"  ", line("b")])
+    newlines_only = ndjson([line("a"), *[b""] * (MAX_BATCH_REQUESTS + 1), line("b")])
+
+    accepted = await api_client.post("/v1/batches", content=few_blanks, headers=NDJSON)
+    refused = await api_client.post("/v1/batches", content=newlines_only, headers=NDJSON)
+
+    assert accepted.status_code == 201, accepted.text
+    assert accepted.json()["counts"]["total"] == 2
+    error = error_of(refused)
+    blank_line = MAX_BATCH_REQUESTS + 2  # the first blank line past the cap
+    assert error["message"].startswith(f"Line {blank_line}: more than {MAX_BATCH_REQUESTS} blank lines")
+    assert error["param"] == f"line {blank_line}"
+
+
+@sqlite_only
 async def test_json_batch_request_longer_than_one_request_may_be_is_refused_413_naming_it(
     api_client: httpx.AsyncClient, sql: sessionmaker[Session]
 ) -> None:
