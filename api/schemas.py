@@ -22,6 +22,7 @@ MAX_METADATA_VALUE = 512
 MAX_OUTPUT_TOKENS = 1_000_000
 # Far deeper than any tool's JSON schema or content part nests; shallow enough to walk recursively.
 MAX_JSON_DEPTH = 64
+MAX_ID_CHARS = 64  # an object id in a query parameter (ours are 30: "job_" + 26)
 
 
 class ChatMessage(BaseModel):

@@ -22,7 +22,7 @@ from api.documentation import BatchList, BatchObject, answer
 from api.errors import describe_validation_error
 from api.job_specs import check_webhook_url
 from api.request_id import request_id_of
-from api.schemas import BatchOptions
+from api.schemas import MAX_ID_CHARS, BatchOptions
 from core import metrics
 from core.errors import InvalidRequest, NotFound, UnsupportedMediaType
 from core.representation import batch_object
@@ -171,7 +171,7 @@ async def list_batches(
     session: SessionDep,
     principal: PrincipalDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    after: str | None = None,
+    after: Annotated[str | None, Query(max_length=MAX_ID_CHARS)] = None,
 ) -> dict[str, Any]:
     rows = list(
         (

@@ -13,7 +13,7 @@ from api.dispatch import commit_final_events, dispatch_committed, dispatch_deliv
 from api.documentation import JobList, JobObject, JobStatus, answer
 from api.job_specs import job_spec
 from api.request_id import request_id_of
-from api.schemas import JobRequest
+from api.schemas import MAX_ID_CHARS, JobRequest
 from api.waiting import load_job, wait_for_job
 from core import metrics
 from core.representation import attempt_object, job_object
@@ -103,9 +103,9 @@ async def list_jobs(
     session: SessionDep,
     principal: PrincipalDep,
     status: JobStatus | None = None,
-    batch_id: str | None = None,
+    batch_id: Annotated[str | None, Query(max_length=MAX_ID_CHARS)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    after: str | None = None,
+    after: Annotated[str | None, Query(max_length=MAX_ID_CHARS)] = None,
 ) -> dict[str, Any]:
     stmt = store.select_jobs_page(
         principal.tenant_id, status=status, batch_id=batch_id, limit=limit, after=after

@@ -378,6 +378,19 @@ async def test_value_postgres_refuses_in_a_path_or_query_is_a_400_not_an_outage(
 
 
 @sqlite_only
+@pytest.mark.parametrize(
+    ("path", "param"),
+    [("/v1/jobs?after=", "after"), ("/v1/jobs?batch_id=", "batch_id"), ("/v1/batches?after=", "after")],
+)
+async def test_an_id_in_a_query_longer_than_any_id_is_refused_naming_it(
+    api_client: httpx.AsyncClient, path: str, param: str
+) -> None:
+    response = await api_client.get(path + "x" * 65)
+
+    assert error_of(response)["param"] == param
+
+
+@sqlite_only
 async def test_empty_idempotency_key_is_refused_naming_the_header(
     api_client: httpx.AsyncClient, sql: sessionmaker[Session]
 ) -> None:
