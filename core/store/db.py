@@ -81,7 +81,18 @@ def make_sync_engine(settings: Settings) -> Engine:
         connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
     else:
         # Bounded connect and statement time: an unreachable database fails fast, never hangs.
-        connect_args = {"connect_timeout": 5, "options": "-c statement_timeout=30000"}
+        # The statement timeout is the server's; for a network that drops mid-query the client
+        # needs its own bound, or a worker thread waits on TCP for the kernel's ~15 minutes:
+        # unacknowledged data gives up after 35 s, a silent peer after 30 + 3 x 10 s of probes.
+        connect_args = {
+            "connect_timeout": 5,
+            "options": "-c statement_timeout=30000",
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            "keepalives_interval": 10,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 35_000,
+        }
     engine = create_engine(url, connect_args=connect_args, **_pool_args(settings, backend))
     if backend == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)

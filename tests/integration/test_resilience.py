@@ -29,6 +29,8 @@ from core.redis.breaker import CircuitBreaker
 from core.redis.keys import Keys
 from core.redis.rate_limit import RateLimiter, provider_bucket
 from core.services.execute import Outcome
+from core.settings import Settings
+from core.store.db import make_sync_engine
 from core.store.models import Job, JobAttempt
 from tests.conftest import InlineWorker
 from tests.sim_process import SimHandle
@@ -455,3 +457,19 @@ async def test_requeue_whose_commit_landed_before_the_connection_dropped_is_kept
         == ["server_error"] * calls
         == ["server_error"] * 4
     )
+
+
+# --- Client-side bounds on the workers' Postgres connections -------------------------------------
+
+
+def test_worker_connections_to_postgres_bound_a_dropped_network_on_the_client_side(postgres_url: str) -> None:
+    engine = make_sync_engine(Settings(database_url=postgres_url))
+    try:
+        with engine.connect() as connection:
+            parameters = connection.connection.dbapi_connection.info.get_parameters()  # type: ignore[union-attr]
+    finally:
+        engine.dispose()
+
+    assert parameters["tcp_user_timeout"] == "35000"
+    assert (parameters["keepalives"], parameters["keepalives_idle"]) == ("1", "30")
+    assert "statement_timeout=30000" in parameters["options"]
