@@ -24,14 +24,14 @@ def _check_events(value: list[str] | None) -> list[str] | None:
     for event in value or []:
         if event not in EVENT_TYPES:
             raise ValueError(f"unknown event {event!r}; known: {', '.join(EVENT_TYPES)}")
-    return value
+    return list(dict.fromkeys(value)) if value is not None else None  # each once, in order
 
 
 class EndpointCreate(CheckedBody):
     model_config = ConfigDict(extra="forbid")
 
     url: str = Field(min_length=1, max_length=2048)
-    events: list[str] | None = None
+    events: list[str] | None = Field(default=None, max_length=len(EVENT_TYPES))
     description: str | None = Field(default=None, max_length=500)
 
     _events = field_validator("events")(_check_events)
@@ -42,7 +42,7 @@ class EndpointPatch(CheckedBody):
 
     enabled: bool | None = None
     url: str | None = Field(default=None, max_length=2048)
-    events: list[str] | None = None
+    events: list[str] | None = Field(default=None, max_length=len(EVENT_TYPES))
     description: str | None = Field(default=None, max_length=500)
 
     _events = field_validator("events")(_check_events)

@@ -9,15 +9,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from core.errors import NotFound
+from core.errors import InvalidRequest, NotFound
 from core.ids import new_id
 from core.representation import rfc3339
 from core.services.webhook_events import PENDING, SECRET_OVERLAP, tenant_secret
 from core.store.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from core.webhooks.signing import new_secret
+
+MAX_ENDPOINTS = 16
 
 
 def endpoint_object(endpoint: WebhookEndpoint, *, with_secret: bool = False) -> dict[str, Any]:
@@ -44,6 +46,19 @@ def create_endpoint(
     description: str | None,
     now: datetime,
 ) -> WebhookEndpoint:
+    """A new endpoint, at most `MAX_ENDPOINTS` live ones per tenant: every final job writes one
+    delivery per endpoint, so their number multiplies a batch's rows and outgoing requests."""
+    live = session.execute(
+        select(func.count())
+        .select_from(WebhookEndpoint)
+        .where(WebhookEndpoint.tenant_id == tenant_id, WebhookEndpoint.deleted_at.is_(None))
+    ).scalar_one()
+    if live >= MAX_ENDPOINTS:
+        raise InvalidRequest(
+            f"A tenant has at most {MAX_ENDPOINTS} webhook endpoints; delete one first, or filter"
+            " one endpoint's events instead of adding another.",
+            param="url",
+        )
     endpoint = WebhookEndpoint(
         id=new_id("we"),
         tenant_id=tenant_id,

@@ -16,6 +16,8 @@ import pytest
 import redis
 
 from core.redis.keys import Keys
+from core.services.webhook_admin import MAX_ENDPOINTS
+from core.services.webhook_events import EVENT_TYPES
 from core.settings import Settings
 from tests.api_calls import job_body
 from tests.conftest import bearer, in_process_api
@@ -98,6 +100,27 @@ async def test_endpoint_with_an_unknown_event_type_is_refused_naming_events(
     message = assert_refused(response, "events")
     assert "job.done" in message
     assert (await api_client.get("/v1/webhook-endpoints")).json()["data"] == []
+
+
+async def test_endpoint_events_are_kept_once_each_and_bounded(api_client: httpx.AsyncClient) -> None:
+    repeated = await create_endpoint(api_client, events=["job.failed", "job.failed", "batch.completed"])
+    too_many = await api_client.post(
+        "/v1/webhook-endpoints", json={"url": HOOK_URL, "events": ["job.failed"] * (len(EVENT_TYPES) + 1)}
+    )
+
+    assert repeated["events"] == ["job.failed", "batch.completed"]
+    assert_refused(too_many, "events")
+
+
+async def test_a_tenant_has_at_most_max_endpoints_until_it_deletes_one(api_client: httpx.AsyncClient) -> None:
+    endpoints = [await create_endpoint(api_client, f"{HOOK_URL}/{n}") for n in range(MAX_ENDPOINTS)]
+
+    refused = await api_client.post("/v1/webhook-endpoints", json={"url": f"{HOOK_URL}/one-more"})
+    await api_client.delete(f"/v1/webhook-endpoints/{endpoints[0]['id']}")
+    await create_endpoint(api_client, f"{HOOK_URL}/instead")
+
+    assert f"at most {MAX_ENDPOINTS} webhook endpoints" in assert_refused(refused, "url")
+    assert len((await api_client.get("/v1/webhook-endpoints")).json()["data"]) == MAX_ENDPOINTS
 
 
 async def test_endpoint_patch_changes_only_the_fields_given(api_client: httpx.AsyncClient) -> None:
