@@ -9,8 +9,8 @@ httpcore, the HTTP engine under httpx, directly.
 
 An attempt has one time budget, `timeout_s`: every socket operation (connect, TLS handshake,
 each read and write) gets only what is left of it, so a server that trickles bytes cannot hold
-a worker thread longer. The system resolver's lookup is the one step it cannot cut short; a
-lookup that spends the budget ends the attempt as a connect timeout. Redirects are never
+a worker thread longer. The DNS lookup (which cannot be interrupted) runs in a thread of its
+own; one that outlasts the budget ends the attempt as a connect timeout. Redirects are never
 followed; only a 2xx is a success. `send` returns a `DeliveryOutcome` for every network problem and never logs
 header values: they carry the signature.
 """
@@ -20,8 +20,11 @@ from __future__ import annotations
 import email.utils
 import re
 import ssl
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC
@@ -113,6 +116,29 @@ class _BudgetedStream(httpcore.NetworkStream):
         return self._stream.get_extra_info(info)
 
 
+def _bounded(resolver: Resolver, timeout: float | None) -> Resolver:
+    """`resolver`, waited for at most `timeout` s. getaddrinfo cannot be interrupted and whoever
+    owns a webhook's domain owns its DNS, so the lookup runs in a daemon thread of its own and
+    the attempt stops waiting for it at the budget (a connect timeout); the thread ends alone."""
+
+    def resolve(host: str, port: int) -> Sequence[IPAddress]:
+        answer: Future[Sequence[IPAddress]] = Future()
+
+        def look_up() -> None:
+            try:
+                answer.set_result(resolver(host, port))
+            except BaseException as exc:  # handed to the waiting attempt, which raises it
+                answer.set_exception(exc)
+
+        threading.Thread(target=look_up, name="webhook-dns", daemon=True).start()
+        try:
+            return answer.result(timeout=timeout)
+        except FutureTimeout:
+            raise httpcore.ConnectTimeout(f"dns lookup for {host} outlasted the attempt's budget") from None
+
+    return resolve
+
+
 class _CheckedBackend(httpcore.NetworkBackend):
     """Every TCP connection of the pool: resolve once, check every address, connect to a checked one."""
 
@@ -129,7 +155,8 @@ class _CheckedBackend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.NetworkStream:
-        *fallbacks, last = self._policy.resolve_and_check(host, port, self._resolver)
+        lookup = _bounded(self._resolver, _budget(timeout, httpcore.ConnectTimeout))
+        *fallbacks, last = self._policy.resolve_and_check(host, port, lookup)
         for address in fallbacks:
             try:
                 return self._connect(address, port, timeout, local_address, socket_options)

@@ -259,6 +259,27 @@ def test_a_closed_port_is_a_connection_error(sender: WebhookSender) -> None:
     assert (outcome.success, outcome.status_code, outcome.error) == (False, None, "connection refused")
 
 
+def test_a_dns_lookup_that_hangs_ends_the_attempt_within_its_budget(receiver: Receiver) -> None:
+    release = threading.Event()
+
+    def hanging(name: str, port: int) -> Sequence[IPAddress]:
+        release.wait(30)  # as a resolver stuck on a domain owner's slow name server
+        return [ip_address("127.0.0.1")]
+
+    policy = UrlPolicy(allow_private=True, allow_http=True)
+    try:
+        with WebhookSender(policy, timeout_s=TIMEOUT_S, resolver=hanging) as slow_dns:
+            started = time.monotonic()
+            outcome = slow_dns.send(receiver.url("/ok", host="slow-dns.test"), BODY, signed())
+            elapsed_s = time.monotonic() - started
+    finally:
+        release.set()
+
+    assert (outcome.success, outcome.error) == (False, "timeout (connect)")
+    assert elapsed_s < TIMEOUT_S + 1
+    assert receiver.requests == []
+
+
 def test_a_host_that_does_not_resolve_is_a_failure(sender: WebhookSender) -> None:
     outcome = sender.send("http://no-such-host.invalid/ok", BODY, signed())
     assert outcome.success is False
