@@ -90,8 +90,15 @@ def error_for_status(
 ) -> UpstreamError:
     """The named error for an HTTP error response from a provider."""
     kind = _error_type_for_status(status_code, body)
+    message = upstream_message(body, fallback_message)
+    if kind is AuthFailed:
+        # The provider's words may quote the operator's key (masked, but its tail) or account;
+        # they are the operator's business, and the job's error is the tenant's to read.
+        message = (
+            f"{provider} refused the gateway's credentials (HTTP {status_code}); an operator must check them"
+        )
     return kind(
-        upstream_message(body, fallback_message),
+        message,
         status_code=status_code,
         retry_after_s=retry_after_s(headers, now),
         provider=provider,

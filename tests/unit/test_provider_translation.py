@@ -535,7 +535,22 @@ def test_each_http_status_becomes_its_named_error(
         make_status_error(status, {"type": "x", "message": "upstream says no"}, {}), sdk_errors
     )
     assert type(error) is error_type
-    assert (error.status_code, error.provider, error.message) == (status, "up", "upstream says no")
+    assert (error.status_code, error.provider) == (status, "up")
+    if error_type is not AuthFailed:
+        assert error.message == "upstream says no"
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_refused_credentials_do_not_pass_the_providers_words_to_the_tenant(status: int, sdk: Any) -> None:
+    make_status_error, sdk_errors, _, _ = sdk
+    words = {"type": "invalid_api_key", "message": "Incorrect API key provided: sk-proj-****abcd"}
+
+    error = translated(make_status_error(status, words, {}), sdk_errors)
+
+    assert "abcd" not in error.message
+    assert (
+        error.message == f"up refused the gateway's credentials (HTTP {status}); an operator must check them"
+    )
 
 
 @pytest.mark.parametrize("status", [429, 503, 529])
