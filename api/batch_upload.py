@@ -94,7 +94,10 @@ def parse_json_requests(requests: list[Any], parser: BatchParser, *, upload_byte
     limit = parser.settings.max_body_bytes
     for index, item in enumerate(requests):
         # Only an upload larger than one request's limit can hold a request over it.
-        if upload_bytes > limit and len(json.dumps(item, separators=(",", ":")).encode()) > limit:
+        if (
+            upload_bytes > limit
+            and len(json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode()) > limit
+        ):
             raise line_too_long(index + 1, limit, f"requests.{index}")
         parser.add(index + 1, item, f"requests.{index}")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import error_response
+from core.errors import Unauthenticated
 
 MISSING_KEY = "Missing API key: send 'Authorization: Bearer <key>' (create one with `jobgate keys create`)."
 
@@ -32,6 +33,9 @@ class KeyGateMiddleware:
         if scope["type"] == "http" and (scope["path"] == "/v1" or scope["path"].startswith("/v1/")):
             header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")
             if bearer_token(header) is None:
-                await error_response(401, "authentication_error", MISSING_KEY)(scope, receive, send)
+                refused = Unauthenticated(MISSING_KEY)
+                await error_response(refused.status_code, refused.error_type, refused.message)(
+                    scope, receive, send
+                )
                 return
         await self.app(scope, receive, send)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from typing import Any
 
 import redis
@@ -44,17 +43,14 @@ DEFAULT_RETRY_AFTER_S = 1
 
 def _retry_after_s(state: AppState, model: str) -> int:
     """Seconds until one of the model's providers is out of its fleet-wide pause (the soonest),
-    or `DEFAULT_RETRY_AFTER_S` when none is paused (or Redis cannot say)."""
-    limiter = RateLimiter(state.redis_sync, state.keys)
+    at least `DEFAULT_RETRY_AFTER_S` (also when Redis cannot say)."""
     providers = {target.provider for target in state.config.targets_for(model) or []}
     try:
-        now_s, pauses = time.time(), [limiter.paused_until(provider) for provider in providers]
+        left_s = RateLimiter(state.redis_sync, state.keys).shortest_pause_left_s(providers)
     except redis.RedisError as exc:
         log.warning("retry_after_unknown", error=type(exc).__name__)
         return DEFAULT_RETRY_AFTER_S
-    if not pauses or None in pauses:
-        return DEFAULT_RETRY_AFTER_S
-    return max(DEFAULT_RETRY_AFTER_S, math.ceil(min(p for p in pauses if p is not None) - now_s))
+    return max(DEFAULT_RETRY_AFTER_S, math.ceil(left_s))
 
 
 @router.post(

@@ -16,7 +16,7 @@ this module; its header documents the keys and arguments.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -240,6 +240,19 @@ class RateLimiter:
         current_ms = now_ms if now_ms is not None else seconds * 1000 + micros // 1000
         deadline_ms = int(raw_deadline)
         return deadline_ms / 1000 if deadline_ms > current_ms else None
+
+    def shortest_pause_left_s(self, providers: Iterable[str]) -> float:
+        """Seconds until the first of `providers` may be called again: 0 if one is not paused.
+        Read in one round trip, against Redis's clock (the one pauses are set by)."""
+        names = list(providers)
+        pipe = self._client.pipeline(transaction=True)
+        pipe.time()
+        for name in names:
+            pipe.get(self._keys.provider_pause(name))
+        (seconds, micros), *deadlines = pipe.execute()
+        now_ms = seconds * 1000 + micros // 1000
+        left_ms = [max(int(raw) - now_ms, 0) if raw is not None else 0 for raw in deadlines]
+        return min(left_ms, default=0) / 1000
 
 
 def _now_arg(now_ms: int | None) -> str:

@@ -108,6 +108,7 @@ class JobExecutor:
         active: ActiveClaims | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         jitter: Callable[[], float] = random.random,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.sessions = sessions
         self.clock = clock
@@ -120,6 +121,7 @@ class JobExecutor:
         self.active = active or ActiveClaims()
         self.monotonic = monotonic
         self.jitter = jitter
+        self.sleep = sleep  # the backoff of a final write retried after a lost connection
         self._tenant_names: dict[str, str] = {}
 
     # --- entry point ---------------------------------------------------------------------
@@ -314,7 +316,7 @@ class JobExecutor:
     def _final(self, run: _Run, values: dict[str, Any], status: str) -> Outcome:
         """One transaction: the final state, the attempt log and the webhook outbox rows;
         retried if the database connection is lost (the upstream call is paid for)."""
-        for attempt in retrying_on_disconnect(self.policy.lease_s):
+        for attempt in retrying_on_disconnect(self.policy.lease_s, sleep=self.sleep):
             with attempt, self.sessions() as session:
                 if self._landed(attempt.retry_state.attempt_number, session, run, status, run.claim.attempt):
                     # Its webhook deliveries and batch check were committed with it, or are
@@ -335,8 +337,8 @@ class JobExecutor:
     def _landed(try_number: int, session: Session, run: _Run, status: str, attempts: int) -> bool:
         """On a retry after a lost connection: did the first try's COMMIT land, only its answer
         lost? Then writing again would fail the claim (reported as lost) and log the attempts
-        twice. Nothing else can have put the job in that state within the lease."""
-        if try_number == 1 or not store.holds(session, run.job_id, status=status, attempts=attempts):
+        twice."""
+        if try_number == 1 or not store.holds(session, run.claim, status=status, attempts=attempts):
             return False
         log.info("sql_write_had_landed", job_id=run.job_id, status=status)
         return True
@@ -358,7 +360,7 @@ class JobExecutor:
 
     def _requeue(self, run: _Run, delay_s: float, *, refund: bool) -> Outcome:
         attempts_after = run.claim.attempt - 1 if refund else run.claim.attempt
-        for attempt in retrying_on_disconnect(self.policy.lease_s):
+        for attempt in retrying_on_disconnect(self.policy.lease_s, sleep=self.sleep):
             with attempt, self.sessions() as session:
                 if self._landed(
                     attempt.retry_state.attempt_number, session, run, store.QUEUED, attempts_after

@@ -16,7 +16,7 @@ from core.errors import InvalidRequest, NotFound
 from core.ids import new_id
 from core.representation import rfc3339
 from core.services.webhook_events import PENDING, SECRET_OVERLAP, tenant_secret
-from core.store.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from core.store.models import Tenant, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from core.webhooks.signing import new_secret
 
 MAX_ENDPOINTS = 16
@@ -48,6 +48,8 @@ def create_endpoint(
 ) -> WebhookEndpoint:
     """A new endpoint, at most `MAX_ENDPOINTS` live ones per tenant: every final job writes one
     delivery per endpoint, so their number multiplies a batch's rows and outgoing requests."""
+    # The tenant row locked first: two creates at MAX_ENDPOINTS - 1 cannot both pass the count.
+    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
     live = session.execute(
         select(func.count())
         .select_from(WebhookEndpoint)

@@ -150,6 +150,7 @@ def record_jobs_final(session: Session, job_ids: list[str], now: datetime) -> tu
             .outerjoin(Batch, Batch.id == Job.batch_id)
             .where(Job.id.in_(chunk))
         ).all()
+        sends: dict[str, tuple[str, list[Destination]]] = {}  # job id -> event, destinations
         for job_id, tenant_id, status, job_url, batch_id, batch_url in routes:
             if status not in store.FINAL_STATES:
                 continue
@@ -164,17 +165,25 @@ def record_jobs_final(session: Session, job_ids: list[str], now: datetime) -> tu
             if own_url:
                 destinations.insert(0, Destination(own_url, None))
             if destinations:
-                job = session.get_one(Job, job_id, populate_existing=True)
-                ids += _add_deliveries(
-                    session,
-                    tenant_id=tenant_id,
-                    event_type=event_type,
-                    payload=_payload(event_type, job_event_data(job), now),
-                    destinations=destinations,
-                    now=now,
-                    job_id=job_id,
-                    batch_id=batch_id,
-                )
+                sends[job_id] = (event_type, destinations)
+        if not sends:
+            continue
+        # The jobs with somewhere to be sent, whole (their payload), in one read per chunk.
+        jobs = session.execute(
+            select(Job).where(Job.id.in_(list(sends))).execution_options(populate_existing=True)
+        ).scalars()
+        for job in jobs:
+            event_type, destinations = sends[job.id]
+            ids += _add_deliveries(
+                session,
+                tenant_id=job.tenant_id,
+                event_type=event_type,
+                payload=_payload(event_type, job_event_data(job), now),
+                destinations=destinations,
+                now=now,
+                job_id=job.id,
+                batch_id=job.batch_id,
+            )
     return ids, list(batch_ids)
 
 

@@ -186,10 +186,17 @@ def finish_job(session: Session, clock: SqlClock, claim: Claim, **values: Any) -
     return rowcount(session.execute(stmt)) == 1
 
 
-def holds(session: Session, job_id: str, *, status: str, attempts: int) -> bool:
-    """Whether the job is in `status` at attempt count `attempts`: how a write retried after a
-    lost connection learns that its first try's COMMIT landed and only the answer was lost."""
-    stmt = select(Job.id).where(Job.id == job_id, Job.status == status, Job.attempts == attempts)
+def holds(session: Session, claim: Claim, *, status: str, attempts: int) -> bool:
+    """Whether the claim's own write put the job in `status` at attempt count `attempts`: how a
+    write retried after a lost connection learns that its first try's COMMIT landed and only
+    the answer was lost. The attempt rows that write committed with it tell it from the
+    reaper's, which can leave the same status and count once the lease has expired."""
+    own_rows = select(JobAttempt.id).where(
+        JobAttempt.job_id == claim.job.id, JobAttempt.attempt == claim.attempt
+    )
+    stmt = select(Job.id).where(
+        Job.id == claim.job.id, Job.status == status, Job.attempts == attempts, own_rows.exists()
+    )
     return session.execute(stmt).first() is not None
 
 

@@ -13,6 +13,9 @@ it the reaper may have handed the job on).
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import structlog
 from sqlalchemy.exc import DBAPIError, OperationalError
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
@@ -34,10 +37,12 @@ def _log_retry(state: RetryCallState) -> None:
     )
 
 
-def retrying_on_disconnect(within_s: float) -> Retrying:
+def retrying_on_disconnect(within_s: float, *, sleep: Callable[[float], None] = time.sleep) -> Retrying:
     """`for attempt in retrying_on_disconnect(30): with attempt: ...` retries the block on
-    connection errors with backoff (0.2 s doubling to 2 s), for at most `within_s` seconds."""
+    connection errors with backoff (0.2 s doubling to 2 s), for at most `within_s` seconds;
+    `sleep` waits the backoff (a test records it instead)."""
     return Retrying(
+        sleep=sleep,
         retry=retry_if_exception(is_connection_error),
         stop=stop_after_delay(within_s),
         wait=wait_exponential_jitter(multiplier=0.2, max=2.0, jitter=0.2),

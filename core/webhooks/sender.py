@@ -43,6 +43,8 @@ log = structlog.get_logger("jobgate.webhooks")
 
 SNIPPET_BYTES = 1024
 USER_AGENT = "jobgate-webhooks/1"
+# DNS lookups alive at once per sender (one per worker process), hung ones included.
+MAX_DNS_LOOKUPS = 32
 # Headers the sender owns: the caller's copies could contradict the URL or the body.
 _SENDER_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 _DELAY_SECONDS = re.compile(r"\d+")
@@ -116,12 +118,16 @@ class _BudgetedStream(httpcore.NetworkStream):
         return self._stream.get_extra_info(info)
 
 
-def _bounded(resolver: Resolver, timeout: float | None) -> Resolver:
+def _bounded(resolver: Resolver, timeout: float | None, slots: threading.BoundedSemaphore) -> Resolver:
     """`resolver`, waited for at most `timeout` s. getaddrinfo cannot be interrupted and whoever
     owns a webhook's domain owns its DNS, so the lookup runs in a daemon thread of its own and
-    the attempt stops waiting for it at the budget (a connect timeout); the thread ends alone."""
+    the attempt stops waiting for it at the budget (a connect timeout); the thread ends alone.
+    `slots` caps the lookups alive at once, those left behind included: with none free, the
+    attempt fails at once rather than start one more thread."""
 
     def resolve(host: str, port: int) -> Sequence[IPAddress]:
+        if not slots.acquire(blocking=False):
+            raise httpcore.ConnectTimeout(f"too many dns lookups in flight; {host} not looked up")
         answer: Future[Sequence[IPAddress]] = Future()
 
         def look_up() -> None:
@@ -129,6 +135,8 @@ def _bounded(resolver: Resolver, timeout: float | None) -> Resolver:
                 answer.set_result(resolver(host, port))
             except BaseException as exc:  # handed to the waiting attempt, which raises it
                 answer.set_exception(exc)
+            finally:
+                slots.release()
 
         threading.Thread(target=look_up, name="webhook-dns", daemon=True).start()
         try:
@@ -145,6 +153,7 @@ class _CheckedBackend(httpcore.NetworkBackend):
     def __init__(self, policy: UrlPolicy, resolver: Resolver) -> None:
         self._policy = policy
         self._resolver = resolver
+        self._lookups = threading.BoundedSemaphore(MAX_DNS_LOOKUPS)
         self._tcp = httpcore.SyncBackend()
 
     def connect_tcp(
@@ -155,7 +164,7 @@ class _CheckedBackend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.NetworkStream:
-        lookup = _bounded(self._resolver, _budget(timeout, httpcore.ConnectTimeout))
+        lookup = _bounded(self._resolver, _budget(timeout, httpcore.ConnectTimeout), self._lookups)
         *fallbacks, last = self._policy.resolve_and_check(host, port, lookup)
         for address in fallbacks:
             try:

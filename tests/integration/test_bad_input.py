@@ -461,6 +461,19 @@ async def test_blank_ndjson_lines_are_skipped_up_to_the_request_cap_then_refused
 
 
 @sqlite_only
+async def test_json_batch_request_is_measured_in_utf8_bytes_not_escaped_json(
+    api_client: httpx.AsyncClient,
+) -> None:
+    # 900 KB of UTF-8 (3 bytes a character), 1.8 MB if non-ASCII were counted \u-escaped.
+    wide = {"custom_id": "wide", "body": job_body("字" * 300_000)}
+    padding = {"custom_id": "padding", "body": job_body("x" * 200_000)}  # the upload passes 1 MB
+
+    response = await api_client.post("/v1/batches", json={"requests": [wide, padding]})
+
+    assert response.status_code == 201, response.text
+
+
+@sqlite_only
 async def test_json_batch_request_longer_than_one_request_may_be_is_refused_413_naming_it(
     api_client: httpx.AsyncClient, sql: sessionmaker[Session]
 ) -> None:

@@ -272,6 +272,16 @@ def test_a_pause_on_redis_time_expires_by_itself(
     assert limiter.paused_until("openai") is None
 
 
+def test_shortest_pause_left_is_the_soonest_end_on_redis_clock_or_zero(limiter: RateLimiter) -> None:
+    limiter.pause("anthropic", 20)
+    limiter.pause("openai", 5)
+
+    assert 4 < limiter.shortest_pause_left_s(["anthropic", "openai"]) <= 5
+    assert 19 < limiter.shortest_pause_left_s(["anthropic"]) <= 20
+    assert limiter.shortest_pause_left_s(["anthropic", "not-paused"]) == 0
+    assert limiter.shortest_pause_left_s([]) == 0
+
+
 def test_headroom_is_the_minute_budget_left_after_recent_bookings(limiter: RateLimiter) -> None:
     bucket = provider_bucket("openai", rpm=600, tpm=60_000)
     minute_start = T0_MS - T0_MS % 60_000

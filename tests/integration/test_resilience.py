@@ -4,9 +4,8 @@ Each job is submitted through the API in this process and run by the real `JobEx
 (`inline_worker`), so a test decides when it runs and reads the outcome, the job object and
 its attempt log. The alias `fast` has two targets, each on a provider of its own, both served
 by the simulated upstream under model names unique to the test; faults are per-model sim knobs.
-Nothing sleeps: the caller's inline waits (tenacity backoff, limiter waits) are recorded by a
-fake `sleep` instead of being slept (only the SQL write retried after a lost connection waits
-its own 0.2-0.4 s backoff).
+Nothing sleeps: the inline waits (tenacity backoff, limiter waits, a SQL write's retry after a
+lost connection) are recorded by a fake `sleep` instead of being slept.
 """
 
 from __future__ import annotations
@@ -79,9 +78,10 @@ def config_path(tmp_path: Path, sim: SimHandle, primary: str, fallback: str) -> 
 
 @pytest.fixture
 def sleeps(inline_worker: InlineWorker) -> list[float]:
-    """The inline waits the upstream caller asked for, recorded instead of slept."""
+    """The inline waits the executor asked for, recorded instead of slept."""
     recorded: list[float] = []
     inline_worker.executor.caller.sleep = recorded.append
+    inline_worker.executor.sleep = recorded.append  # a SQL write's retry backoff
     return recorded
 
 
@@ -417,14 +417,18 @@ def lose_one_commit_answer(worker: InlineWorker) -> list[str]:
 
 
 async def test_final_write_whose_commit_landed_before_the_connection_dropped_is_kept_once(
-    api_client: httpx.AsyncClient, inline_worker: InlineWorker, sim: SimHandle, primary: str
+    api_client: httpx.AsyncClient,
+    inline_worker: InlineWorker,
+    sim: SimHandle,
+    primary: str,
+    sleeps: list[float],
 ) -> None:
     job_id = await submit(api_client, "Answer once.", cache=False)
     fired = lose_one_commit_answer(inline_worker)
 
     outcome = await run(inline_worker, job_id)
 
-    assert fired
+    assert fired and len(sleeps) == 1  # one backoff, then the retry
     # The retry sees its own write instead of reporting the claim lost and logging the call twice.
     assert outcome.status == "succeeded"
     job = await read_job(api_client, job_id)

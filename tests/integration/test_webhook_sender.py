@@ -280,6 +280,34 @@ def test_a_dns_lookup_that_hangs_ends_the_attempt_within_its_budget(receiver: Re
     assert receiver.requests == []
 
 
+def test_hung_dns_lookups_are_capped_and_later_attempts_fail_at_once(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sender_module, "MAX_DNS_LOOKUPS", 2)
+    release = threading.Event()
+
+    def hanging(name: str, port: int) -> Sequence[IPAddress]:
+        release.wait(30)
+        return [ip_address("127.0.0.1")]
+
+    policy = UrlPolicy(allow_private=True, allow_http=True)
+    try:
+        with WebhookSender(policy, timeout_s=0.2, resolver=hanging) as slow_dns:
+            for n in range(2):  # each leaves its lookup thread behind
+                slow_dns.send(receiver.url("/ok", host=f"slow-{n}.test"), BODY, signed())
+            threads_before = threading.active_count()
+            started = time.monotonic()
+            third = slow_dns.send(receiver.url("/ok", host="slow-2.test"), BODY, signed())
+            elapsed_s = time.monotonic() - started
+            threads_after = threading.active_count()
+    finally:
+        release.set()
+
+    assert (third.success, third.error) == (False, "timeout (connect)")
+    assert elapsed_s < 0.2  # refused without waiting out its budget
+    assert threads_after == threads_before  # and without a third lookup thread
+
+
 def test_a_host_that_does_not_resolve_is_a_failure(sender: WebhookSender) -> None:
     outcome = sender.send("http://no-such-host.invalid/ok", BODY, signed())
     assert outcome.success is False
