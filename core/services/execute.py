@@ -314,18 +314,14 @@ class JobExecutor:
         return self._final(run, {"status": store.FAILED, "error": error}, store.FAILED)
 
     def _final(self, run: _Run, values: dict[str, Any], status: str) -> Outcome:
-        """One transaction: the final state, the attempt log and the webhook outbox rows;
-        retried if the database connection is lost (the upstream call is paid for)."""
-        for attempt in retrying_on_disconnect(self.policy.lease_s, sleep=self.sleep):
-            with attempt, self.sessions() as session:
-                if self._landed(attempt.retry_state.attempt_number, session, run, status, run.claim.attempt):
-                    # Its webhook deliveries and batch check were committed with it, or are
-                    # left to the sweeper (overdue deliveries, unannounced batches).
-                    won, deliveries = True, []
-                    break
-                won = store.finish_job(session, self.clock, run.claim, **values)
-                store.record_attempts(session, self._attempt_rows(run))
-                deliveries = commit_final(session, [run.job_id] if won else [], self.clock.utcnow())
+        """One transaction: the final state, the attempt log and the webhook outbox rows."""
+
+        def write(session: Session) -> tuple[bool, list[str]]:
+            won = store.finish_job(session, self.clock, run.claim, **values)
+            store.record_attempts(session, self._attempt_rows(run))
+            return won, commit_final(session, [run.job_id] if won else [], self.clock.utcnow())
+
+        won, deliveries = self._write_claimed(run, status, run.claim.attempt, write)
         if not won:
             log.warning("final_write_lost", job_id=run.job_id, attempt=run.claim.attempt)
             return Outcome("skipped")
@@ -333,15 +329,31 @@ class JobExecutor:
         self.on_final(run.job_id, deliveries)
         return Outcome(status)
 
-    @staticmethod
-    def _landed(try_number: int, session: Session, run: _Run, status: str, attempts: int) -> bool:
-        """On a retry after a lost connection: did the first try's COMMIT land, only its answer
-        lost? Then writing again would fail the claim (reported as lost) and log the attempts
-        twice."""
-        if try_number == 1 or not store.holds(session, run.claim, status=status, attempts=attempts):
-            return False
-        log.info("sql_write_had_landed", job_id=run.job_id, status=status)
-        return True
+    def _write_claimed(
+        self,
+        run: _Run,
+        status: str,
+        attempts: int,
+        write: Callable[[Session], tuple[bool, list[str]]],
+    ) -> tuple[bool, list[str]]:
+        """`write` (conditional on the claim, committing) in a session of its own, retried if
+        the database connection is lost: the upstream call is paid for. A retry first asks
+        whether the last try's COMMIT landed and only its answer was lost (the job already
+        holds `status` at `attempts`, with this claim's attempt rows); writing again would
+        fail the claim (reported as lost) and log the attempts twice. Then its webhook
+        deliveries and batch check were committed with it, or are left to the sweeper."""
+        tries = 0
+
+        def once() -> tuple[bool, list[str]]:
+            nonlocal tries
+            tries += 1
+            with self.sessions() as session:
+                if tries > 1 and store.holds(session, run.claim, status=status, attempts=attempts):
+                    log.info("sql_write_had_landed", job_id=run.job_id, status=status)
+                    return True, []
+                return write(session)
+
+        return retrying_on_disconnect(self.policy.lease_s, sleep=self.sleep)(once)
 
     def _observe_final(self, run: _Run, status: str) -> None:
         job = run.claim.job
@@ -359,19 +371,14 @@ class JobExecutor:
         )
 
     def _requeue(self, run: _Run, delay_s: float, *, refund: bool) -> Outcome:
+        def write(session: Session) -> tuple[bool, list[str]]:
+            won = store.requeue_job(session, self.clock, run.claim, delay_s=delay_s, refund_attempt=refund)
+            store.record_attempts(session, self._attempt_rows(run))
+            session.commit()
+            return won, []
+
         attempts_after = run.claim.attempt - 1 if refund else run.claim.attempt
-        for attempt in retrying_on_disconnect(self.policy.lease_s, sleep=self.sleep):
-            with attempt, self.sessions() as session:
-                if self._landed(
-                    attempt.retry_state.attempt_number, session, run, store.QUEUED, attempts_after
-                ):
-                    won = True
-                    break
-                won = store.requeue_job(
-                    session, self.clock, run.claim, delay_s=delay_s, refund_attempt=refund
-                )
-                store.record_attempts(session, self._attempt_rows(run))
-                session.commit()
+        won, _ = self._write_claimed(run, store.QUEUED, attempts_after, write)
         if won and refund:
             metrics.LIMITER_DELAYS.labels(reason="busy").inc()
         return Outcome("requeued", delay_s=delay_s) if won else Outcome("skipped")

@@ -38,8 +38,8 @@ def _log_retry(state: RetryCallState) -> None:
 
 
 def retrying_on_disconnect(within_s: float, *, sleep: Callable[[float], None] = time.sleep) -> Retrying:
-    """`for attempt in retrying_on_disconnect(30): with attempt: ...` retries the block on
-    connection errors with backoff (0.2 s doubling to 2 s), for at most `within_s` seconds;
+    """`retrying_on_disconnect(30)(write)` calls `write` again on connection errors, with
+    backoff (0.2 s doubling to 2 s), for at most `within_s` seconds, and returns its result;
     `sleep` waits the backoff (a test records it instead)."""
     return Retrying(
         sleep=sleep,
