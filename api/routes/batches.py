@@ -200,9 +200,9 @@ async def cancel_batch(
 ) -> dict[str, Any]:
     batch = await _load_batch(session, principal.tenant_id, batch_id)
     now = state.clock.now()
-    # A batch whose every job is already final stays as it was (completed), as a final job does.
-    still_active = store.batch_active_jobs_stmt(batch.id).exists()
     if batch.cancelled_at is None:
+        # A batch whose every job is already final stays as it was (completed), as a final job does.
+        still_active = store.batch_active_jobs_stmt(batch.id).exists()
         await session.execute(
             update(Batch)
             .where(Batch.id == batch.id, Batch.cancelled_at.is_(None), still_active)

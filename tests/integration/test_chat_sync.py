@@ -8,8 +8,8 @@ each final state is answered. Each test routes the `fast` alias to its own upstr
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, TypeVar
 
 import httpx
 import httpx2
@@ -25,6 +25,8 @@ from core.store.models import Job
 from tests.api_calls import job_body
 from tests.conftest import IN_PROCESS_URL, InlineWorker, in_process_api
 from tests.processes import wait_until
+
+T = TypeVar("T")
 
 
 def queued_job_id(worker: InlineWorker) -> str:
@@ -53,14 +55,20 @@ def fail_job(worker: InlineWorker, error_type: str) -> Callable[[str], None]:
     return finish
 
 
-async def ask(
-    client: httpx.AsyncClient, worker: InlineWorker, finish: Callable[[str], Any], **options: Any
-) -> tuple[httpx.Response, str]:
-    """Sends the request, finishes its job with `finish(job_id)` meanwhile; the answer and the id."""
-    waiting = asyncio.create_task(client.post("/v1/chat/completions", json=job_body("Hello?", **options)))
+async def while_job_runs(
+    worker: InlineWorker, request: Coroutine[Any, Any, T], finish: Callable[[str], Any]
+) -> tuple[T, str]:
+    """Sends `request`, finishes its job with `finish(job_id)` meanwhile; the answer and the id."""
+    waiting = asyncio.create_task(request)
     job_id = await asyncio.to_thread(queued_job_id, worker)
     await asyncio.to_thread(finish, job_id)
     return await asyncio.wait_for(waiting, timeout=30), job_id
+
+
+async def ask(
+    client: httpx.AsyncClient, worker: InlineWorker, finish: Callable[[str], Any]
+) -> tuple[httpx.Response, str]:
+    return await while_job_runs(worker, client.post("/v1/chat/completions", json=job_body("Hello?")), finish)
 
 
 @pytest.fixture
@@ -128,10 +136,7 @@ async def test_official_sdk_gets_its_chat_completion_and_the_job_id(
     call = sdk.chat.completions.with_raw_response.create(
         model="fast", messages=[{"role": "user", "content": "Hi from the SDK"}]
     )
-    waiting = asyncio.create_task(call)
-    job_id = await asyncio.to_thread(queued_job_id, inline_worker)
-    await asyncio.to_thread(inline_worker.run, job_id)
-    raw = await asyncio.wait_for(waiting, timeout=30)
+    raw, job_id = await while_job_runs(inline_worker, call, inline_worker.run)
 
     assert raw.headers["x-jobgate-job-id"] == job_id
     assert raw.parse().choices[0].message.content == "echo: Hi from the SDK"
@@ -142,11 +147,8 @@ async def test_official_sdk_raises_its_rate_limit_error_with_the_retry_after(
 ) -> None:
     limiter.pause("sim", 10)
     call = sdk.chat.completions.create(model="fast", messages=[{"role": "user", "content": "Busy?"}])
-    waiting = asyncio.create_task(call)
-    job_id = await asyncio.to_thread(queued_job_id, inline_worker)
-    await asyncio.to_thread(fail_job(inline_worker, "rate_limited"), job_id)
 
     with pytest.raises(openai.RateLimitError) as raised:
-        await asyncio.wait_for(waiting, timeout=30)
+        await while_job_runs(inline_worker, call, fail_job(inline_worker, "rate_limited"))
     assert 8 <= int(raised.value.response.headers["retry-after"]) <= 10
     assert raised.value.code == "rate_limited"
