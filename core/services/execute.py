@@ -46,6 +46,7 @@ from core.store.retry import retrying_on_disconnect
 log = structlog.get_logger("jobgate.execute")
 
 FOLLOWER_WAIT_S = 30.0
+MIN_REDELAY_S = 0.1
 MAX_FLIGHT_ROUNDS = 3
 
 
@@ -140,14 +141,18 @@ class JobExecutor:
             self.active.remove(claim)
 
     def _not_claimed(self, session: Session, job_id: str) -> Outcome:
-        """Duplicate delivery, a cancelled job, or a message that came before the job was due."""
+        """Duplicate delivery, a cancelled job, or a message that came before the job was due.
+
+        An early message is put back until the job is due, and never dropped: the claim found
+        the job not due by the SQL clock, so even when this worker's own clock already says it
+        is (a clock ahead of the database's, or a message that came at the due moment itself)
+        it comes back after `MIN_REDELAY_S`. Dropping it would leave the job to the sweeper."""
         state = store.job_status(session, job_id)
         if state is not None and state[0] == store.QUEUED and state[1] is not None:
             due = as_utc(state[1])
             assert due is not None
             wait_s = (due - self.clock.utcnow()).total_seconds()
-            if wait_s > 0:
-                return Outcome("requeued", delay_s=wait_s)
+            return Outcome("requeued", delay_s=max(wait_s, MIN_REDELAY_S))
         return Outcome("skipped")
 
     def _tenant_name(self, session: Session, tenant_id: str) -> str:

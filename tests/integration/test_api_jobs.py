@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
+from sqlalchemy import func, update
 
 from api.waiting import RECHECK_S
+from core.services.execute import MIN_REDELAY_S, Outcome
+from core.store.models import Job
 from tests.api_calls import job_body, submit
 from tests.conftest import InlineWorker, sim_calls, sqlite_only
 from tests.sim_process import SimHandle
@@ -130,6 +135,26 @@ async def test_long_poll_longer_than_sixty_seconds_is_refused(api_client: httpx.
 
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "wait"
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_early_message_on_a_worker_whose_clock_runs_ahead_is_put_back_not_dropped(
+    api_client: httpx.AsyncClient, inline_worker: InlineWorker
+) -> None:
+    job = await submit(api_client, "not yet")
+    with inline_worker.sessions() as session:  # due in 5 s by the database's clock
+        session.execute(
+            update(Job).where(Job.id == job["id"]).values(not_before=func.now() + timedelta(seconds=5))
+        )
+        session.commit()
+    inline_worker.executor.clock.utcnow = lambda: datetime.now(UTC) + timedelta(seconds=10)
+
+    outcome = await asyncio.to_thread(inline_worker.run, job["id"])
+
+    # Its own clock says the job is due, the database's that it is not: the message comes back
+    # shortly instead of being dropped (which left the job to the sweeper, 30-60 s later).
+    assert outcome == Outcome("requeued", delay_s=MIN_REDELAY_S)
+    assert (await api_client.get(f"/v1/jobs/{job['id']}")).json()["status"] == "queued"
 
 
 async def test_job_cancelled_before_it_runs_is_never_sent_upstream(
