@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -50,12 +50,18 @@ def _payload(event_type: str, data: dict[str, Any], now: datetime) -> str:
     )
 
 
-def job_event_data(job: Job) -> dict[str, Any]:
+def _job_payload(event_type: str, job: Job, now: datetime) -> str:
+    """The job's event; a result over MAX_INLINE_RESULT_BYTES is replaced by a link to the job.
+    Serialised once in the usual case: the result is measured only when the payload is large."""
     data = job_object(job)
-    if data["result"] is not None and len(json.dumps(data["result"])) > MAX_INLINE_RESULT_BYTES:
-        data["result"] = None
-        data["result_url"] = f"/v1/jobs/{job.id}"
-    return data
+    payload = _payload(event_type, data, now)
+    result = data["result"]
+    if len(payload) > MAX_INLINE_RESULT_BYTES and result is not None:
+        if len(json.dumps(result)) > MAX_INLINE_RESULT_BYTES:
+            data["result"] = None
+            data["result_url"] = f"/v1/jobs/{job.id}"
+            payload = _payload(event_type, data, now)
+    return payload
 
 
 def _endpoints(session: Session, tenant_id: str, event_type: str) -> list[Destination]:
@@ -71,8 +77,7 @@ def _endpoints(session: Session, tenant_id: str, event_type: str) -> list[Destin
     ]
 
 
-def _add_deliveries(
-    session: Session,
+def _delivery_rows(
     *,
     tenant_id: str,
     event_type: str,
@@ -81,29 +86,33 @@ def _add_deliveries(
     now: datetime,
     job_id: str | None = None,
     batch_id: str | None = None,
-) -> list[str]:
-    ids = []
-    for destination in destinations:
-        delivery_id = new_id("dlv")
-        session.add(
-            WebhookDelivery(
-                id=delivery_id,
-                tenant_id=tenant_id,
-                job_id=job_id,
-                batch_id=batch_id,
-                endpoint_id=destination.endpoint_id,
-                url=destination.url,
-                event_type=event_type,
-                webhook_id=new_id("msg"),
-                payload=payload,
-                status=PENDING,
-                attempt_count=0,
-                next_attempt_at=now,
-                created_at=now,
-            )
-        )
-        ids.append(delivery_id)
-    return ids
+) -> list[dict[str, Any]]:
+    """One outbox row per destination, for one Core INSERT per chunk of jobs (every final write
+    with a destination pays for it; the ORM's unit of work adds nothing these rows need)."""
+    return [
+        {
+            "id": new_id("dlv"),
+            "tenant_id": tenant_id,
+            "job_id": job_id,
+            "batch_id": batch_id,
+            "endpoint_id": destination.endpoint_id,
+            "url": destination.url,
+            "event_type": event_type,
+            "webhook_id": new_id("msg"),
+            "payload": payload,
+            "status": PENDING,
+            "attempt_count": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+        }
+        for destination in destinations
+    ]
+
+
+def _insert_deliveries(session: Session, rows: list[dict[str, Any]]) -> list[str]:
+    if rows:
+        session.execute(insert(WebhookDelivery), rows)
+    return [row["id"] for row in rows]
 
 
 def commit_final(session: Session, job_ids: list[str], now: datetime) -> list[str]:
@@ -172,18 +181,19 @@ def record_jobs_final(session: Session, job_ids: list[str], now: datetime) -> tu
         jobs = session.execute(
             select(Job).where(Job.id.in_(list(sends))).execution_options(populate_existing=True)
         ).scalars()
+        rows: list[dict[str, Any]] = []
         for job in jobs:
             event_type, destinations = sends[job.id]
-            ids += _add_deliveries(
-                session,
+            rows += _delivery_rows(
                 tenant_id=job.tenant_id,
                 event_type=event_type,
-                payload=_payload(event_type, job_event_data(job), now),
+                payload=_job_payload(event_type, job, now),
                 destinations=destinations,
                 now=now,
                 job_id=job.id,
                 batch_id=job.batch_id,
             )
+        ids += _insert_deliveries(session, rows)
     return ids, list(batch_ids)
 
 
@@ -220,10 +230,9 @@ def _announce_batch(session: Session, batch: Batch, now: datetime) -> list[str]:
         destinations.insert(0, Destination(batch.webhook_url, None))
     if not destinations:
         return []
-    rows = list(session.execute(store.batch_summary_stmt(batch.id)).all())
-    data = batch_object(batch, store.summarise_batch(rows))
-    return _add_deliveries(
-        session,
+    summary_rows = list(session.execute(store.batch_summary_stmt(batch.id)).all())
+    data = batch_object(batch, store.summarise_batch(summary_rows))
+    rows = _delivery_rows(
         tenant_id=batch.tenant_id,
         event_type="batch.completed",
         payload=_payload("batch.completed", data, now),
@@ -231,6 +240,7 @@ def _announce_batch(session: Session, batch: Batch, now: datetime) -> list[str]:
         now=now,
         batch_id=batch.id,
     )
+    return _insert_deliveries(session, rows)
 
 
 def tenant_secret(session: Session, tenant_id: str, now: datetime) -> TenantWebhookSecret:

@@ -35,6 +35,7 @@ SCHEDULE_S = "0,1,1,2,2,4,4,8"
 ATTEMPT_TIMEOUT_S = 2
 WEBHOOK_THREADS = 16  # workers/process.py's default
 FAIL_FIRST_S = 5.0
+UPSTREAM_LATENCY_MS = 400
 EXAMPLE = PROJECT_ROOT / "examples" / "chatbot_webhook" / "receiver.py"
 
 
@@ -140,8 +141,19 @@ def test_every_event_of_500_batch_jobs_arrives_verified_though_the_receiver_fail
     assert delivery_counts(fleet) == {"delivered": jobs + 1}
 
 
-def test_a_receiver_that_never_answers_does_not_slow_a_1000_job_batch(fleet: Fleet) -> None:
+def test_a_receiver_that_never_answers_does_not_slow_a_1000_job_batch(
+    fleet: Fleet, sim: SimHandle, upstream_model: str
+) -> None:
+    """A batch with every webhook hanging vs the same batch without webhooks, side by side.
+
+    The upstream answers in UPSTREAM_LATENCY_MS, as a provider would: the fleet's threads, not
+    this 2-core machine's CPU, set the pace, so the ratio shows whether hanging deliveries hold
+    up job threads (coupled, it would be ~5: each job's thread held 2 s more). At zero latency
+    the comparison measures the CPU an event costs (its outbox row, message and attempts,
+    ~2 ms per job) on a machine that workers, Postgres and the API saturate together.
+    """
     jobs = 1000
+    sim.configure(models={upstream_model: {"latency_ms": UPSTREAM_LATENCY_MS}})
     run_batch(fleet, 100, "warm-up")
     with run_receiver(mode="hang") as receiver:
         without_webhooks_s = run_batch(fleet, jobs, "plain")
@@ -155,10 +167,10 @@ def test_a_receiver_that_never_answers_does_not_slow_a_1000_job_batch(fleet: Fle
 
     ratio = with_webhooks_s / without_webhooks_s
     print(
-        f"\n1,000-job batch: {without_webhooks_s:.2f} s without webhooks, "
-        f"{with_webhooks_s:.2f} s with every webhook hanging (ratio {ratio:.2f})"
+        f"\n1,000-job batch at {UPSTREAM_LATENCY_MS} ms upstream latency: {without_webhooks_s:.2f} s "
+        f"without webhooks, {with_webhooks_s:.2f} s with every webhook hanging (ratio {ratio:.2f})"
     )
-    assert ratio <= 1.5
+    assert ratio <= 1.25
     assert all(r["status"] is None for r in held)  # never answered
 
 
