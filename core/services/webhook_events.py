@@ -56,11 +56,11 @@ def _job_payload(event_type: str, job: Job, now: datetime) -> str:
     data = job_object(job)
     payload = _payload(event_type, data, now)
     result = data["result"]
-    if len(payload) > MAX_INLINE_RESULT_BYTES and result is not None:
-        if len(json.dumps(result)) > MAX_INLINE_RESULT_BYTES:
-            data["result"] = None
-            data["result_url"] = f"/v1/jobs/{job.id}"
-            payload = _payload(event_type, data, now)
+    too_large = len(payload) > MAX_INLINE_RESULT_BYTES and result is not None
+    if too_large and len(json.dumps(result)) > MAX_INLINE_RESULT_BYTES:
+        data["result"] = None
+        data["result_url"] = f"/v1/jobs/{job.id}"
+        payload = _payload(event_type, data, now)
     return payload
 
 
