@@ -8,7 +8,8 @@ enqueue pushes a token onto that list in the same pipeline: pick-up in a few mil
 nothing spent while idle. Delay queues keep Dramatiq's polling (their messages become due by
 time, not by enqueue), at most `DELAY_POLL_MS` apart. Written against Dramatiq 2's
 `_RedisConsumer` (pinned `<3`); `tests/integration/test_queue.py` checks the pick-up latency,
-so a change there fails loudly.
+so a change there fails loudly. Acks are `core.own_ack`'s (they leave a newer message under
+the same id alone).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
+
+from core.own_ack import OwnAckConsumer
 
 # Longest an idle consumer blocks before looking again (must stay under the socket timeout).
 WAKE_WAIT_S = 1
@@ -43,7 +46,7 @@ def push_wake_tokens(client: Any, namespace: str, queue_name: str, count: int) -
     client.expire(key, 300)
 
 
-class _WakeableConsumer(_RedisConsumer):
+class _WakeableConsumer(OwnAckConsumer):
     def __init__(self, broker: RedisBroker, queue_name: str, prefetch: int, timeout: int) -> None:
         if queue_name.endswith(".DQ"):
             # The worker moves held delayed messages that fell due only between two polls of

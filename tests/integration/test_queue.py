@@ -13,10 +13,12 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import dramatiq
 import pytest
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import dq_name
 
 from core import queue
 from core.redis.keys import Keys
@@ -150,3 +152,50 @@ def test_bulk_dispatch_over_several_pipeline_chunks_enqueues_every_job(broker: R
         queue.DELIVER_WEBHOOK.queue_name: 0,
     }
     assert queue.pending_job_ids(broker, interactive + batch) == {job_id for job_id, _ in interactive + batch}
+
+
+def fetch_one(broker: RedisBroker, queue_name: str) -> Any:
+    """Fetch one message as a worker's consumer does (it joins this broker's acks set)."""
+    consumer = broker.consume(queue_name, prefetch=1, timeout=100)
+    deadline = time.monotonic() + 5
+    while (message := next(consumer)) is None:
+        assert time.monotonic() < deadline, f"nothing to fetch on {queue_name}"
+    return consumer, message
+
+
+@pytest.mark.parametrize("settle", ["ack", "nack"])
+def test_a_late_ack_of_a_delayed_message_leaves_the_jobs_next_message_alone(
+    broker: RedisBroker, settle: str
+) -> None:
+    """The interleaving that lost a job: its delayed message falls due and is moved to the
+    queue; the job runs, is refused again and put back on the delay queue under the same id;
+    only then does the mover ack (or nack) its delay-queue copy."""
+    job = ("job_put_back_twice", queue.BATCH)
+    delay_queue = dq_name(queue.RUN_BATCH.queue_name)
+    queue.dispatch_jobs(broker, [job], delay_ms=1)
+    consumer, held = fetch_one(broker, delay_queue)
+    due = held.copy(queue_name=queue.RUN_BATCH.queue_name)  # what Dramatiq's worker does
+    del due.options["eta"]
+    broker.enqueue(due)
+
+    queue.dispatch_jobs(broker, [job], delay_ms=1)  # refused again: back on the delay queue
+    getattr(consumer, settle)(held)  # the mover's late settle
+
+    assert queue.pending_job_ids(broker, [job]) == {job[0]}
+    _, again = fetch_one(broker, delay_queue)
+    assert again.args == (job[0],) and again.message_id != held.message_id
+    assert broker.client.zcard(f"{broker.namespace}:{queue.RUN_BATCH.queue_name}.XQ") == 0
+
+
+@pytest.mark.parametrize("settle", ["ack", "nack"])
+def test_ack_and_nack_settle_their_own_message(broker: RedisBroker, settle: str) -> None:
+    job = ("job_settled", queue.INTERACTIVE)
+    queue_name = queue.RUN_INTERACTIVE.queue_name
+    queue.dispatch_jobs(broker, [job])
+    consumer, message = fetch_one(broker, queue_name)
+
+    getattr(consumer, settle)(message)
+
+    assert queue.pending_job_ids(broker, [job]) == set()
+    dead = broker.client.zrange(f"{broker.namespace}:{queue_name}.XQ", 0, -1)
+    assert dead == ([job[0].encode()] if settle == "nack" else [])
