@@ -100,8 +100,20 @@ class WakeableRedisBroker(RedisBroker):
         return _WakeableConsumer
 
     def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
-        """Dramatiq's own enqueues (a delayed message falling due) wake a consumer too."""
-        enqueued = super().enqueue(message, delay=delay)
+        """Dramatiq's own enqueues (a delayed message falling due) wake a consumer too.
+
+        A delayed message falling due keeps its Redis id (the job id) on its queue, where
+        Dramatiq gives it a random one: the sweeper looks for a job's message by that id, and
+        sent again every job whose message waited in a long queue after its delay. A message
+        still in flight under the same id is safe: acks settle only their own message."""
+        redis_id = message.options.get("redis_message_id")
+        if delay is None and redis_id is not None:
+            self.emit_before("enqueue", message, delay)
+            self.do_enqueue(message.queue_name, redis_id, message.encode())
+            self.emit_after("enqueue", message, delay)
+            enqueued = message
+        else:
+            enqueued = super().enqueue(message, delay=delay)
         if delay is None:
             push_wake_tokens(self.client, self.namespace, message.queue_name, 1)
         return enqueued

@@ -32,8 +32,9 @@ def _run_job_fn(executor: JobExecutor, broker: RedisBroker, priority: str) -> Ca
             outcome = executor.run(job_id)
             delay_s = outcome.delay_s
             if outcome.status == "requeued" and delay_s is not None and delay_s <= MAX_BROKER_DELAY_S:
-                # Always through the delay queue, even for ~0 s: its message hash is not the
-                # one this (still unacked) message lives in, so our ack cannot delete it.
+                # Through the delay queue even for ~0 s, under the job id that this message,
+                # still unacked, also has: safe, as acks settle only their own message
+                # (core/own_ack.py).
                 queue.dispatch_jobs(broker, [(job_id, priority)], delay_ms=max(1, int(delay_s * 1000)))
         except Exception:
             # The claim's lease expires and the reaper re-queues the job: nothing is lost.

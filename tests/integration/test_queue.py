@@ -163,6 +163,27 @@ def fetch_one(broker: RedisBroker, queue_name: str) -> Any:
     return consumer, message
 
 
+def move_due(broker: RedisBroker, held: Any) -> None:
+    """Put a delayed message that fell due on its queue, as Dramatiq's worker does."""
+    due = held.copy(queue_name=queue.RUN_BATCH.queue_name)
+    del due.options["eta"]
+    broker.enqueue(due)
+
+
+def test_a_delayed_message_that_fell_due_is_found_by_its_job_id_on_its_queue(broker: RedisBroker) -> None:
+    job = ("job_fell_due", queue.BATCH)
+    queue.dispatch_jobs(broker, [job], delay_ms=1)
+    consumer, held = fetch_one(broker, dq_name(queue.RUN_BATCH.queue_name))
+
+    move_due(broker, held)
+    consumer.ack(held)
+
+    assert queue.queue_depths(broker)[queue.RUN_BATCH.queue_name] == 1
+    assert queue.pending_job_ids(broker, [job]) == {job[0]}  # the sweeper will not send it again
+    _, message = fetch_one(broker, queue.RUN_BATCH.queue_name)
+    assert message.options["redis_message_id"] == job[0] and message.message_id == held.message_id
+
+
 @pytest.mark.parametrize("settle", ["ack", "nack"])
 def test_a_late_ack_of_a_delayed_message_leaves_the_jobs_next_message_alone(
     broker: RedisBroker, settle: str
@@ -174,9 +195,7 @@ def test_a_late_ack_of_a_delayed_message_leaves_the_jobs_next_message_alone(
     delay_queue = dq_name(queue.RUN_BATCH.queue_name)
     queue.dispatch_jobs(broker, [job], delay_ms=1)
     consumer, held = fetch_one(broker, delay_queue)
-    due = held.copy(queue_name=queue.RUN_BATCH.queue_name)  # what Dramatiq's worker does
-    del due.options["eta"]
-    broker.enqueue(due)
+    move_due(broker, held)
 
     queue.dispatch_jobs(broker, [job], delay_ms=1)  # refused again: back on the delay queue
     getattr(consumer, settle)(held)  # the mover's late settle
