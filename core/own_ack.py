@@ -17,9 +17,9 @@ Dramatiq has no option for this; the script mirrors its `ack`/`nack` commands ot
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import redis
+from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.errors import ConnectionClosed
 
@@ -55,13 +55,13 @@ class OwnAckConsumer(_RedisConsumer):
         super().__init__(broker, queue_name, prefetch, timeout)
         self._settle = broker.client.register_script(_SETTLE)
 
-    def ack(self, message: Any) -> None:
+    def ack(self, message: MessageProxy) -> None:
         self._settle_message(message, "ack")
 
-    def nack(self, message: Any) -> None:
+    def nack(self, message: MessageProxy) -> None:
         self._settle_message(message, "nack")
 
-    def _settle_message(self, message: Any, command: str) -> None:
+    def _settle_message(self, message: MessageProxy, command: str) -> None:
         # The current queue, not message.queue_name: a delayed message is settled on the delay queue.
         namespace = self.broker.namespace
         queue_key = f"{namespace}:{self.queue_name}"
