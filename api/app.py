@@ -65,7 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             socket_connect_timeout=settings.redis_timeout_s,
         )
         notifier = JobNotifier(pubsub, keys.job_done_channel, publisher=commands)
-        notifier.start()
+        await notifier.start()
         app.state.jobgate = AppState(
             settings=settings,
             config=config,

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
 import structlog
+from redis.asyncio.client import PubSub
 
 log = structlog.get_logger("jobgate.notifier")
 
@@ -24,6 +25,7 @@ RECONNECT_DELAY_S = 1.0
 # the API's shutdown. A slice returns at once when a message arrives, so it costs no latency.
 READ_SLICE_S = 1.0
 STOP_TIMEOUT_S = 5.0
+SUBSCRIBE_TIMEOUT_S = 5.0
 
 
 class JobNotifier:
@@ -37,8 +39,17 @@ class JobNotifier:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._listen(), name="job-notifier")
+    async def start(self, *, timeout_s: float = SUBSCRIBE_TIMEOUT_S) -> None:
+        """Subscribe, then listen in the background. Returns once Redis has confirmed the
+        subscription, so a job finished by the API's first request is heard (not found by the
+        SQL re-read seconds later); if Redis cannot confirm in `timeout_s`, the API starts
+        anyway and the listener keeps trying."""
+        pubsub: PubSub | None = None
+        try:
+            pubsub = await asyncio.wait_for(self._subscribe(), timeout_s)
+        except Exception as exc:
+            log.warning("notifier_not_subscribed_yet", error=type(exc).__name__)
+        self._task = asyncio.create_task(self._listen(pubsub), name="job-notifier")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -66,11 +77,25 @@ class JobNotifier:
             if not future.done():
                 future.set_result(None)
 
-    async def _listen(self) -> None:
+    async def _subscribe(self) -> PubSub:
+        """A pub/sub connection whose subscription Redis has confirmed."""
+        pubsub = self.client.pubsub()  # its own flag would hide the confirmation from us
+        try:
+            await pubsub.subscribe(self.channel)
+            while True:  # bounded by the caller's timeout
+                message = await pubsub.get_message(ignore_subscribe_messages=False, timeout=READ_SLICE_S)
+                if message is not None and message.get("type") == "subscribe":
+                    return pubsub
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+            raise
+
+    async def _listen(self, pubsub: PubSub | None) -> None:
         while not self._stopping:
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self.channel)
+                if pubsub is None:
+                    pubsub = await asyncio.wait_for(self._subscribe(), SUBSCRIBE_TIMEOUT_S)
                 while not self._stopping:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=READ_SLICE_S)
                     if message is not None and message.get("type") == "message":
@@ -81,8 +106,10 @@ class JobNotifier:
             except Exception as exc:
                 log.warning("notifier_disconnected", error=type(exc).__name__)
             finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
+                pubsub = None
             # Waiters re-read SQL on their own; a reconnect only costs latency.
             if not self._stopping:
                 await asyncio.sleep(RECONNECT_DELAY_S)

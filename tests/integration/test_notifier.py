@@ -1,0 +1,54 @@
+"""The API's job-done notifier against a real Redis: subscribed before the API serves, so the
+completion of a job submitted by its very first request is heard at once (not found by the
+SQL re-read seconds later), and an unreachable Redis does not stop the API from starting."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from api.notifier import JobNotifier
+from core.redis.keys import Keys
+from tests.fleet import free_port
+
+
+@pytest.fixture
+async def clients(redis_url: str) -> AsyncIterator[tuple[aioredis.Redis, aioredis.Redis]]:
+    pubsub = aioredis.Redis.from_url(redis_url)
+    publisher = aioredis.Redis.from_url(redis_url, socket_timeout=2)
+    yield pubsub, publisher
+    await pubsub.aclose()
+    await publisher.aclose()
+
+
+async def test_start_returns_subscribed_so_the_first_completion_wakes_its_waiter(
+    clients: tuple[aioredis.Redis, aioredis.Redis], keys: Keys
+) -> None:
+    pubsub, publisher = clients
+    notifier = JobNotifier(pubsub, keys.job_done_channel, publisher=publisher)
+    await notifier.start()
+    try:
+        [(_, subscribers)] = await publisher.pubsub_numsub(keys.job_done_channel)
+        async with notifier.watch("job_first") as woken:
+            await notifier.publish("job_first")  # at once, as a fast job's worker would
+            await asyncio.wait_for(woken, timeout=5)
+    finally:
+        await notifier.stop()
+
+    assert subscribers == 1
+
+
+async def test_an_unreachable_redis_does_not_hold_up_start(keys: Keys) -> None:
+    unreachable = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}", socket_connect_timeout=1)
+    notifier = JobNotifier(unreachable, keys.job_done_channel, publisher=unreachable)
+    try:
+        await asyncio.wait_for(notifier.start(timeout_s=2), timeout=5)
+        async with notifier.watch("job_unheard") as woken:
+            await notifier.publish("job_unheard")  # best effort: logged, not raised
+            assert not woken.done()
+    finally:
+        await notifier.stop()
+        await unreachable.aclose()
