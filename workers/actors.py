@@ -7,7 +7,6 @@ time limit just above the longest provider timeout.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 
 import dramatiq
@@ -53,16 +52,10 @@ def _deliver_webhook_fn(deliverer: WebhookDeliverer, broker: RedisBroker) -> Cal
             result = deliverer.deliver(delivery_id, manual=manual)
             retry_in_s = result.retry_in_s
             if result.status == "pending" and retry_in_s is not None and retry_in_s <= MAX_BROKER_DELAY_S:
-                # A message id of its own: Dramatiq moves a due delayed message to the queue and
-                # only then acks its delay-queue copy, deleting that id's body there. Under the
-                # delivery's id, a retry scheduled by a fast failure in between was deleted with
-                # it ("Found 'None' message in message cache"), and waited for the sweeper.
-                message_id = f"{delivery_id}-{uuid.uuid4().hex[:12]}"
-                queue.enqueue_messages(
-                    broker,
-                    [(queue.DELIVER_WEBHOOK, message_id, (delivery_id, False))],
-                    delay_ms=max(1, int(retry_in_s * 1000)),
-                )
+                # Under the delivery's id, as its first dispatch: a copy still in flight (a fast
+                # failure's retry overtaking the ack of its delay-queue copy) is safe, as acks
+                # settle only their own message (core/own_ack.py).
+                queue.dispatch_deliveries(broker, [delivery_id], delay_ms=max(1, int(retry_in_s * 1000)))
         except Exception:
             # The delivery's hold lapses and the sweeper dispatches it again: nothing is lost.
             log.exception("deliver_webhook_crashed")
