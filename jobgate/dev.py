@@ -50,19 +50,24 @@ def _dev_key(settings: Settings) -> str:
 
 
 def _wait_ready(url: str, timeout_s: float, children: list[Child]) -> None:
+    """Poll `url` until it answers 200; a child exiting, or no 200 within `timeout_s`, is an error."""
     deadline = time.monotonic() + timeout_s
+    last_answer = "no answer"
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
                 if response.status == 200:
                     return
-        except OSError:
-            pass
+                last_answer = f"HTTP {response.status}"
+        except OSError as exc:
+            # Refused, reset or timed out (an HTTP error status is an OSError too): the API is
+            # still starting. Keep polling; the last reason goes into the error if time runs out.
+            last_answer = f"{type(exc).__name__}: {exc}"
         dead = [c.name for c in children if not c.alive()]
         if dead:
             raise RuntimeError(f"{', '.join(dead)} exited during start-up (see the output above)")
         time.sleep(0.1)
-    raise RuntimeError(f"{url} did not become ready within {timeout_s:.0f} s")
+    raise RuntimeError(f"{url} did not become ready within {timeout_s:.0f} s (last: {last_answer})")
 
 
 def run_dev(port: int = 8000, host: str = "127.0.0.1", worker_threads: int = 64) -> int:
