@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 from core.errors import ConfigError
 from core.metrics_dir import use_metrics_dir
@@ -17,6 +21,11 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     return run_dev(port=args.port, worker_threads=args.threads)
 
 
+def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
+    """Unwind (`with` blocks and `finally` run) and exit as a process killed by `signum` reports."""
+    raise SystemExit(128 + signum)
+
+
 def _cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -24,6 +33,9 @@ def _cmd_api(args: argparse.Namespace) -> int:
     from core.settings import Settings
 
     load_config(Settings().config_path())  # fail fast, with the key named, on a bad config
+    # uvicorn raises the SIGTERM it shut down on again once it is done; the default handler
+    # would then kill the process before `main` removes the metrics folder, so exit instead.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     uvicorn.run(
         "api.app:create_app",
         factory=True,
@@ -42,7 +54,11 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from jobgate.worker_pool import run_worker_pool
 
     return run_worker_pool(
-        processes=args.processes, threads=args.threads, queues=args.queues, metrics_port=args.metrics_port
+        processes=args.processes,
+        threads=args.threads,
+        max_in_flight=args.max_in_flight,
+        queues=args.queues,
+        metrics_port=args.metrics_port,
     )
 
 
@@ -111,7 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run worker processes (supervised)")
     worker.add_argument("--processes", type=int, default=1)
     worker.add_argument(
-        "--threads", type=int, default=None, help="threads per process (JOBGATE_WORKER_THREADS)"
+        "--threads",
+        type=int,
+        default=None,
+        help="consumer threads per job queue and process (JOBGATE_WORKER_THREADS)",
+    )
+    worker.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=None,
+        help="jobs one process keeps in flight at most (JOBGATE_WORKER_MAX_IN_FLIGHT, default 1000)",
     )
     worker.add_argument("--queues", default="interactive,batch")
     worker.add_argument(
@@ -143,31 +168,38 @@ def build_parser() -> argparse.ArgumentParser:
 PASSTHROUGH = {"sim": _cmd_sim, "bench": _cmd_bench}
 
 
-def _metrics_dir(command: str) -> None:
+@contextmanager
+def _metrics_dir(command: str) -> Iterator[None]:
     """Before anything imports prometheus-client: `jobgate dev` keeps the files under ./var/,
-    `jobgate api` and `jobgate worker` in a fresh temporary folder unless JOBGATE_METRICS_DIR
-    names one (to add up API and workers of one machine)."""
+    `jobgate api` and `jobgate worker` in a temporary folder of their own, removed when the
+    command returns, unless JOBGATE_METRICS_DIR names one (to add up API and workers of one
+    machine)."""
     from core.settings import Settings
 
     configured = Settings().metrics_dir
+    if command in ("api", "worker") and configured is None:
+        with tempfile.TemporaryDirectory(prefix=f"jobgate-{command}-metrics-") as own:
+            use_metrics_dir(None, Path(own))
+            yield
+        return
     if command == "dev":
         use_metrics_dir(configured, Path("var/metrics"), fresh=True)
     elif command in ("api", "worker"):
-        default = None if configured else Path(tempfile.mkdtemp(prefix=f"jobgate-{command}-metrics-"))
-        use_metrics_dir(configured, default)
+        use_metrics_dir(configured)
+    yield
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    _metrics_dir(argv[0] if argv else "")
-    if argv and argv[0] in PASSTHROUGH:
-        args = argparse.Namespace(func=PASSTHROUGH[argv[0]], rest=argv[1:])
-    else:
-        args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except ConfigError as exc:
-        print(f"jobgate: bad config: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    with _metrics_dir(argv[0] if argv else ""):
+        if argv and argv[0] in PASSTHROUGH:
+            args = argparse.Namespace(func=PASSTHROUGH[argv[0]], rest=argv[1:])
+        else:
+            args = build_parser().parse_args(argv)
+        try:
+            return int(args.func(args))
+        except ConfigError as exc:
+            print(f"jobgate: bad config: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            return 130
