@@ -100,7 +100,9 @@ class JobNotifier:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=READ_SLICE_S)
                     if message is not None and message.get("type") == "message":
                         data = message["data"]
-                        self._wake(data.decode() if isinstance(data, bytes) else str(data))
+                        # One message names every job a worker's group write made final.
+                        for job_id in (data.decode() if isinstance(data, bytes) else str(data)).split():
+                            self._wake(job_id)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

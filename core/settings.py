@@ -59,7 +59,10 @@ class Settings(BaseSettings):
     # before enqueueing it (proves the sweeper dispatches what the broker never saw).
     fault_exit_after_commit: bool = False
 
-    worker_threads: int = 64
+    # Dramatiq consumer threads per job queue: they only hand job ids to the process's event
+    # loop, which keeps up to `worker_max_in_flight` jobs in flight (core/services/runtime.py).
+    worker_threads: int = 8
+    worker_max_in_flight: int = 1000
     # Longest back-off of an idle delay-queue consumer; job and webhook queues do not poll:
     # the enqueue wakes them (core/wakeup.py).
     worker_idle_poll_ms: int = 1000

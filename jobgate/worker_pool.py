@@ -30,11 +30,18 @@ def serve_metrics(port: int, host: str = "0.0.0.0") -> None:
 
 
 def run_worker_pool(
-    *, processes: int, threads: int | None, queues: str, metrics_port: int | None = None
+    *,
+    processes: int,
+    threads: int | None,
+    queues: str,
+    max_in_flight: int | None = None,
+    metrics_port: int | None = None,
 ) -> int:
     argv = python_module("workers", "--queues", queues, "--grace-s", str(GRACE_S))
     if threads:
         argv += ["--threads", str(threads)]
+    if max_in_flight:
+        argv += ["--max-in-flight", str(max_in_flight)]
     env = dict(os.environ)
     children = [Child(f"worker-{i}", list(argv), env) for i in range(processes)]
     stop = threading.Event()

@@ -13,12 +13,13 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import psycopg
 import pytest
 import redis
+import redis.asyncio as aioredis
 import yaml
 from psycopg import sql
 from sqlalchemy import select
@@ -28,13 +29,10 @@ from api.app import create_app
 from core.auth import create_key
 from core.config import load_config
 from core.providers import build_providers, close_providers
-from core.redis.breaker import CircuitBreaker
-from core.redis.cache import ResponseCache
 from core.redis.keys import Keys
-from core.redis.rate_limit import RateLimiter
-from core.redis.single_flight import SingleFlight
-from core.services.execute import ExecutionPolicy, JobExecutor, Outcome
-from core.services.upstream import UpstreamCaller
+from core.services.execute import Outcome
+from core.services.lifecycle import Effects, job_done_message
+from core.services.runtime import JobRuntime, LoopThread
 from core.settings import Settings
 from core.store import jobs as store
 from core.store.clock import SqlClock
@@ -44,6 +42,7 @@ from core.store.models import Job
 from tests.fleet import delete_prefix
 from tests.processes import ServiceProcess, jobgate_env, start_worker, stop_all
 from tests.sim_process import SimHandle, run_sim
+from workers.composition import build_runner
 
 REDIS_URL = os.environ.get("JOBGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_ADMIN_URL = os.environ.get("JOBGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -87,6 +86,14 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url, socket_timeout=5)
     yield client
     client.close()
+
+
+@pytest.fixture
+async def async_redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """`redis_client`'s asyncio twin, on the test's own event loop."""
+    client = aioredis.Redis.from_url(redis_url, socket_timeout=5)
+    yield client
+    await client.aclose()
 
 
 # --- SQL: a fresh database per test, SQLite file or Postgres database ---------------------------
@@ -291,11 +298,13 @@ async def api_client(settings: Settings, api_key: str) -> AsyncIterator[httpx.As
 
 
 class InlineWorker:
-    """The real `JobExecutor`, run synchronously in this process, without a broker.
+    """The real job runtime (`JobRuntime` + `JobRunner`), without a broker: `run(job_id)`
+    hands one job over, as a worker's actor does, and waits for its outcome.
 
-    Wired as `workers/process.py` wires it (config, providers, limiter, breaker, cache,
-    single-flight, SQL clock, job-done notification), so a test decides when each job runs.
-    Webhook deliveries are collected in `deliveries` instead of being dispatched.
+    Wired as `workers/composition.py` wires a worker (config, async providers, limiter,
+    breaker, cache, single-flight, SQL clock), on an event loop of its own, so a test decides
+    when each job runs. Webhook deliveries are collected in `deliveries` instead of being
+    dispatched; finished jobs are announced on the job-done channel as a worker does.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -307,33 +316,28 @@ class InlineWorker:
         self.providers = build_providers(config, max_connections=8)
         assert settings.redis_url is not None
         self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
-        caller = UpstreamCaller(
-            config=config,
-            providers=self.providers,
-            limiter=RateLimiter(self.redis, keys),
-            breaker=CircuitBreaker(self.redis, keys),
-            utcnow=clock.utcnow,
-        )
-        self.executor = JobExecutor(
+        self.state = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5)
+        self.runner = build_runner(config, self.state, keys, self.providers, clock)
+        self.runtime = JobRuntime(
+            runner=self.runner,
             sessions=self.sessions,
             clock=clock,
-            config=config,
-            caller=caller,
-            cache=ResponseCache(self.redis, keys),
-            single_flight=SingleFlight(self.redis, keys),
-            policy=ExecutionPolicy(lease_s=settings.lease_s),
-            on_final=self._on_final,
+            lease_s=settings.lease_s,
+            apply_effects=self._after_commit,
         )
         self.done_channel = keys.job_done_channel
         # The webhook deliveries finished jobs produced, in order: a test delivers them itself.
         self.deliveries: list[str] = []
+        self.loop = LoopThread("inline-worker")
+        self.loop.run(self.runtime.start())
 
-    def _on_final(self, job_id: str, deliveries: list[str]) -> None:
-        self.deliveries += deliveries
-        self.redis.publish(self.done_channel, job_id)
+    def _after_commit(self, effects: Effects) -> None:
+        self.deliveries += effects.deliveries
+        if effects.finished:
+            self.redis.publish(self.done_channel, job_done_message(effects.finished))
 
     def run(self, job_id: str) -> Outcome:
-        return self.executor.run(job_id)
+        return cast(Outcome, self.loop.run(self.runtime.submit(job_id, "interactive"), timeout_s=120))
 
     def run_queued(self) -> dict[str, Outcome]:
         """Run every queued job, oldest first; returns each one's outcome."""
@@ -343,9 +347,15 @@ class InlineWorker:
         return {job_id: self.run(job_id) for job_id in job_ids}
 
     def close(self) -> None:
-        close_providers(self.providers)
+        self.loop.run(self._aclose(), timeout_s=30)
+        self.loop.stop()
         self.redis.close()
         self.engine.dispose()
+
+    async def _aclose(self) -> None:
+        await self.runtime.stop(grace_s=0)
+        await close_providers(self.providers)
+        await self.state.aclose()
 
 
 @pytest.fixture

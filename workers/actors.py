@@ -1,12 +1,15 @@
-"""The Dramatiq actors. Thin: each takes a job id and hands it to `core.services`.
+"""The Dramatiq actors. Thin: `run_job` hands a job id to the process's job runtime and
+returns; `deliver_webhook` delivers one webhook on its own thread.
 
-Actors are declared against an explicit broker at start-up (no import-time globals), take
-`max_retries=0` (jobgate counts attempts in SQL; Dramatiq's retries would fight it) and a
-time limit just above the longest provider timeout.
+The hand-off blocks while the process already holds `WORKER_MAX_IN_FLIGHT` jobs (the
+back-pressure: the message stays unacked in Redis and the queue holds the rest). Acking at
+hand-off loses nothing, since the SQL claim and its lease own the job (core/services/runtime.py).
+Actors take `max_retries=0` (jobgate counts attempts in SQL; Dramatiq's retries would fight it).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import dramatiq
@@ -14,33 +17,52 @@ import structlog
 from dramatiq.brokers.redis import RedisBroker
 
 from core import queue
-from core.services.execute import JobExecutor
+from core.services.runtime import JobRuntime
 from core.services.webhook_delivery import WebhookDeliverer
 
 log = structlog.get_logger("jobgate.actors")
 
 # A delay longer than this is not parked in Dramatiq's delay queue (it would sit unacked in
-# one worker's memory): the job keeps its `not_before` in SQL and the sweeper dispatches it.
+# one worker's memory): the delivery keeps its time in SQL and the sweeper dispatches it.
 MAX_BROKER_DELAY_S = 60.0
 
 
-def _run_job_fn(executor: JobExecutor, broker: RedisBroker, priority: str) -> Callable[[str], None]:
-    def run_job(job_id: str) -> None:
-        structlog.contextvars.bind_contextvars(job_id=job_id)
+class HandOff:
+    """Hands job ids from Dramatiq's threads to the runtime, holding one slot of each of
+    `slots` while the job is in the process (taken in order, so all callers agree on it)."""
+
+    def __init__(self, runtime: JobRuntime, slots: list[threading.BoundedSemaphore]) -> None:
+        self.runtime = runtime
+        self._slots = slots
+
+    def __call__(self, job_id: str, priority: str) -> None:
+        for slot in self._slots:
+            slot.acquire()
         try:
-            outcome = executor.run(job_id)
-            delay_s = outcome.delay_s
-            if outcome.status == "requeued" and delay_s is not None and delay_s <= MAX_BROKER_DELAY_S:
-                # Through the delay queue even for ~0 s, under the job id that this message,
-                # still unacked, also has: safe, as acks settle only their own message
-                # (core/own_ack.py).
-                queue.dispatch_jobs(broker, [(job_id, priority)], delay_ms=max(1, int(delay_s * 1000)))
-        except Exception:
-            # The claim's lease expires and the reaper re-queues the job: nothing is lost.
-            log.exception("run_job_crashed")
+            future = self.runtime.submit_threadsafe(job_id, priority)
+        except BaseException:
+            self._release()
             raise
-        finally:
-            structlog.contextvars.unbind_contextvars("job_id")
+        future.add_done_callback(lambda _: self._release())
+
+    def _release(self) -> None:
+        for slot in reversed(self._slots):
+            slot.release()
+
+
+def hand_offs(runtime: JobRuntime, max_in_flight: int) -> dict[str, HandOff]:
+    """One hand-off per priority. Every job holds a slot of `max_in_flight`; batch jobs may
+    hold all but a reserve of them, so a process full of batch work still takes a chatbot's
+    interactive job at once (the interactive queue has its own consumer threads)."""
+    total = threading.BoundedSemaphore(max_in_flight)
+    reserve = min(max(max_in_flight // 10, 1), max_in_flight - 1) if max_in_flight > 1 else 0
+    batch = threading.BoundedSemaphore(max_in_flight - reserve)
+    return {queue.INTERACTIVE: HandOff(runtime, [total]), queue.BATCH: HandOff(runtime, [batch, total])}
+
+
+def _run_job_fn(hand_off: HandOff, priority: str) -> Callable[[str], None]:
+    def run_job(job_id: str) -> None:
+        hand_off(job_id, priority)
 
     return run_job
 
@@ -67,14 +89,15 @@ def _deliver_webhook_fn(deliverer: WebhookDeliverer, broker: RedisBroker) -> Cal
 
 
 def declare_actors(
-    broker: RedisBroker, executor: JobExecutor, deliverer: WebhookDeliverer, *, time_limit_s: float
+    broker: RedisBroker, hand_offs: dict[str, HandOff], deliverer: WebhookDeliverer, *, time_limit_s: float
 ) -> list[dramatiq.Actor]:
+    """`hand_offs`: one per priority, so a full batch hand-off never holds up interactive jobs."""
     options = {"max_retries": 0, "time_limit": int(time_limit_s * 1000)}
     actors = []
     for priority, spec in queue.RUN_ACTORS.items():
         actors.append(
             dramatiq.Actor(
-                _run_job_fn(executor, broker, priority),
+                _run_job_fn(hand_offs[priority], priority),
                 broker=broker,
                 actor_name=spec.actor_name,
                 queue_name=spec.queue_name,

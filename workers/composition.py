@@ -1,29 +1,33 @@
 """The worker process's composition root: everything a worker needs, built once.
 
-SQL engine (sync driver), the broker, a Redis pool for fleet state, provider clients, the
-limiter/breaker/cache/single-flight, the job executor and the webhook deliverer, with pools
-sized from the thread counts (DESIGN.md: size pools explicitly).
+Two SQL engines with fixed, small pools (the job runtime's SQL threads; the webhook threads
+and the sweeper), the broker, an asyncio Redis pool for fleet state (limiter, breaker, cache,
+single-flight) used only on the runtime's event loop, the providers' async SDK clients, the
+job runtime and the webhook deliverer. A process holds `JOB_SQL_CONNECTIONS +
+AUX_SQL_CONNECTIONS` (7) Postgres connections whatever its load.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import redis
+import redis.asyncio as aioredis
 import structlog
 from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import queue
-from core.config import load_config
+from core.config import GatewayConfig, load_config
 from core.providers import Provider, build_providers
 from core.redis.breaker import CircuitBreaker
 from core.redis.cache import ResponseCache
 from core.redis.keys import Keys
 from core.redis.rate_limit import RateLimiter
 from core.redis.single_flight import SingleFlight
-from core.services.execute import ActiveClaims, ExecutionPolicy, JobExecutor
+from core.services.execute import JobRunner
+from core.services.lifecycle import Effects, apply_effects
+from core.services.runtime import SQL_THREADS, JobRuntime
 from core.services.upstream import UpstreamCaller
 from core.services.webhook_delivery import WebhookDeliverer
 from core.settings import Settings
@@ -34,66 +38,46 @@ from core.webhooks.ssrf import UrlPolicy
 
 log = structlog.get_logger("jobgate.worker")
 
+JOB_SQL_CONNECTIONS = SQL_THREADS
+AUX_SQL_CONNECTIONS = 4
+
 
 @dataclass
 class WorkerComponents:
     settings: Settings
     keys: Keys
-    engine: Engine
+    engines: list[Engine]
     sessions: sessionmaker[Session]
     clock: SqlClock
     broker: RedisBroker
-    state: redis.Redis
+    state: aioredis.Redis
     providers: dict[str, Provider]
-    executor: JobExecutor
+    runtime: JobRuntime
     deliverer: WebhookDeliverer
     sender: WebhookSender
-    active: ActiveClaims
     longest_timeout_s: float
 
 
-def compose(settings: Settings, *, threads: int, webhook_threads: int) -> WorkerComponents:
+def fleet_state_client(settings: Settings, *, max_connections: int) -> aioredis.Redis:
+    """The event loop's Redis pool: one connection per job in flight at most (a single-flight
+    follower holds one while it waits), plus a margin."""
     assert settings.redis_url is not None
-    keys = Keys(settings.redis_prefix)
-    config = load_config(settings.config_path())
-    engine = make_sync_engine(settings)
-    sessions = make_sync_sessions(engine)
-    clock = SqlClock(engine.dialect.name)
-    all_threads = threads + webhook_threads
-    broker = queue.build_broker(
+    timeout = settings.redis_timeout_s
+    pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
-        keys,
-        max_connections=all_threads + 32,
-        timeout_s=settings.redis_timeout_s,
-        heartbeat_timeout_ms=queue.heartbeat_timeout_ms(settings.lease_s),
+        max_connections=max_connections,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
     )
-    # Fleet state (limiter, breaker, cache, single-flight) has its own pool: a single-flight
-    # follower holds a connection while it waits, so one per thread plus a margin.
-    state = redis.Redis(
-        connection_pool=redis.BlockingConnectionPool.from_url(
-            settings.redis_url,
-            max_connections=all_threads + 32,
-            timeout=settings.redis_timeout_s,
-            socket_timeout=settings.redis_timeout_s,
-            socket_connect_timeout=settings.redis_timeout_s,
-        )
-    )
-    providers = build_providers(config, max_connections=threads + 16)
+    return aioredis.Redis(connection_pool=pool)
+
+
+def build_runner(
+    config: GatewayConfig, state: aioredis.Redis, keys: Keys, providers: dict[str, Provider], clock: SqlClock
+) -> JobRunner:
     longest_timeout_s = max((p.timeout_s for p in config.providers.values()), default=60)
-
-    def on_final(job_id: str, deliveries: list[str]) -> None:
-        try:
-            state.publish(keys.job_done_channel, job_id)
-            if deliveries:
-                queue.dispatch_deliveries(broker, deliveries)
-        except redis.RedisError:
-            # Waiters re-read SQL on their own; the sweeper dispatches pending deliveries.
-            log.warning("job_final_signal_failed", job_id=job_id)
-
-    active = ActiveClaims()
-    executor = JobExecutor(
-        sessions=sessions,
-        clock=clock,
+    return JobRunner(
         config=config,
         caller=UpstreamCaller(
             config=config,
@@ -104,10 +88,40 @@ def compose(settings: Settings, *, threads: int, webhook_threads: int) -> Worker
         ),
         cache=ResponseCache(state, keys),
         single_flight=SingleFlight(state, keys, lock_ttl_s=longest_timeout_s + 30),
-        policy=ExecutionPolicy(lease_s=settings.lease_s),
-        on_final=on_final,
-        active=active,
+        utcnow=clock.utcnow,
     )
+
+
+def compose(
+    settings: Settings, *, threads: int, webhook_threads: int, max_in_flight: int
+) -> WorkerComponents:
+    assert settings.redis_url is not None
+    keys = Keys(settings.redis_prefix)
+    config = load_config(settings.config_path())
+    job_engine = make_sync_engine(settings, pool_size=JOB_SQL_CONNECTIONS, pre_ping=False)
+    aux_engine = make_sync_engine(settings, pool_size=AUX_SQL_CONNECTIONS)
+    clock = SqlClock(job_engine.dialect.name)
+    broker = queue.build_broker(
+        settings.redis_url,
+        keys,
+        max_connections=2 * threads + webhook_threads + 32,
+        timeout_s=settings.redis_timeout_s,
+        heartbeat_timeout_ms=queue.heartbeat_timeout_ms(settings.lease_s),
+    )
+    state = fleet_state_client(settings, max_connections=max_in_flight + 64)
+    providers = build_providers(config, max_connections=max_in_flight + 16)
+
+    def after_commit(effects: Effects) -> None:
+        apply_effects(effects, broker, keys)
+
+    runtime = JobRuntime(
+        runner=build_runner(config, state, keys, providers, clock),
+        sessions=make_sync_sessions(job_engine),
+        clock=clock,
+        lease_s=settings.lease_s,
+        apply_effects=after_commit,
+    )
+    sessions = make_sync_sessions(aux_engine)
     sender = WebhookSender(
         UrlPolicy.from_settings(settings),
         timeout_s=settings.webhook_timeout_s,
@@ -124,15 +138,14 @@ def compose(settings: Settings, *, threads: int, webhook_threads: int) -> Worker
     return WorkerComponents(
         settings=settings,
         keys=keys,
-        engine=engine,
+        engines=[job_engine, aux_engine],
         sessions=sessions,
         clock=clock,
         broker=broker,
         state=state,
         providers=providers,
-        executor=executor,
+        runtime=runtime,
         deliverer=deliverer,
         sender=sender,
-        active=active,
-        longest_timeout_s=longest_timeout_s,
+        longest_timeout_s=max((p.timeout_s for p in config.providers.values()), default=60),
     )

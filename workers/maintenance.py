@@ -1,10 +1,9 @@
-"""Background threads of a worker process: the lease keeper, the heartbeat and the sweeper.
+"""Background threads of a worker process: the broker heartbeat and the sweeper.
 
-The lease keeper renews, in one statement, the leases of every job this process is running,
-so a long upstream call never looks like a dead worker; the heartbeat does the same for the
-broker's view of this process (the messages it has prefetched). The sweeper runs in every worker
-process but does its work only while holding a Redis lock, so it runs once per fleet in
-effect, with nothing extra for the operator to deploy or forget.
+The heartbeat keeps the broker's view of this process alive (the messages it has prefetched)
+while its threads wait on full hand-offs; the job runtime renews its jobs' SQL leases itself.
+The sweeper runs in every worker process but does its work only while holding a Redis lock,
+so it runs once per fleet in effect, with nothing extra for the operator to deploy or forget.
 """
 
 from __future__ import annotations
@@ -19,30 +18,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core import queue
 from core.redis.keys import Keys
-from core.services.execute import ActiveClaims
 from core.services.maintenance import sweep
 from core.settings import Settings
-from core.store import jobs as store
 from core.store.clock import SqlClock
 
 log = structlog.get_logger("jobgate.maintenance")
-
-
-class LeaseKeeper(threading.Thread):
-    def __init__(
-        self, sessions: sessionmaker[Session], clock: SqlClock, active: ActiveClaims, *, lease_s: float
-    ) -> None:
-        super().__init__(name="lease-keeper", daemon=True)
-        self.sessions, self.clock, self.active, self.lease_s = sessions, clock, active, lease_s
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopping.wait(self.lease_s / 3):
-            try:
-                with self.sessions() as session:
-                    store.renew_leases(session, self.clock, self.active.snapshot(), lease_s=self.lease_s)
-            except Exception:
-                log.exception("lease_renewal_failed")
 
 
 class BrokerHeartbeat(threading.Thread):

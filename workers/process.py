@@ -1,16 +1,24 @@
 """One worker process: from start to graceful stop.
 
-Runs two Dramatiq workers over one broker: one with `--threads` threads for the job queues,
-and one with `--webhook-threads` threads for webhook deliveries, so a receiver that hangs
-can never take a thread from a job. On SIGTERM/SIGINT it stops taking messages, lets running
-jobs finish for up to the grace period, and Dramatiq returns prefetched messages to Redis.
-`jobgate worker` starts and supervises these processes.
+Runs the job runtime on an event loop of its own (core/services/runtime.py: up to
+`--max-in-flight` jobs at once) and three Dramatiq workers over one broker: `--threads`
+consumer threads for each job queue (interactive and batch apart, so a full batch hand-off
+never holds up a chatbot), which only hand job ids to the loop, and `--webhook-threads`
+threads for webhook deliveries, so a receiver that hangs can never take a thread from a job.
+On SIGTERM/SIGINT it stops taking messages, lets jobs in flight finish and their writes land
+for up to the grace period, and Dramatiq returns prefetched messages to Redis. `jobgate
+worker` starts and supervises these processes.
+
+File descriptors: each job in flight holds one upstream connection and, while it waits on
+Redis, one Redis connection; a process needs about 2 x max-in-flight + 100 descriptors, so
+the process raises its soft `RLIMIT_NOFILE` to that (within the hard limit) at start.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import signal
 import threading
 
@@ -20,10 +28,11 @@ import structlog
 from core import queue
 from core.logging import configure_logging
 from core.providers import close_providers
+from core.services.runtime import LoopThread
 from core.settings import Settings
-from workers.actors import declare_actors
-from workers.composition import compose
-from workers.maintenance import BrokerHeartbeat, FleetSweeper, LeaseKeeper
+from workers.actors import declare_actors, hand_offs
+from workers.composition import WorkerComponents, compose
+from workers.maintenance import BrokerHeartbeat, FleetSweeper
 
 log = structlog.get_logger("jobgate.worker")
 
@@ -33,21 +42,51 @@ DEFAULT_WEBHOOK_THREADS = 16
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="jobgate-worker-process")
-    parser.add_argument("--threads", type=int, default=None, help="job threads (concurrent jobs)")
+    parser.add_argument("--threads", type=int, default=None, help="consumer threads per job queue")
+    parser.add_argument("--max-in-flight", type=int, default=None, help="jobs in flight at most")
     parser.add_argument("--webhook-threads", type=int, default=DEFAULT_WEBHOOK_THREADS)
     parser.add_argument("--queues", default="interactive,batch", help="comma-separated: interactive, batch")
     parser.add_argument("--grace-s", type=float, default=DEFAULT_GRACE_S)
     return parser.parse_args(argv)
 
 
-def _queue_names(spec: str) -> set[str]:
-    names = set()
+def _queue_names(spec: str) -> list[str]:
+    names = []
     for part in spec.split(","):
         part = part.strip()
         if part not in queue.RUN_ACTORS:
             raise SystemExit(f"--queues: unknown queue {part!r} (use interactive, batch)")
-        names.add(queue.RUN_ACTORS[part].queue_name)
+        names.append(queue.RUN_ACTORS[part].queue_name)
     return names
+
+
+def raise_fd_limit(wanted: int) -> int:
+    """Raise the soft open-files limit towards `wanted` (never past the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
+
+
+def _dramatiq_workers(
+    parts: WorkerComponents, args: argparse.Namespace, threads: int
+) -> list[dramatiq.Worker]:
+    poll_ms = parts.settings.worker_idle_poll_ms
+    workers = [
+        dramatiq.Worker(parts.broker, queues={name}, worker_threads=threads, worker_timeout=poll_ms)
+        for name in _queue_names(args.queues)
+    ]
+    workers.append(
+        dramatiq.Worker(
+            parts.broker,
+            queues={queue.DELIVER_WEBHOOK.queue_name},
+            worker_threads=args.webhook_threads,
+            worker_timeout=poll_ms,
+        )
+    )
+    return workers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,49 +96,56 @@ def main(argv: list[str] | None = None) -> int:
     if not settings.redis_url:
         raise SystemExit("JOBGATE_REDIS_URL is not set (jobgate dev sets it for you)")
     threads = args.threads or settings.worker_threads
-    parts = compose(settings, threads=threads, webhook_threads=args.webhook_threads)
+    max_in_flight = args.max_in_flight or settings.worker_max_in_flight
+    fd_limit = raise_fd_limit(2 * max_in_flight + 100)
+    parts = compose(
+        settings, threads=threads, webhook_threads=args.webhook_threads, max_in_flight=max_in_flight
+    )
+    loop = LoopThread()
+    loop.run(parts.runtime.start())
     declare_actors(
-        parts.broker, parts.executor, parts.deliverer, time_limit_s=parts.longest_timeout_s * 3 + 30
-    )
-
-    job_worker = dramatiq.Worker(
         parts.broker,
-        queues=_queue_names(args.queues),
-        worker_threads=threads,
-        worker_timeout=settings.worker_idle_poll_ms,
+        hand_offs(parts.runtime, max_in_flight),
+        parts.deliverer,
+        time_limit_s=parts.longest_timeout_s * 3 + 30,
     )
-    webhook_worker = dramatiq.Worker(
-        parts.broker,
-        queues={queue.DELIVER_WEBHOOK.queue_name},
-        worker_threads=args.webhook_threads,
-        worker_timeout=settings.worker_idle_poll_ms,
-    )
-    keeper = LeaseKeeper(parts.sessions, parts.clock, parts.active, lease_s=settings.lease_s)
+    workers = _dramatiq_workers(parts, args, threads)
     heartbeat = BrokerHeartbeat(parts.broker)
-    sweeper = FleetSweeper(parts.sessions, parts.clock, parts.broker, parts.state, parts.keys, settings)
+    sweeper = FleetSweeper(
+        parts.sessions, parts.clock, parts.broker, parts.broker.client, parts.keys, settings
+    )
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
 
-    job_worker.start()
-    webhook_worker.start()
-    keeper.start()
+    for worker in workers:
+        worker.start()
     heartbeat.start()
     sweeper.start()
-    log.info("worker_started", pid=os.getpid(), threads=threads, queues=args.queues)
-    print(f"worker ready pid={os.getpid()} threads={threads}", flush=True)
+    log.info(
+        "worker_started", pid=os.getpid(), threads=threads, max_in_flight=max_in_flight, fd_limit=fd_limit
+    )
+    print(f"worker ready pid={os.getpid()} threads={threads} max_in_flight={max_in_flight}", flush=True)
     stop.wait()
     log.info("worker_stopping", grace_s=args.grace_s)
     sweeper.stopping.set()
-    job_worker.stop(timeout=int(args.grace_s * 1000))
-    webhook_worker.stop(timeout=int(args.grace_s * 1000))
-    # Only now: the jobs that ran on during the grace period kept their leases and heartbeat.
-    keeper.stopping.set()
+    for worker in workers:
+        worker.stop(timeout=int(args.grace_s * 1000))
+    # Only now: the jobs still in flight keep their leases (the runtime renews them) and the
+    # broker heartbeat until they are written or the grace period ends.
+    loop.run(parts.runtime.stop(grace_s=args.grace_s))
     heartbeat.stopping.set()
-    close_providers(parts.providers)
+    loop.run(_close(parts))
+    loop.stop()
     parts.sender.close()
     parts.broker.close()
-    parts.engine.dispose()
+    for engine in parts.engines:
+        engine.dispose()
     log.info("worker_stopped")
     return 0
+
+
+async def _close(parts: WorkerComponents) -> None:
+    await close_providers(parts.providers)
+    await parts.state.aclose()

@@ -12,13 +12,20 @@ fall back to the next target or put the job back on the queue without holding a 
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
 from core import metrics
 from core.config import GatewayConfig, Target
@@ -93,7 +100,7 @@ class UpstreamCaller:
         limiter: RateLimiter,
         breaker: CircuitBreaker,
         utcnow: Callable[[], datetime],
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
@@ -104,7 +111,7 @@ class UpstreamCaller:
         self.sleep = sleep
         self.monotonic = monotonic
 
-    def call(
+    async def call(
         self,
         target: Target,
         request: ChatRequest,
@@ -124,7 +131,7 @@ class UpstreamCaller:
         if tenant_bucket is not None:
             buckets.append(tenant_bucket)
         estimate = estimate_tokens(request)
-        retrying = Retrying(
+        retrying = AsyncRetrying(
             stop=stop_after_attempt(TRIES_PER_TARGET),
             wait=_wait_for,
             retry=retry_if_exception(_retryable),
@@ -133,10 +140,10 @@ class UpstreamCaller:
         )
         failure: UpstreamError | None = None
         try:
-            for attempt in retrying:
+            async for attempt in retrying:
                 with attempt:
                     try:
-                        return self._call_once(target, request, buckets, estimate, interactive, records)
+                        return await self._call_once(target, request, buckets, estimate, interactive, records)
                     except UpstreamError as exc:
                         failure = exc
                         raise
@@ -146,7 +153,7 @@ class UpstreamCaller:
             raise
         raise AssertionError("unreachable: tenacity reraises the last error")
 
-    def _call_once(
+    async def _call_once(
         self,
         target: Target,
         request: ChatRequest,
@@ -158,13 +165,13 @@ class UpstreamCaller:
         cfg = self.config.providers[target.provider]
         name = target_name(target)
         started_at = self.utcnow()
-        permit = self.breaker.allow(name, cfg.breaker, probe_timeout_s=cfg.timeout_s + 5)
+        permit = await self.breaker.allow(name, cfg.breaker, probe_timeout_s=cfg.timeout_s + 5)
         if not permit.allowed:
             records.append(CallRecord(target, "breaker_open", None, 0, started_at))
             raise TargetUnavailable("breaker open", permit.retry_after_s or cfg.breaker.cooldown_s)
         # Batch jobs refused budget queue up in the limiter's waiting line; an interactive job
         # books up to 10 s ahead instead, and when refused comes back as soon as budget frees.
-        reservation = self.limiter.reserve(
+        reservation = await self.limiter.reserve(
             buckets,
             estimate,
             max_wait_s=INTERACTIVE_MAX_WAIT_S if interactive else BATCH_MAX_WAIT_S,
@@ -173,32 +180,42 @@ class UpstreamCaller:
         if not reservation.granted:
             if permit.probe:
                 # Nothing was sent: hand the probe back so another caller can take it now.
-                self.breaker.release_probe(name)
+                await self.breaker.release_probe(name)
             reason = "provider paused" if reservation.paused else "rate limit budget booked"
             records.append(CallRecord(target, "rate_limit_wait", reason, 0, started_at))
             raise TargetUnavailable(reason, reservation.retry_after_s or 1.0)
         if reservation.wait_s > 0:
             metrics.LIMITER_WAITS.labels(provider=target.provider).inc()
             metrics.LIMITER_WAIT_SECONDS.labels(provider=target.provider).observe(reservation.wait_s)
-            self.sleep(reservation.wait_s)
+            await self.sleep(reservation.wait_s)
+            # Other calls booked before this one may have been told to stop meanwhile (a 429,
+            # `x-ratelimit-remaining-requests: 0`): a slot booked before a pause is no licence
+            # to call through it.
+            paused_s = await self.limiter.longest_pause_left_s([target.provider])
+            if paused_s > 0:
+                await self.limiter.reconcile(reservation, 0)
+                if permit.probe:
+                    await self.breaker.release_probe(name)
+                records.append(CallRecord(target, "rate_limit_wait", "provider paused", 0, started_at))
+                raise TargetUnavailable("provider paused", paused_s)
         t0 = self.monotonic()
         try:
-            completion = self.providers[target.provider].complete(request, target.model)
+            completion = await self.providers[target.provider].complete(request, target.model)
         except UpstreamError as exc:
             latency_ms = int((self.monotonic() - t0) * 1000)
             if exc.error_type in NOT_CHARGED:
                 # Refused before the provider counted it; a 5xx or timeout keeps its booking,
                 # since the provider may well have charged the call.
-                self.limiter.reconcile(reservation, 0)
+                await self.limiter.reconcile(reservation, 0)
             if exc.retry_after_s and _asks_to_wait(exc):
-                self.limiter.pause(target.provider, exc.retry_after_s)
+                await self.limiter.pause(target.provider, exc.retry_after_s)
             self._observe(target, exc.error_type, latency_ms)
             if exc.error_type in BREAKER_FAILURES:
-                state = self.breaker.record_failure(name, cfg.breaker, probe=permit.probe)
+                state = await self.breaker.record_failure(name, cfg.breaker, probe=permit.probe)
                 if state == "open":
                     metrics.BREAKER_OPENED.labels(provider=target.provider).inc()
             else:
-                self.breaker.record_success(name, cfg.breaker, probe=permit.probe)
+                await self.breaker.record_success(name, cfg.breaker, probe=permit.probe)
             records.append(CallRecord(target, exc.error_type, exc.message, latency_ms, started_at))
             log.info("upstream_error", target=name, error_type=exc.error_type, latency_ms=latency_ms)
             raise
@@ -209,9 +226,9 @@ class UpstreamCaller:
         # What the provider charges: OpenAI (and the sim) count `max_tokens` when it is set,
         # whatever the answer used; reconciling to less would overdraw its per-second bucket.
         charged = completion.input_tokens + (request.max_output_tokens or completion.output_tokens)
-        self.limiter.reconcile(reservation, charged)
-        self.breaker.record_success(name, cfg.breaker, probe=permit.probe)
-        self._apply_provider_limits(target.provider, completion)
+        await self.limiter.reconcile(reservation, charged)
+        await self.breaker.record_success(name, cfg.breaker, probe=permit.probe)
+        await self._apply_provider_limits(target.provider, completion)
         records.append(CallRecord(target, "succeeded", None, latency_ms, started_at))
         return completion
 
@@ -220,7 +237,7 @@ class UpstreamCaller:
         metrics.UPSTREAM_REQUESTS.labels(target.provider, target.model, outcome).inc()
         metrics.UPSTREAM_LATENCY.labels(target.provider, target.model).observe(latency_ms / 1000)
 
-    def _apply_provider_limits(self, provider: str, completion: Completion) -> None:
+    async def _apply_provider_limits(self, provider: str, completion: Completion) -> None:
         """The provider says a budget is spent: pause it fleet-wide until that budget resets."""
         limits = completion.rate_limits
         if limits is None:
@@ -230,4 +247,4 @@ class UpstreamCaller:
             (limits.remaining_tokens, limits.reset_tokens_s),
         ):
             if remaining == 0 and reset_s:
-                self.limiter.pause(provider, reset_s)
+                await self.limiter.pause(provider, reset_s)

@@ -61,18 +61,36 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _pool_args(settings: Settings, backend: str) -> dict[str, Any]:
+# Without a pre-ping, a connection the server closed is found out by the statement that uses
+# it; callers on the hot path retry on a lost connection, and recycling keeps the odds low.
+POOL_RECYCLE_S = 300
+
+
+def _pool_args(
+    settings: Settings, backend: str, *, pool_size: int | None = None, pre_ping: bool = True
+) -> dict[str, Any]:
     if backend == "sqlite":
         return {}
+    if pool_size is not None:
+        # A fixed pool: the owner knows how many connections it uses at once.
+        return {
+            "pool_size": pool_size,
+            "max_overflow": 0,
+            "pool_timeout": settings.db_pool_timeout_s,
+            "pool_pre_ping": pre_ping,
+            "pool_recycle": POOL_RECYCLE_S,
+        }
     return {
         "pool_size": settings.db_pool_size,
         "max_overflow": settings.db_max_overflow,
         "pool_timeout": settings.db_pool_timeout_s,
-        "pool_pre_ping": True,
+        "pool_pre_ping": pre_ping,
     }
 
 
-def make_sync_engine(settings: Settings) -> Engine:
+def make_sync_engine(settings: Settings, *, pool_size: int | None = None, pre_ping: bool = True) -> Engine:
+    """`pool_size` fixes the pool at that many connections (no overflow); by default the
+    pool follows `JOBGATE_DB_POOL_SIZE` / `JOBGATE_DB_MAX_OVERFLOW`."""
     url = sync_url(settings.database_url)
     backend = _backend(url)
     connect_args: dict[str, Any] = {}
@@ -93,7 +111,8 @@ def make_sync_engine(settings: Settings) -> Engine:
             "keepalives_count": 3,
             "tcp_user_timeout": 35_000,
         }
-    engine = create_engine(url, connect_args=connect_args, **_pool_args(settings, backend))
+    pool = _pool_args(settings, backend, pool_size=pool_size, pre_ping=pre_ping)
+    engine = create_engine(url, connect_args=connect_args, **pool)
     if backend == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine

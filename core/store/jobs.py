@@ -8,16 +8,17 @@ API and the sync workers; the sync helpers below run them in worker threads.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, Update, and_, case, func, or_, select, update
+from sqlalchemy import Select, Table, Update, and_, case, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.store.clock import SqlClock
-from core.store.models import Batch, Job, JobAttempt
+from core.store.models import Batch, Job, JobAttempt, as_utc
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
@@ -131,19 +132,48 @@ def summarise_batch(rows: list[Any]) -> BatchSummary:
 
 @dataclass(frozen=True)
 class Claim:
-    """A worker's hold on one attempt of a job; final writes are conditional on it."""
+    """A worker's hold on one attempt of a job, with the columns running it needs; final
+    writes are conditional on it (same job, still running, same attempt number)."""
 
-    job: Job
+    id: str
     attempt: int
+    tenant_id: str
+    model: str
+    priority: str
+    request: dict[str, Any]
+    use_cache: bool
+    max_attempts: int
+    deadline: datetime | None
+    request_id: str | None
+    created_at: datetime | None
 
 
-def claim_job(session: Session, clock: SqlClock, job_id: str, *, lease_s: float) -> Claim | None:
-    """queued → running, counting the attempt; None if someone else has it or it is not due."""
+# Only what running a job needs: no ORM hydration of the whole row (DESIGN.md, claim in batches).
+_CLAIM_COLUMNS = (
+    Job.id,
+    Job.attempts,
+    Job.tenant_id,
+    Job.model,
+    Job.priority,
+    Job.request,
+    Job.use_cache,
+    Job.max_attempts,
+    Job.deadline,
+    Job.request_id,
+    Job.created_at,
+)
+
+
+def claim_jobs(session: Session, clock: SqlClock, job_ids: Sequence[str], *, lease_s: float) -> list[Claim]:
+    """queued → running for every due job among `job_ids`, in one statement, counting the
+    attempt; commits. Ids not returned were duplicates, cancelled, or not due yet."""
+    if not job_ids:
+        return []
     now = clock.now()
     stmt = (
-        update(Job)
+        update(cast(Table, Job.__table__))
         .where(
-            Job.id == job_id,
+            Job.id.in_(list(job_ids)),
             Job.status == QUEUED,
             or_(Job.not_before.is_(None), Job.not_before <= now),
         )
@@ -154,12 +184,37 @@ def claim_job(session: Session, clock: SqlClock, job_id: str, *, lease_s: float)
             started_at=func.coalesce(Job.started_at, now),
             not_before=None,
         )
-        .returning(Job)
-        .execution_options(synchronize_session=False)
+        .returning(*_CLAIM_COLUMNS)
     )
-    job = session.execute(stmt).scalars().first()
+    rows = session.execute(stmt).all()
     session.commit()
-    return Claim(job, job.attempts) if job is not None else None
+    return [
+        Claim(
+            id=row[0],
+            attempt=row[1],
+            tenant_id=row[2],
+            model=row[3],
+            priority=row[4],
+            request=row[5],
+            use_cache=row[6],
+            max_attempts=row[7],
+            deadline=as_utc(row[8]),
+            request_id=row[9],
+            created_at=as_utc(row[10]),
+        )
+        for row in rows
+    ]
+
+
+def not_due(session: Session, job_ids: Sequence[str]) -> dict[str, datetime]:
+    """Of `job_ids`, the queued ones that are waiting for a `not_before`, with that time."""
+    if not job_ids:
+        return {}
+    stmt = select(Job.id, Job.not_before).where(
+        Job.id.in_(list(job_ids)), Job.status == QUEUED, Job.not_before.is_not(None)
+    )
+    due_at = {job_id: as_utc(due) for job_id, due in session.execute(stmt)}
+    return {job_id: due for job_id, due in due_at.items() if due is not None}
 
 
 def rowcount(result: Any) -> int:
@@ -168,7 +223,7 @@ def rowcount(result: Any) -> int:
 
 
 def _owns(claim: Claim) -> Any:
-    return and_(Job.id == claim.job.id, Job.status == RUNNING, Job.attempts == claim.attempt)
+    return and_(Job.id == claim.id, Job.status == RUNNING, Job.attempts == claim.attempt)
 
 
 def finish_job(session: Session, clock: SqlClock, claim: Claim, **values: Any) -> bool:
@@ -191,11 +246,9 @@ def holds(session: Session, claim: Claim, *, status: str, attempts: int) -> bool
     write retried after a lost connection learns that its first try's COMMIT landed and only
     the answer was lost. The attempt rows that write committed with it tell it from the
     reaper's, which can leave the same status and count once the lease has expired."""
-    own_rows = select(JobAttempt.id).where(
-        JobAttempt.job_id == claim.job.id, JobAttempt.attempt == claim.attempt
-    )
+    own_rows = select(JobAttempt.id).where(JobAttempt.job_id == claim.id, JobAttempt.attempt == claim.attempt)
     stmt = select(Job.id).where(
-        Job.id == claim.job.id, Job.status == status, Job.attempts == attempts, own_rows.exists()
+        Job.id == claim.id, Job.status == status, Job.attempts == attempts, own_rows.exists()
     )
     return session.execute(stmt).first() is not None
 
@@ -226,7 +279,7 @@ def renew_leases(session: Session, clock: SqlClock, claims: list[Claim], *, leas
     if not claims:
         return 0
     now = clock.now()
-    conditions = [and_(Job.id == c.job.id, Job.attempts == c.attempt) for c in claims]
+    conditions = [and_(Job.id == c.id, Job.attempts == c.attempt) for c in claims]
     stmt = (
         update(Job)
         .where(Job.status == RUNNING, or_(*conditions))
@@ -238,14 +291,11 @@ def renew_leases(session: Session, clock: SqlClock, claims: list[Claim], *, leas
     return int(count)
 
 
-def record_attempts(session: Session, attempts: list[JobAttempt]) -> None:
-    """Adds the attempt rows to the session; the caller commits with the state change."""
-    session.add_all(attempts)
-
-
-def job_status(session: Session, job_id: str) -> tuple[str, datetime | None] | None:
-    row = session.execute(select(Job.status, Job.not_before).where(Job.id == job_id)).first()
-    return (row[0], row[1]) if row is not None else None
+def record_attempts(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Inserts attempt rows (`JobAttempt` columns) in one statement; the caller commits with
+    the state change."""
+    if rows:
+        session.execute(insert(cast(Table, JobAttempt.__table__)), rows)
 
 
 def select_attempts(job_id: str) -> Select[JobAttempt]:

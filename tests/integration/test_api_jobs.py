@@ -17,7 +17,8 @@ import pytest
 from sqlalchemy import func, update
 
 from api.waiting import RECHECK_S
-from core.services.execute import MIN_REDELAY_S, Outcome
+from core.services.execute import Outcome
+from core.services.runtime import MIN_REDELAY_S
 from core.store.models import Job
 from tests.api_calls import job_body, submit
 from tests.conftest import InlineWorker, sim_calls, sqlite_only
@@ -147,7 +148,7 @@ async def test_early_message_on_a_worker_whose_clock_runs_ahead_is_put_back_not_
             update(Job).where(Job.id == job["id"]).values(not_before=func.now() + timedelta(seconds=5))
         )
         session.commit()
-    inline_worker.executor.clock.utcnow = lambda: datetime.now(UTC) + timedelta(seconds=10)
+    inline_worker.runtime.clock.utcnow = lambda: datetime.now(UTC) + timedelta(seconds=10)
 
     outcome = await asyncio.to_thread(inline_worker.run, job["id"])
 

@@ -1,0 +1,443 @@
+"""A worker process's job runtime: many jobs in flight on one event loop, few round trips each.
+
+Dramatiq's consumer threads receive messages; the actor hands the job id over here and
+returns (DESIGN.md, "the worker's hot path"). Ownership is the SQL claim and its lease, not
+the unacked message, so acking at hand-off loses nothing: a process that dies mid-call
+leaves leased rows the reaper hands back, and an id acked but never claimed is still
+`queued` in SQL, where the sweeper finds it.
+
+On the loop:
+- a claimer gathers handed-over ids for a moment and claims them in one statement
+  (`store.claim_jobs`); ids it did not win were duplicates, cancelled, or not due yet, and the
+  last go back to the queue with their delay;
+- each claim runs `JobRunner.run` as a task (the upstream call awaits on the SDK's async
+  client: a call in flight holds no thread);
+- a writer gathers the verdicts for a couple of milliseconds (an interactive one flushes at
+  once) and writes them in one transaction, each row fenced by its claim, then applies the
+  group's after-commit effects (`lifecycle.apply_effects`): one publish of the finished ids,
+  the webhook deliveries, the requeued jobs' messages;
+- a lease keeper renews the leases of every job in flight in one statement.
+SQL runs on a small pool of threads with the sync driver (each call carries a whole group),
+so the loop never blocks on the database and a process needs only a handful of connections.
+A write that loses its connection is retried within the lease (the call is paid for); one bad
+row does not fail its group: the group is split and each row written alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from core import metrics
+from core.services.execute import JobRunner, Outcome, OutcomeStatus, Verdict
+from core.services.lifecycle import Effects
+from core.services.webhook_events import commit_final
+from core.store import jobs as store
+from core.store.clock import SqlClock
+from core.store.models import Tenant
+from core.store.retry import is_connection_error, retrying_on_disconnect
+
+log = structlog.get_logger("jobgate.runtime")
+
+T = TypeVar("T")
+
+# A delay longer than this is not parked in Dramatiq's delay queue (it would sit unacked in
+# one worker's memory): the job keeps its `not_before` in SQL and the sweeper dispatches it.
+MAX_BROKER_DELAY_S = 60.0
+# An early message comes back after at least this long (see `_claim_group`).
+MIN_REDELAY_S = 0.1
+GATHER_S = 0.002
+MAX_GROUP = 500
+SQL_THREADS = 3
+
+
+@dataclass
+class _Handed:
+    job_id: str
+    priority: str
+    future: asyncio.Future[Outcome]
+
+
+@dataclass
+class _Finished:
+    claim: store.Claim
+    verdict: Verdict
+    future: asyncio.Future[Outcome]
+
+
+@dataclass(frozen=True)
+class _Written:
+    outcomes: dict[str, Outcome]
+    effects: Effects
+
+
+class JobRuntime:
+    def __init__(
+        self,
+        *,
+        runner: JobRunner,
+        sessions: sessionmaker[Session],
+        clock: SqlClock,
+        lease_s: float,
+        apply_effects: Callable[[Effects], None],
+        sleep: Callable[[float], None] = time.sleep,
+        sql_threads: int = SQL_THREADS,
+        gather_s: float = GATHER_S,
+    ) -> None:
+        self.runner = runner
+        self.sessions = sessions
+        self.clock = clock
+        self.lease_s = lease_s
+        self.apply_effects = apply_effects
+        self.sleep = sleep  # the backoff of a write retried after a lost connection
+        self.gather_s = gather_s
+        self._sql = concurrent.futures.ThreadPoolExecutor(sql_threads, thread_name_prefix="jobgate-sql")
+        self._tenant_names: dict[str, str] = {}
+        self._active: dict[str, store.Claim] = {}
+        self._to_claim: list[_Handed] = []
+        self._to_write: list[_Finished] = []
+        self._claim_wanted: asyncio.Event | None = None
+        self._write_wanted: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # --- life cycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._claim_wanted, self._write_wanted = asyncio.Event(), asyncio.Event()
+        for name, body in (
+            ("claimer", self._claimer),
+            ("writer", self._writer),
+            ("leases", self._lease_keeper),
+        ):
+            self._spawn(body(), name=f"jobgate-{name}")
+
+    async def stop(self, *, grace_s: float) -> None:
+        """Let the jobs in flight finish and their writes land (up to `grace_s`), then stop."""
+        deadline = time.monotonic() + grace_s
+        while (self._active or self._to_claim or self._to_write) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._sql.shutdown(wait=True)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._active)
+
+    # --- hand-off --------------------------------------------------------------------------
+
+    async def submit(self, job_id: str, priority: str) -> Outcome:
+        """Run the job (claim, pipeline, group write); its outcome once the write landed."""
+        assert self._claim_wanted is not None, "start() the runtime first"
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._to_claim.append(_Handed(job_id, priority, future))
+        self._claim_wanted.set()
+        return await future
+
+    def submit_threadsafe(self, job_id: str, priority: str) -> concurrent.futures.Future[Outcome]:
+        """`submit` from another thread (a Dramatiq actor)."""
+        assert self._loop is not None, "start() the runtime first"
+        return asyncio.run_coroutine_threadsafe(self.submit(job_id, priority), self._loop)
+
+    # --- claims ----------------------------------------------------------------------------
+
+    async def _claimer(self) -> None:
+        assert self._claim_wanted is not None
+        while True:
+            await self._claim_wanted.wait()
+            if not any(h.priority == "interactive" for h in self._to_claim):
+                await asyncio.sleep(self.gather_s)
+            self._claim_wanted.clear()
+            group, self._to_claim = self._to_claim[:MAX_GROUP], self._to_claim[MAX_GROUP:]
+            if self._to_claim:
+                self._claim_wanted.set()
+            try:
+                claims, names, outcomes = await self._in_sql(self._claim_group, group)
+            except Exception:
+                # The ids stay `queued` in SQL: the sweeper dispatches them again.
+                log.exception("claim_failed", jobs=len(group))
+                for handed in group:
+                    if not handed.future.done():
+                        handed.future.set_result(Outcome(OutcomeStatus.SKIPPED))
+                continue
+            self._tenant_names.update(names)
+            self._start_jobs(group, claims, outcomes)
+
+    def _start_jobs(
+        self, group: list[_Handed], claims: list[store.Claim], outcomes: dict[str, Outcome]
+    ) -> None:
+        futures: dict[str, asyncio.Future[Outcome]] = {}
+        won = {c.id for c in claims}
+        for handed in group:
+            if handed.job_id in futures or handed.job_id not in won:
+                # A duplicate in this very group, or an id not claimed.
+                outcome = outcomes.get(handed.job_id, Outcome(OutcomeStatus.SKIPPED))
+                if handed.job_id in futures:
+                    outcome = Outcome(OutcomeStatus.SKIPPED)
+                handed.future.set_result(outcome)
+                continue
+            futures[handed.job_id] = handed.future
+        for claim in claims:
+            self._active[claim.id] = claim
+            self._spawn(self._run(claim, futures[claim.id]), name=f"job-{claim.id}")
+
+    def _claim_group(
+        self, group: list[_Handed]
+    ) -> tuple[list[store.Claim], dict[str, str], dict[str, Outcome]]:
+        """In a SQL thread: claim the group; name new tenants; decide the unclaimed.
+
+        An early message is put back until its job is due, never dropped: the claim found the
+        job not due by the SQL clock, so even when this process's clock already says it is (a
+        clock behind the database's, or a message at the due moment itself) it comes back after
+        `MIN_REDELAY_S`. Dropping it would leave the job to the sweeper."""
+        ids = list(dict.fromkeys(h.job_id for h in group))
+        with self.sessions() as session:
+            claims = store.claim_jobs(session, self.clock, ids, lease_s=self.lease_s)
+            won = {c.id for c in claims}
+            early = store.not_due(session, [i for i in ids if i not in won]) if len(won) < len(ids) else {}
+            unknown = {c.tenant_id for c in claims} - self._tenant_names.keys()
+            names: dict[str, str] = {}
+            if unknown:
+                rows = session.execute(select(Tenant.id, Tenant.name).where(Tenant.id.in_(unknown)))
+                names = {tenant_id: name for tenant_id, name in rows}
+        outcomes: dict[str, Outcome] = {}
+        effects = Effects()
+        priorities = {h.job_id: h.priority for h in group}
+        now = self.clock.utcnow()
+        for job_id, due in early.items():
+            delay_s = max((due - now).total_seconds(), MIN_REDELAY_S)
+            outcomes[job_id] = Outcome(OutcomeStatus.REQUEUED, delay_s=delay_s)
+            if delay_s <= MAX_BROKER_DELAY_S:
+                effects.dispatch.append((job_id, priorities[job_id], max(1, int(delay_s * 1000))))
+        if effects:
+            self.apply_effects(effects)
+        return claims, names, outcomes
+
+    # --- running ---------------------------------------------------------------------------
+
+    async def _run(self, claim: store.Claim, future: asyncio.Future[Outcome]) -> None:
+        tenant = self._tenant_names.get(claim.tenant_id, claim.tenant_id)
+        try:
+            with structlog.contextvars.bound_contextvars(job_id=claim.id, request_id=claim.request_id):
+                verdict = await self.runner.run(claim, tenant)
+        except Exception as exc:
+            # Its lease lapses and the reaper re-queues the job: nothing is lost.
+            log.exception("run_job_crashed", job_id=claim.id)
+            self._active.pop(claim.id, None)
+            future.set_exception(exc)
+            return
+        assert self._write_wanted is not None
+        self._to_write.append(_Finished(claim, verdict, future))
+        self._write_wanted.set()
+
+    # --- writes ----------------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        assert self._write_wanted is not None
+        while True:
+            await self._write_wanted.wait()
+            if not any(f.claim.priority == "interactive" for f in self._to_write):
+                await asyncio.sleep(self.gather_s)
+            self._write_wanted.clear()
+            group, self._to_write = self._to_write[:MAX_GROUP], self._to_write[MAX_GROUP:]
+            if self._to_write:
+                self._write_wanted.set()
+            self._spawn(self._write(group), name="jobgate-write")
+
+    async def _write(self, group: list[_Finished]) -> None:
+        try:
+            written = await self._in_sql(self._write_and_apply, group)
+        except Exception:
+            log.exception("final_write_failed", jobs=len(group))
+            written = _Written({}, Effects())
+        for item in group:
+            self._active.pop(item.claim.id, None)
+            outcome = written.outcomes.get(item.claim.id, Outcome(OutcomeStatus.SKIPPED))
+            if outcome.status is OutcomeStatus.SKIPPED:
+                log.warning("final_write_lost", job_id=item.claim.id, attempt=item.claim.attempt)
+            elif item.verdict.is_final:
+                self._observe_final(item)
+            elif item.verdict.refund:
+                metrics.LIMITER_DELAYS.labels(reason="busy").inc()
+            if not item.future.done():
+                item.future.set_result(outcome)
+
+    def _write_and_apply(self, group: list[_Finished]) -> _Written:
+        written = self._write_group(group)
+        if written.effects:
+            self.apply_effects(written.effects)
+        return written
+
+    def _write_group(self, group: list[_Finished]) -> _Written:
+        """One transaction for the group; on a bad row (not a lost connection), each alone."""
+        try:
+            return self._write_retrying(group)
+        except SQLAlchemyError as exc:
+            if len(group) == 1 or is_connection_error(exc):
+                raise
+            log.warning("group_write_split", jobs=len(group), error=type(exc).__name__)
+        written = _Written({}, Effects())
+        for item in group:
+            try:
+                one = self._write_retrying([item])
+            except SQLAlchemyError:
+                log.exception("final_write_failed", job_id=item.claim.id)
+                continue
+            written.outcomes.update(one.outcomes)
+            written.effects.add(one.effects)
+        return written
+
+    def _write_retrying(self, group: list[_Finished]) -> _Written:
+        """The group's fenced writes, retried on a lost connection within the lease. A retry
+        first asks which rows the last try's COMMIT already wrote (only its answer was lost):
+        writing those again would find their claims gone and log their attempts twice."""
+        tries = 0
+
+        def once() -> _Written:
+            nonlocal tries
+            tries += 1
+            with self.sessions() as session:
+                landed = self._landed(session, group) if tries > 1 else {}
+                return self._write_once(session, [i for i in group if i.claim.id not in landed], landed)
+
+        return retrying_on_disconnect(self.lease_s, sleep=self.sleep)(once)
+
+    @staticmethod
+    def _landed(session: Session, group: list[_Finished]) -> dict[str, Outcome]:
+        landed: dict[str, Outcome] = {}
+        for item in group:
+            status, attempts = _expected_state(item)
+            if store.holds(session, item.claim, status=status, attempts=attempts):
+                log.info("sql_write_had_landed", job_id=item.claim.id, status=status)
+                landed[item.claim.id] = _outcome(item.verdict)
+        return landed
+
+    def _write_once(self, session: Session, group: list[_Finished], landed: dict[str, Outcome]) -> _Written:
+        outcomes = dict(landed)
+        effects = Effects()
+        final_ids: list[str] = []
+        attempt_rows: list[dict[str, Any]] = []
+        for item in group:
+            claim, verdict = item.claim, item.verdict
+            if verdict.is_final:
+                won = store.finish_job(session, self.clock, claim, **verdict.values)
+            else:
+                won = store.requeue_job(
+                    session, self.clock, claim, delay_s=verdict.delay_s, refund_attempt=verdict.refund
+                )
+            attempt_rows += _attempt_rows(claim, verdict)
+            if not won:
+                continue
+            outcomes[claim.id] = _outcome(verdict)
+            if verdict.is_final:
+                final_ids.append(claim.id)
+            elif verdict.delay_s <= MAX_BROKER_DELAY_S:
+                effects.dispatch.append((claim.id, claim.priority, max(1, int(verdict.delay_s * 1000))))
+        store.record_attempts(session, attempt_rows)
+        effects.deliveries = commit_final(session, final_ids, self.clock.utcnow())
+        effects.finished = final_ids
+        return _Written(outcomes, effects)
+
+    def _observe_final(self, item: _Finished) -> None:
+        claim, status = item.claim, item.verdict.status
+        metrics.record_jobs_finished(status)
+        if claim.created_at is not None:
+            elapsed_s = (self.clock.utcnow() - claim.created_at).total_seconds()
+            metrics.JOB_DURATION.labels(priority=claim.priority).observe(max(elapsed_s, 0.0))
+        log.info(
+            "job_finished",
+            job_id=claim.id,
+            status=str(status),
+            attempt=claim.attempt,
+            calls=len(item.verdict.records),
+        )
+
+    # --- leases ----------------------------------------------------------------------------
+
+    async def _lease_keeper(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            claims = list(self._active.values())
+            if not claims:
+                continue
+            try:
+                await self._in_sql(self._renew, claims)
+            except Exception:
+                log.exception("lease_renewal_failed", jobs=len(claims))
+
+    def _renew(self, claims: Sequence[store.Claim]) -> int:
+        with self.sessions() as session:
+            return store.renew_leases(session, self.clock, list(claims), lease_s=self.lease_s)
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    async def _in_sql(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._sql, fn, *args)
+
+    def _spawn(self, coro: Any, *, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _outcome(verdict: Verdict) -> Outcome:
+    if verdict.is_final:
+        return Outcome(verdict.status)
+    return Outcome(OutcomeStatus.REQUEUED, delay_s=verdict.delay_s)
+
+
+def _expected_state(item: _Finished) -> tuple[str, int]:
+    """The job's (status, attempts) once this item's own write has landed."""
+    verdict, attempt = item.verdict, item.claim.attempt
+    if verdict.is_final:
+        return str(verdict.values["status"]), attempt
+    return store.QUEUED, attempt - 1 if verdict.refund else attempt
+
+
+def _attempt_rows(claim: store.Claim, verdict: Verdict) -> list[dict[str, Any]]:
+    return [
+        {
+            "job_id": claim.id,
+            "attempt": claim.attempt,
+            "provider": r.target.provider,
+            "model": r.target.model,
+            "outcome": r.outcome,
+            "error_message": r.message[:1000] if r.message else None,
+            "latency_ms": r.latency_ms,
+            "started_at": r.started_at,
+        }
+        for r in verdict.records
+    ]
+
+
+class LoopThread:
+    """An asyncio event loop on a thread of its own, for code that lives on threads
+    (Dramatiq's consumers, the tests' inline worker) to hand coroutines to."""
+
+    def __init__(self, name: str = "jobgate-loop") -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Any, timeout_s: float | None = None) -> Any:
+        """Run `coro` on the loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self.loop.close()

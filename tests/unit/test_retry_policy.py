@@ -1,0 +1,46 @@
+"""The decision after every target of a job's model was tried (core/services/retry_policy.py)."""
+
+from __future__ import annotations
+
+from core.services.retry_policy import GiveUp, Requeue, RetryPolicy, after_all_targets
+
+POLICY = RetryPolicy(retry_delay_s=2.0)
+
+
+def decide(**overrides: object) -> Requeue | GiveUp:
+    arguments: dict[str, object] = {
+        "busy_for_s": [],
+        "failed": True,
+        "attempt": 1,
+        "max_attempts": 3,
+        "deadline_left_s": None,
+        "jitter": 0.0,
+    }
+    arguments.update(overrides)
+    return after_all_targets(POLICY, **arguments)  # type: ignore[arg-type]
+
+
+def test_a_job_whose_targets_were_only_busy_waits_for_the_first_and_keeps_its_attempt() -> None:
+    assert decide(busy_for_s=[8.0, 3.0], failed=False) == Requeue(3.0, refund=True)
+
+
+def test_busy_waits_are_jittered_later_by_at_most_a_quarter_and_half_a_second() -> None:
+    assert decide(busy_for_s=[1.0], failed=False, jitter=0.999) == Requeue(1.0 + 0.25 * 0.999, refund=True)
+    assert decide(busy_for_s=[30.0], failed=False, jitter=1.0) == Requeue(30.5, refund=True)
+
+
+def test_a_busy_wait_past_the_deadline_fails_the_job_as_deadline_exceeded() -> None:
+    assert decide(busy_for_s=[10.0], failed=False, deadline_left_s=5.0) == GiveUp(deadline=True)
+
+
+def test_a_failed_attempt_backs_off_exponentially_and_spends_the_attempt() -> None:
+    assert decide(attempt=1) == Requeue(2.0, refund=False)
+    assert decide(attempt=2) == Requeue(4.0, refund=False)
+
+
+def test_a_busy_target_beside_a_failure_shortens_the_backoff_to_its_wait() -> None:
+    assert decide(attempt=2, busy_for_s=[1.5]) == Requeue(1.5, refund=False)
+
+
+def test_the_last_attempt_failing_gives_up_with_the_failure() -> None:
+    assert decide(attempt=3) == GiveUp(deadline=False)
