@@ -39,7 +39,8 @@ Limits (`sim.limits`): per API key and model, token buckets holding one second's
 
 Observing (`sim.stats`): `GET /sim/stats` returns `{"requests", "calls", "rate_limited",
 "input_tokens", "output_tokens", "injected_failures": {"500": n, "timeout": n}, "responses":
-{"200": n, ...}, "in_flight", "max_in_flight", "first_call_at", "last_call_at", "models": {m:
+{"200": n, ...}, "in_flight", "max_in_flight", "in_flight_s" (the in-flight gauge integrated over
+time since the last reset, in request-seconds), "first_call_at", "last_call_at", "models": {m:
 counters}, "by_key": {key: counters}}`, where counters are `{"requests", "calls",
 "rate_limited", "input_tokens", "output_tokens", "injected_failures"}`; `calls` counts 200s and
 `rate_limited` only the limiter's 429s. `GET /sim/calls?model=M&since=T` lists recent

@@ -6,7 +6,10 @@ where status 0 means the connection was closed without an answer (the "timeout" 
 request counts in `requests` when it arrives, in its model and key when its body names the model,
 and in exactly one outcome when it ends: `calls` (answered 200), `rate_limited` (429 for a
 limit), `injected_failures` (by status, or "timeout"), or only in `responses` (rejected: 400,
-401, 404). Everything runs on the event loop thread, so plain counters suffice.
+401, 404). `in_flight_s` integrates the in-flight gauge over time (request-seconds since the
+last reset): divided by a span it is the exact time-averaged number of requests in flight,
+where the peak (`max_in_flight`) says nothing of the rest of the run. Everything runs on the
+event loop thread, so plain counters suffice.
 """
 
 from __future__ import annotations
@@ -61,8 +64,14 @@ class Counters:
 class Stats:
     """Counters and call rings; `reset()` zeroes them but keeps requests still in flight."""
 
-    def __init__(self, clock: Callable[[], float] = time.time, ring_size: int = CALL_RING_SIZE) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.time,
+        ring_size: int = CALL_RING_SIZE,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._clock = clock
+        self._monotonic = monotonic
         self._ring_size = ring_size
         self.in_flight = 0
         self.reset()
@@ -76,16 +85,25 @@ class Stats:
         self.first_call_at: float | None = None
         self.last_call_at: float | None = None
         self._rings: dict[str, deque[tuple[float, int]]] = {}
+        self._in_flight_s = 0.0
+        self._gauge_changed_at = self._monotonic()
+
+    def _integrate(self) -> None:
+        now = self._monotonic()
+        self._in_flight_s += self.in_flight * (now - self._gauge_changed_at)
+        self._gauge_changed_at = now
 
     def request_arrived(self) -> float:
         """Count a new request as received and in flight; returns its arrival time."""
         self.total.requests += 1
+        self._integrate()
         self.in_flight += 1
         if self.in_flight > self.max_in_flight:
             self.max_in_flight = self.in_flight
         return self._clock()
 
     def request_left(self) -> None:
+        self._integrate()
         self.in_flight -= 1
 
     def attribute(self, model: str, key: str) -> None:
@@ -137,11 +155,13 @@ class Stats:
         return [{"t": t, "status": status, "model": name} for t, status, name in found]
 
     def snapshot(self) -> dict[str, Any]:
+        self._integrate()
         return {
             **self.total.as_json(),
             "responses": dict(self.responses),
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
+            "in_flight_s": round(self._in_flight_s, 6),
             "first_call_at": self.first_call_at,
             "last_call_at": self.last_call_at,
             "models": {name: counters.as_json() for name, counters in self.models.items()},
