@@ -87,7 +87,7 @@ def timed(call: Callable[[], httpx.Response]) -> tuple[httpx.Response, float]:
 
 
 def test_job_committed_by_an_api_that_died_before_enqueueing_is_dispatched_by_the_sweeper(
-    sim: SimHandle, upstream_model: str
+    sim: SimHandle, upstream_model: str, tmp_path: Path
 ) -> None:
     with run_fleet(
         sim=sim,
@@ -95,7 +95,8 @@ def test_job_committed_by_an_api_that_died_before_enqueueing_is_dispatched_by_th
         workers=1,
         threads=2,
         settings=FAST_SWEEP,
-        api_settings={"fault_exit_after_commit": "true"},
+        # An API that dies cannot remove a temporary metrics folder of its own: give it this one.
+        api_settings={"fault_exit_after_commit": "true", "metrics_dir": str(tmp_path / "api-metrics")},
     ) as fleet:
         with pytest.raises(httpx.TransportError):
             fleet.http.post("/v1/jobs", json=job_body("committed, never enqueued"))
