@@ -1,9 +1,10 @@
 """The upstream provider adapters and the registry that builds them from the config.
 
 `build_providers` makes one adapter (one connection pool) per configured provider, choosing the
-adapter class by the provider's `kind`; a process's composition root calls it once and
-`close_providers` on shutdown. Adding a provider kind means one new module with an adapter
-class plus one line in `ADAPTERS` (and the kind in `ProviderConfig.kind`).
+adapter class by the provider's `kind`; a process's composition root calls it once and awaits
+`close_providers` on shutdown, on the event loop that ran the calls. Adding a provider kind
+means one new module with an adapter class plus one line in `ADAPTERS` (and the kind in
+`ProviderConfig.kind`).
 """
 
 from __future__ import annotations
@@ -33,26 +34,28 @@ ADAPTERS: Mapping[str, AdapterFactory] = {
 def build_providers(config: GatewayConfig, *, max_connections: int = 1000) -> dict[str, Provider]:
     """One adapter per provider in `config`, keyed by the provider's name in the config file.
 
-    `max_connections` sizes each adapter's pool; give it at least the number of threads that
-    may call one provider at once, or calls queue for a connection inside the process.
+    `max_connections` sizes each adapter's pool; give it at least the number of calls one
+    process may have in flight to one provider, or calls queue for a connection inside it.
+    Every provider is checked before any adapter is built: a client opens nothing until its
+    first call, so there is nothing to close when building stops half way (and nothing could
+    be awaited here).
     """
-    providers: dict[str, Provider] = {}
-    try:
-        for name, provider_config in config.providers.items():
-            if provider_config.api_key_env is not None and not provider_config.api_key():
-                variable = provider_config.api_key_env
-                raise ConfigError(f"providers.{name}.api_key_env: environment variable {variable} is not set")
-            factory = ADAPTERS.get(provider_config.kind)
-            if factory is None:
-                raise ConfigError(f"providers.{name}.kind: no adapter for kind {provider_config.kind!r}")
-            providers[name] = factory(name, provider_config, max_connections=max_connections)
-    except BaseException:
-        close_providers(providers)
-        raise
-    return providers
+    factories: dict[str, AdapterFactory] = {}
+    for name, provider_config in config.providers.items():
+        if provider_config.api_key_env is not None and not provider_config.api_key():
+            variable = provider_config.api_key_env
+            raise ConfigError(f"providers.{name}.api_key_env: environment variable {variable} is not set")
+        factory = ADAPTERS.get(provider_config.kind)
+        if factory is None:
+            raise ConfigError(f"providers.{name}.kind: no adapter for kind {provider_config.kind!r}")
+        factories[name] = factory
+    return {
+        name: factory(name, config.providers[name], max_connections=max_connections)
+        for name, factory in factories.items()
+    }
 
 
-def close_providers(providers: Mapping[str, Provider]) -> None:
+async def close_providers(providers: Mapping[str, Provider]) -> None:
     """Close every adapter's connection pool."""
     for provider in providers.values():
-        provider.close()
+        await provider.close()

@@ -1,10 +1,12 @@
 """The adapter for Anthropic's Messages API (`POST {base_url}/v1/messages`).
 
-It owns one `anthropic.Anthropic` client (one connection pool, shared by every worker thread)
-with the SDK's own retries off, since jobgate decides retries. Requests and answers are
-translated to and from the OpenAI shape by `core.providers.anthropic_messages`; this module
-does the call, the error boundary, and reads the `anthropic-ratelimit-*` headers (whose reset
-values are RFC 3339 timestamps) into `RateLimitHeaders` as seconds from now.
+It owns one `anthropic.AsyncAnthropic` client (one connection pool, shared by every call in
+flight on the process's event loop) with the SDK's own retries off, since jobgate decides
+retries. Requests and answers are translated to and from the OpenAI shape by
+`core.providers.anthropic_messages`, the answer straight from the raw JSON message (the SDK's
+`Message` model is never built); this module does the call, the error boundary, and reads the
+`anthropic-ratelimit-*` headers (whose reset values are RFC 3339 timestamps) into
+`RateLimitHeaders` as seconds from now.
 """
 
 from __future__ import annotations
@@ -13,13 +15,18 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 import anthropic
-from anthropic.types import Message
 
 from core.config import ProviderConfig
 from core.domain.chat import ChatRequest, Completion, RateLimitHeaders
 from core.errors import Truncated
 from core.providers.anthropic_messages import SAMPLING_PARAMS, anthropic_request, openai_body
-from core.providers.base import completion_from_openai_body, header_int, sdk_http_client, utc_now
+from core.providers.base import (
+    completion_from_openai_body,
+    header_int,
+    json_object_body,
+    sdk_http_client,
+    utc_now,
+)
 from core.providers.errors import SdkErrorTypes, translate_sdk_error
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -48,9 +55,9 @@ class AnthropicProvider:
         self._now = now
         self._timeout_s = config.timeout_s
         self._http_client, self._timeout = sdk_http_client(
-            anthropic.DefaultHttpxClient, config, max_connections
+            anthropic.DefaultAsyncHttpxClient, config, max_connections
         )
-        self._client = anthropic.Anthropic(
+        self._client = anthropic.AsyncAnthropic(
             base_url=config.base_url or DEFAULT_BASE_URL,
             api_key=config.api_key(),
             timeout=self._timeout,
@@ -58,38 +65,41 @@ class AnthropicProvider:
             http_client=self._http_client,
         )
 
-    def complete(self, request: ChatRequest, model: str) -> Completion:
+    async def complete(self, request: ChatRequest, model: str) -> Completion:
         arguments = anthropic_request(request, model, provider=self.name)
         # The SDK (since 1.0) no longer takes the sampling parameters as arguments, though the
         # API still accepts them on models that support sampling; they travel in `extra_body`.
         sampling = {key: arguments.pop(key) for key in SAMPLING_PARAMS if key in arguments}
         try:
             # The timeout is repeated per call because, when it equals the SDK's default, the
-            # SDK refuses large `max_tokens` without streaming before sending anything.
-            raw = self._client.messages.with_raw_response.create(
+            # SDK refuses large `max_tokens` without streaming before sending anything. The raw
+            # response has its body read already; only its parse is left undone.
+            raw = await self._client.messages.with_raw_response.create(
                 **arguments, extra_body=sampling or None, timeout=self._timeout
             )
-            parsed = raw.parse()
         except anthropic.AnthropicError as exc:
             raise translate_sdk_error(
                 exc, SDK_ERRORS, provider=self.name, now=self._now(), timeout_s=self._timeout_s
             ) from exc
         except ValueError as exc:
-            # A 2xx whose body claims to be JSON but is not.
-            raise Truncated(f"{self.name} answered with a malformed body: {exc}", provider=self.name) from exc
-        if not isinstance(parsed, Message):
-            raise Truncated(f"{self.name} answered with a body that is not a message", provider=self.name)
+            # Raised by the SDK itself before anything is sent (a non-streaming call it judges too long,
+            # for one); it stays the Truncated it has always been counted as here.
+            raise Truncated(
+                f"{self.name}: the SDK could not make the call: {exc}", provider=self.name
+            ) from exc
+        response = raw.http_response
+        message = json_object_body(response, provider=self.name)
         now = self._now()
         return completion_from_openai_body(
-            openai_body(parsed.model_dump(mode="json"), provider=self.name, created_s=int(now.timestamp())),
+            openai_body(message, provider=self.name, created_s=int(now.timestamp())),
             provider=self.name,
             model=model,
-            rate_limits=anthropic_rate_limits(raw.headers, now),
+            rate_limits=anthropic_rate_limits(response.headers, now),
         )
 
-    def close(self) -> None:
-        self._client.close()
-        self._http_client.close()
+    async def close(self) -> None:
+        await self._client.close()
+        await self._http_client.aclose()
 
 
 def anthropic_rate_limits(headers: Mapping[str, str], now: datetime) -> RateLimitHeaders | None:

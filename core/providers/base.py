@@ -1,16 +1,19 @@
 """The contract every upstream provider adapter satisfies, and the shared check of its answer.
 
-An adapter turns a `ChatRequest` into one blocking call to its upstream and returns a
+An adapter turns a `ChatRequest` into one awaited call to its upstream and returns a
 `Completion` in the OpenAI `chat.completion` shape, or raises one of the named
-`core.errors.UpstreamError` subclasses (DESIGN.md principle 5). Workers run many threads
-against one adapter, so an adapter is thread-safe and owns exactly one SDK client (one
-connection pool) for its provider. `completion_from_openai_body` is the one place that decides
-whether an OpenAI-shaped body is a finished answer, so both adapters judge bodies alike;
-`header_int` reads the counts in their rate-limit headers alike.
+`core.errors.UpstreamError` subclasses (DESIGN.md principle 5). A worker process runs all its
+calls as tasks on one asyncio event loop, so an adapter owns exactly one async SDK client (one
+connection pool, bound to the loop it is first used on) for its provider. `json_object_body`
+reads an answer's raw JSON body as a dict; no SDK model is built and dumped back to a dict,
+which cost 0.1 to 0.2 ms of CPU a call, several times the plain parse. `completion_from_openai_body`
+is the one place that decides whether an OpenAI-shaped body is a finished answer, so both
+adapters judge bodies alike; `header_int` reads the counts in their rate-limit headers alike.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -28,26 +31,51 @@ class Provider(Protocol):
     name: str
     kind: str
 
-    def complete(self, request: ChatRequest, model: str) -> Completion:
+    async def complete(self, request: ChatRequest, model: str) -> Completion:
         """Call the upstream once (no retries) and return its normalised answer."""
         ...
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Close the connection pool; the adapter must not be used afterwards."""
         ...
 
 
 def sdk_http_client(
-    factory: Callable[..., httpx2.Client], config: ProviderConfig, max_connections: int
-) -> tuple[httpx2.Client, httpx2.Timeout]:
-    """The SDK's own HTTP client (`openai.DefaultHttpxClient` / `anthropic.DefaultHttpxClient`)
-    with a pool for every worker thread and the provider's timeout (connecting: 5 s at most)."""
+    factory: Callable[..., httpx2.AsyncClient], config: ProviderConfig, max_connections: int
+) -> tuple[httpx2.AsyncClient, httpx2.Timeout]:
+    """The SDK's own async HTTP client (`openai.DefaultAsyncHttpxClient` /
+    `anthropic.DefaultAsyncHttpxClient`) with a pool for every call one process may have in
+    flight, all kept alive, and the provider's timeout (connecting: 5 s at most)."""
     timeout = httpx2.Timeout(config.timeout_s, connect=min(5.0, config.timeout_s))
     client = factory(
         timeout=timeout,
         limits=httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
     )
     return client, timeout
+
+
+def json_object_body(response: httpx2.Response, *, provider: str) -> dict[str, Any]:
+    """The JSON object a 2xx answer carries, or `Truncated` when it carries anything else.
+
+    The content type is not consulted: a body that parses as an object is read whatever it is
+    labelled, as the SDKs read it. `NaN` and `Infinity` are refused: they are not JSON, and a
+    body holding them would be stored and later served as invalid JSON.
+    """
+    try:
+        body = json.loads(response.content, parse_constant=_refuse_constant)
+    except ValueError as exc:
+        # Not JSON, or not UTF-8 (both are ValueErrors): the answer was cut off or mangled.
+        raise Truncated(f"{provider} answered with a malformed body: {exc}", provider=provider) from exc
+    if not isinstance(body, dict):
+        raise Truncated(
+            f"{provider} answered with a body that is not a JSON object ({type(body).__name__})",
+            provider=provider,
+        )
+    return body
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def completion_from_openai_body(

@@ -1,10 +1,11 @@
 """The adapter for OpenAI and every server that speaks its chat-completions wire format.
 
-It owns one `openai.OpenAI` client (one connection pool, shared by every worker thread) with
-the SDK's own retries off, since jobgate decides retries. The request is forwarded as the
-client sent it, minus unset parameters; the answer is the response body as a plain dict in
-OpenAI's shape, plus the `x-ratelimit-*` headers read into `RateLimitHeaders` (their reset
-values are Go durations such as `6m0s`).
+It owns one `openai.AsyncOpenAI` client (one connection pool, shared by every call in flight
+on the process's event loop) with the SDK's own retries off, since jobgate decides retries.
+The request is forwarded as the client sent it, minus unset parameters; the answer is the
+response body exactly as the upstream sent it, read as a plain dict (the SDK's
+`ChatCompletion` model is never built), plus the `x-ratelimit-*` headers read into
+`RateLimitHeaders` (their reset values are Go durations such as `6m0s`).
 """
 
 from __future__ import annotations
@@ -16,12 +17,17 @@ from datetime import datetime
 from typing import Any
 
 import openai
-from openai.types.chat import ChatCompletion
 
 from core.config import ProviderConfig
 from core.domain.chat import CHAT_FIELDS, ChatRequest, Completion, RateLimitHeaders
 from core.errors import Truncated
-from core.providers.base import completion_from_openai_body, header_int, sdk_http_client, utc_now
+from core.providers.base import (
+    completion_from_openai_body,
+    header_int,
+    json_object_body,
+    sdk_http_client,
+    utc_now,
+)
 from core.providers.errors import SdkErrorTypes, translate_sdk_error
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -51,8 +57,8 @@ class OpenAIProvider:
         self.name = name
         self._now = now
         self._timeout_s = config.timeout_s
-        self._http_client, timeout = sdk_http_client(openai.DefaultHttpxClient, config, max_connections)
-        self._client = openai.OpenAI(
+        self._http_client, timeout = sdk_http_client(openai.DefaultAsyncHttpxClient, config, max_connections)
+        self._client = openai.AsyncOpenAI(
             base_url=config.base_url or DEFAULT_BASE_URL,
             api_key=config.api_key(),
             timeout=timeout,
@@ -60,7 +66,7 @@ class OpenAIProvider:
             http_client=self._http_client,
         )
 
-    def complete(self, request: ChatRequest, model: str) -> Completion:
+    async def complete(self, request: ChatRequest, model: str) -> Completion:
         arguments: dict[str, Any] = {
             "model": model,
             "messages": request.messages,
@@ -69,27 +75,29 @@ class OpenAIProvider:
             },
         }
         try:
-            raw = self._client.chat.completions.with_raw_response.create(**arguments)
-            parsed = raw.parse()
+            # The raw response has its body read already; only its parse is left undone.
+            raw = await self._client.chat.completions.with_raw_response.create(**arguments)
         except openai.OpenAIError as exc:
             raise translate_sdk_error(
                 exc, SDK_ERRORS, provider=self.name, now=self._now(), timeout_s=self._timeout_s
             ) from exc
         except ValueError as exc:
-            # A 2xx whose body claims to be JSON but is not.
-            raise Truncated(f"{self.name} answered with a malformed body: {exc}", provider=self.name) from exc
-        if not isinstance(parsed, ChatCompletion):
-            raise Truncated(f"{self.name} answered with a body that is not JSON", provider=self.name)
+            # Raised by the SDK itself before anything is sent (an API key that cannot go in a header,
+            # for one); it stays the Truncated it has always been counted as here.
+            raise Truncated(
+                f"{self.name}: the SDK could not make the call: {exc}", provider=self.name
+            ) from exc
+        response = raw.http_response
         return completion_from_openai_body(
-            parsed.model_dump(mode="json"),
+            json_object_body(response, provider=self.name),
             provider=self.name,
             model=model,
-            rate_limits=openai_rate_limits(raw.headers),
+            rate_limits=openai_rate_limits(response.headers),
         )
 
-    def close(self) -> None:
-        self._client.close()
-        self._http_client.close()
+    async def close(self) -> None:
+        await self._client.close()
+        await self._http_client.aclose()
 
 
 def openai_rate_limits(headers: Mapping[str, str]) -> RateLimitHeaders | None:

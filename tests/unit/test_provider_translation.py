@@ -603,14 +603,14 @@ def test_a_non_json_error_body_keeps_its_text_as_the_message() -> None:
 # --- Registry ----------------------------------------------------------------------------------
 
 
-def test_build_providers_makes_one_adapter_per_configured_provider_by_kind() -> None:
+async def test_build_providers_makes_one_adapter_per_configured_provider_by_kind() -> None:
     providers = build_providers(GatewayConfig.model_validate(dev_config_dict("http://127.0.0.1:9")))
     try:
         assert isinstance(providers["sim-openai"], OpenAIProvider)
         assert isinstance(providers["sim-anthropic"], AnthropicProvider)
         assert {name: p.name for name, p in providers.items()} == {n: n for n in providers}
     finally:
-        close_providers(providers)
+        await close_providers(providers)
 
 
 def test_build_providers_fails_naming_an_unset_api_key_variable(monkeypatch: pytest.MonkeyPatch) -> None:
