@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
@@ -59,11 +58,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         broker = queue.build_broker(
             settings.redis_url, keys, max_connections=64, timeout_s=settings.redis_timeout_s
         )
-        redis_sync = redis.Redis.from_url(
-            settings.redis_url,
-            socket_timeout=settings.redis_timeout_s,
-            socket_connect_timeout=settings.redis_timeout_s,
-        )
         notifier = JobNotifier(pubsub, keys.job_done_channel, publisher=commands)
         await notifier.start()
         app.state.jobgate = AppState(
@@ -73,7 +67,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             clock=SqlClock(engine.dialect.name),
             keys=keys,
             redis=commands,
-            redis_sync=redis_sync,
             broker=broker,
             notifier=notifier,
         )
@@ -84,7 +77,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await commands.aclose()
             await pubsub.aclose()
             broker.close()
-            redis_sync.close()
             await engine.dispose()
 
     app = FastAPI(

@@ -10,7 +10,6 @@ import redis.asyncio as aioredis
 import structlog
 from dramatiq.brokers.redis import RedisBroker
 from fastapi import Depends, Request
-from redis import Redis as SyncRedis
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -38,8 +37,6 @@ class AppState:
     clock: SqlClock
     keys: Keys
     redis: aioredis.Redis
-    # Sync client for the fleet-state classes shared with the workers (limiter, breaker).
-    redis_sync: SyncRedis
     broker: RedisBroker
     notifier: JobNotifier
 

@@ -62,7 +62,7 @@ async def _fleet_gauges(state: AppState) -> _FleetGauges:
         ).scalar_one_or_none()
     oldest_at = as_utc(oldest)
     age_s = max((state.clock.utcnow() - oldest_at).total_seconds(), 0.0) if oldest_at else 0.0
-    health = await to_thread.run_sync(provider_health, state)
+    health = await provider_health(state)
     return _FleetGauges(depths, age_s, {p["provider"]: p["breaker"] for p in health})
 
 

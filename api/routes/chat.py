@@ -10,7 +10,6 @@ its model's providers ends its fleet-wide pause, or 1.
 
 from __future__ import annotations
 
-import asyncio
 import math
 from typing import Any
 
@@ -41,12 +40,12 @@ log = structlog.get_logger("jobgate.api")
 DEFAULT_RETRY_AFTER_S = 1
 
 
-def _retry_after_s(state: AppState, model: str) -> int:
+async def _retry_after_s(state: AppState, model: str) -> int:
     """Seconds until one of the model's providers is out of its fleet-wide pause (the soonest),
     at least `DEFAULT_RETRY_AFTER_S` (also when Redis cannot say)."""
     providers = {target.provider for target in state.config.targets_for(model) or []}
     try:
-        left_s = RateLimiter(state.redis_sync, state.keys).shortest_pause_left_s(providers)
+        left_s = await RateLimiter(state.redis, state.keys).shortest_pause_left_s(providers)
     except redis.RedisError as exc:
         log.warning("retry_after_unknown", error=type(exc).__name__)
         return DEFAULT_RETRY_AFTER_S
@@ -91,7 +90,7 @@ async def chat_completions(
         body_out["error"]["code"] = error["type"]
         status = http_status_for(error["type"])
         if status in (429, 503):
-            headers["Retry-After"] = str(await asyncio.to_thread(_retry_after_s, state, job.model))
+            headers["Retry-After"] = str(await _retry_after_s(state, job.model))
         return JSONResponse(body_out, status_code=status, headers=headers)
     body_out = error_body(
         "timeout",

@@ -9,7 +9,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from anyio import to_thread
 from fastapi import APIRouter
 
 from api.deps import AppState, PrincipalDep, StateDep
@@ -22,9 +21,9 @@ router = APIRouter(prefix="/v1/providers", tags=["operators"])
 _SEVERITY = {"closed": 0, "half_open": 1, "open": 2}
 
 
-def provider_health(state: AppState) -> list[dict[str, Any]]:
-    limiter = RateLimiter(state.redis_sync, state.keys)
-    breaker = CircuitBreaker(state.redis_sync, state.keys)
+async def provider_health(state: AppState) -> list[dict[str, Any]]:
+    limiter = RateLimiter(state.redis, state.keys)
+    breaker = CircuitBreaker(state.redis, state.keys)
     targets_by_provider: dict[str, list[str]] = {name: [] for name in state.config.providers}
     for route in state.config.models.values():
         for target in route.targets:
@@ -32,11 +31,11 @@ def provider_health(state: AppState) -> list[dict[str, Any]]:
                 targets_by_provider[target.provider].append(target.model)
     data = []
     for name, cfg in state.config.providers.items():
-        headroom = limiter.headroom(provider_bucket(name, rpm=cfg.rpm, tpm=cfg.tpm))
-        paused = limiter.paused_until(name)
+        headroom = await limiter.headroom(provider_bucket(name, rpm=cfg.rpm, tpm=cfg.tpm))
+        paused = await limiter.paused_until(name)
         targets: list[dict[str, Any]] = []
         for model in targets_by_provider[name]:
-            stats = breaker.stats(f"{name}/{model}")
+            stats = await breaker.stats(f"{name}/{model}")
             targets.append(
                 {
                     "model": model,
@@ -65,4 +64,4 @@ def provider_health(state: AppState) -> list[dict[str, Any]]:
 
 @router.get("")
 async def list_providers(state: StateDep, _principal: PrincipalDep) -> dict[str, Any]:
-    return {"object": "list", "data": await to_thread.run_sync(provider_health, state)}
+    return {"object": "list", "data": await provider_health(state)}

@@ -7,7 +7,8 @@ probe's success closes the breaker, its failure opens it for another cool-down. 
 holder dies without reporting, the next caller after the probe timeout becomes the probe.
 Which outcomes count as failures is the caller's decision (a provider's 5xx, overload or
 timeout, not a client's bad request). Every transition is one call of `breaker.lua` beside
-this module, on Redis TIME, so all workers see the same state.
+this module, on Redis TIME, so all workers see the same state. Every method is a coroutine on
+a `redis.asyncio` client: callers run on one event loop per process.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast
 
-import redis
+import redis.asyncio as aioredis
 
 from core.config import BreakerConfig
 from core.redis.keys import Keys
@@ -79,11 +80,11 @@ class CircuitBreaker:
     they exist for tests only.
     """
 
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
         self._keys = keys
         self._script = client.register_script(_SCRIPT)
 
-    def allow(
+    async def allow(
         self,
         target: str,
         config: BreakerConfig,
@@ -92,7 +93,7 @@ class CircuitBreaker:
         now_ms: int | None = None,
     ) -> Permit:
         """May this caller call `target` now? At most one caller fleet-wide gets the probe."""
-        outcome = self._apply("allow", target, config, probe_timeout_s=probe_timeout_s, now_ms=now_ms)
+        outcome = await self._apply("allow", target, config, probe_timeout_s=probe_timeout_s, now_ms=now_ms)
         return Permit(
             allowed=outcome.allowed,
             probe=outcome.probe,
@@ -100,13 +101,13 @@ class CircuitBreaker:
             retry_after_s=None if outcome.allowed else outcome.retry_after_s,
         )
 
-    def record_success(
+    async def record_success(
         self, target: str, config: BreakerConfig, *, probe: bool, now_ms: int | None = None
     ) -> BreakerState:
         """Report a call that worked; the probe's success closes the breaker. Returns the state."""
-        return self._apply("success", target, config, probe=probe, now_ms=now_ms).state
+        return (await self._apply("success", target, config, probe=probe, now_ms=now_ms)).state
 
-    def record_failure(
+    async def record_failure(
         self, target: str, config: BreakerConfig, *, probe: bool, now_ms: int | None = None
     ) -> BreakerState:
         """Report a failed call; the N-th within the window, or the probe's, opens the breaker.
@@ -115,25 +116,25 @@ class CircuitBreaker:
         it opened) is only counted in the stats: it does not stretch the cool-down. Returns the
         state after the report.
         """
-        return self._apply("failure", target, config, probe=probe, now_ms=now_ms).state
+        return (await self._apply("failure", target, config, probe=probe, now_ms=now_ms)).state
 
-    def release_probe(self, target: str, *, now_ms: int | None = None) -> BreakerState:
+    async def release_probe(self, target: str, *, now_ms: int | None = None) -> BreakerState:
         """Give the probe up without calling (say, no rate budget for it): the next caller probes.
 
         Only the probe's holder calls this; without it, the probe passes on after its timeout.
         """
-        return self._apply("release", target, BreakerConfig(), now_ms=now_ms).state
+        return (await self._apply("release", target, BreakerConfig(), now_ms=now_ms)).state
 
-    def state(self, target: str, *, now_ms: int | None = None) -> BreakerState:
+    async def state(self, target: str, *, now_ms: int | None = None) -> BreakerState:
         """The state callers see: "half_open" as soon as the cool-down is over, before any probe."""
-        return self.stats(target, now_ms=now_ms).state
+        return (await self.stats(target, now_ms=now_ms)).state
 
-    def stats(self, target: str, *, now_ms: int | None = None) -> BreakerStats:
+    async def stats(self, target: str, *, now_ms: int | None = None) -> BreakerStats:
         """State and recent outcome counts, for `GET /v1/providers` and the metrics."""
-        outcome = self._apply("stats", target, BreakerConfig(), now_ms=now_ms)
+        outcome = await self._apply("stats", target, BreakerConfig(), now_ms=now_ms)
         return BreakerStats(outcome.state, outcome.recent_successes, outcome.recent_failures)
 
-    def _apply(
+    async def _apply(
         self,
         event: str,
         target: str,
@@ -144,7 +145,7 @@ class CircuitBreaker:
         now_ms: int | None = None,
     ) -> _Outcome:
         timeout_s = config.cooldown_s if probe_timeout_s is None else probe_timeout_s
-        raw_state, allowed, is_probe, retry_after_ms, successes, failures = self._script(
+        raw_state, allowed, is_probe, retry_after_ms, successes, failures = await self._script(
             keys=[self._keys.breaker(target), self._keys.breaker_failures(target)],
             args=[
                 event,

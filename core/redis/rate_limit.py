@@ -10,8 +10,10 @@ is given, or puts the job back with `retry_after_s` when the wait would be longe
 accepts. After the call, `reconcile` replaces the estimate with what the provider counted:
 unused budget returns at once, as far as a provider's own bucket can have regained it. A
 provider's 429 / Retry-After pauses it fleet-wide (`pause`), and `reserve` refuses
-every bucket of a paused provider until the deadline. The script is `rate_limit.lua` beside
-this module; its header documents the keys and arguments.
+every bucket of a paused provider until the deadline; a pause set while a granted caller
+sleeps its wait is caught by `longest_pause_left_s` just before the call. The script is
+`rate_limit.lua` beside this module; its header documents the keys and arguments. Every
+method is a coroutine on a `redis.asyncio` client: callers run on one event loop per process.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import redis
+import redis.asyncio as aioredis
 
 from core.redis.keys import Keys
 
@@ -69,7 +71,9 @@ def tenant_bucket(tenant: str, *, rpm: int | None, tpm: int | None) -> Bucket:
 class Reservation:
     """The answer of `reserve`.
 
-    Granted: the budget is booked; call the provider after sleeping `wait_s`, then `reconcile`.
+    Granted: the budget is booked; call the provider after sleeping `wait_s` (unless
+    `RateLimiter.longest_pause_left_s` finds one of its providers paused by then), then
+    `reconcile`.
     Not granted: nothing is booked; try again in `retry_after_s` (the time the request would
     conform if nobody else booked meanwhile, or the caller's turn in the waiting line, or the
     end of a provider pause when `paused`).
@@ -112,7 +116,7 @@ class RateLimiter:
     `now_ms` arguments replace Redis TIME; they exist for tests only.
     """
 
-    def __init__(self, client: redis.Redis, keys: Keys, *, burst_s: float = 0.2) -> None:
+    def __init__(self, client: aioredis.Redis, keys: Keys, *, burst_s: float = 0.2) -> None:
         if burst_s < 0:
             raise ValueError(f"burst_s must be >= 0, not {burst_s}")
         self._client = client
@@ -120,7 +124,7 @@ class RateLimiter:
         self._burst_us = round(burst_s * 1_000_000)
         self._script = client.register_script(_SCRIPT)
 
-    def reserve(
+    async def reserve(
         self,
         buckets: Sequence[Bucket],
         tokens: int,
@@ -167,14 +171,16 @@ class RateLimiter:
         keys = [self._keys.rate_limit(b.name) for b in limited]
         keys += [self._keys.rate_limit_ahead(b.name) for b in limited]
         keys += [self._keys.provider_pause(p) for p in providers]
-        granted, wait_us, retry_after_us, paused = self._script(keys=keys, args=args)
+        granted, wait_us, retry_after_us, paused = await self._script(keys=keys, args=args)
         if granted:
             return Reservation(True, tokens, tuple(buckets), wait_s=wait_us / 1_000_000)
         return Reservation(
             False, tokens, tuple(buckets), retry_after_s=retry_after_us / 1_000_000, paused=bool(paused)
         )
 
-    def reconcile(self, reservation: Reservation, actual_tokens: int, *, now_ms: int | None = None) -> None:
+    async def reconcile(
+        self, reservation: Reservation, actual_tokens: int, *, now_ms: int | None = None
+    ) -> None:
         """Replace the reservation's token estimate with what the provider counted for the call.
 
         `actual_tokens` is what the provider charges against its token limit, which is not
@@ -201,13 +207,13 @@ class RateLimiter:
         args += [_interval_us(b.tpm) for b in token_buckets]
         keys = [self._keys.rate_limit(b.name) for b in token_buckets]
         keys += [self._keys.rate_limit_ahead(b.name) for b in token_buckets]
-        self._script(keys=keys, args=args)
+        await self._script(keys=keys, args=args)
 
-    def headroom(self, bucket: Bucket, *, now_ms: int | None = None) -> Headroom:
+    async def headroom(self, bucket: Bucket, *, now_ms: int | None = None) -> Headroom:
         """The bucket's unused per-minute budget; see `Headroom` for the exact meaning."""
         if bucket.rpm is None and bucket.tpm is None:
             return Headroom(None, None)
-        used_requests, used_tokens = self._script(
+        used_requests, used_tokens = await self._script(
             keys=[self._keys.rate_limit(bucket.name)], args=["headroom", _now_arg(now_ms)]
         )
         return Headroom(
@@ -215,7 +221,7 @@ class RateLimiter:
             tpm_available=None if bucket.tpm is None else max(bucket.tpm - used_tokens, 0),
         )
 
-    def pause(self, provider: str, for_s: float, *, now_ms: int | None = None) -> float:
+    async def pause(self, provider: str, for_s: float, *, now_ms: int | None = None) -> float:
         """Stop every call to `provider` fleet-wide for `for_s` seconds from now.
 
         A pause already set with a later deadline stays as it is: the later deadline wins.
@@ -223,36 +229,47 @@ class RateLimiter:
         """
         if for_s < 0:
             raise ValueError(f"for_s must be >= 0, not {for_s}")
-        deadline_ms = self._script(
+        deadline_ms = await self._script(
             keys=[self._keys.provider_pause(provider)],
             args=["pause", _now_arg(now_ms), round(for_s * 1000)],
         )
         return int(deadline_ms) / 1000
 
-    def paused_until(self, provider: str, *, now_ms: int | None = None) -> float | None:
+    async def paused_until(self, provider: str, *, now_ms: int | None = None) -> float | None:
         """The end of the provider's pause as a unix time in seconds, or None if not paused."""
-        pipe = self._client.pipeline(transaction=True)
-        pipe.time()
-        pipe.get(self._keys.provider_pause(provider))
-        (seconds, micros), raw_deadline = pipe.execute()
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.time()
+            pipe.get(self._keys.provider_pause(provider))
+            (seconds, micros), raw_deadline = await pipe.execute()
         if raw_deadline is None:
             return None
         current_ms = now_ms if now_ms is not None else seconds * 1000 + micros // 1000
         deadline_ms = int(raw_deadline)
         return deadline_ms / 1000 if deadline_ms > current_ms else None
 
-    def shortest_pause_left_s(self, providers: Iterable[str]) -> float:
+    async def shortest_pause_left_s(self, providers: Iterable[str]) -> float:
         """Seconds until the first of `providers` may be called again: 0 if one is not paused.
         Read in one round trip, against Redis's clock (the one pauses are set by)."""
-        names = list(providers)
-        pipe = self._client.pipeline(transaction=True)
-        pipe.time()
-        for name in names:
-            pipe.get(self._keys.provider_pause(name))
-        (seconds, micros), *deadlines = pipe.execute()
+        return min(await self._pauses_left_ms(providers), default=0) / 1000
+
+    async def longest_pause_left_s(self, providers: Iterable[str]) -> float:
+        """Seconds until every one of `providers` may be called again: 0 if none is paused.
+
+        A granted reservation is booked before its wait; a provider's 429 during that wait pauses
+        the provider without undoing the booking. A caller that slept its wait asks this about
+        its reservation's providers before it calls, and does not call while one is paused.
+        Read in one round trip, against Redis's clock (the one pauses are set by)."""
+        return max(await self._pauses_left_ms(providers), default=0) / 1000
+
+    async def _pauses_left_ms(self, providers: Iterable[str]) -> list[int]:
+        """Each provider's pause left in milliseconds on Redis's clock, 0 where not paused."""
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.time()
+            for name in providers:
+                pipe.get(self._keys.provider_pause(name))
+            (seconds, micros), *deadlines = await pipe.execute()
         now_ms = seconds * 1000 + micros // 1000
-        left_ms = [max(int(raw) - now_ms, 0) if raw is not None else 0 for raw in deadlines]
-        return min(left_ms, default=0) / 1000
+        return [max(int(raw) - now_ms, 0) if raw is not None else 0 for raw in deadlines]
 
 
 def _now_arg(now_ms: int | None) -> str:

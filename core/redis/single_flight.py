@@ -4,33 +4,34 @@ The first caller for a fingerprint becomes the flight's *leader* (a Redis lock h
 random owner token, with a TTL so a dead leader's lock expires); everyone else arriving while
 it runs is a *follower* and blocks until the leader publishes its answer or gives up. The
 answer stays readable for a short while (`result_ttl_s`) so that callers arriving just after
-the leader finished take it instead of calling again. The protocol, for one job::
+the leader finished take it instead of calling again. Every method is a coroutine on a
+`redis.asyncio` client. The protocol, for one job::
 
-    flight = single_flight.begin(fp)
+    flight = await single_flight.begin(fp)
     while True:
         if flight.is_done:                 # a leader finished moments ago
             return flight.result
         if flight.is_leader:
             try:
-                completion = call_upstream()   # extend(flight) now and then on long calls
+                completion = await call_upstream()   # extend(flight) now and then on long calls
             except UpstreamError as exc:
-                single_flight.abandon(flight, exc.retryable)
+                await single_flight.abandon(flight, exc.retryable)
                 raise
-            single_flight.complete(flight, completion)
+            await single_flight.complete(flight, completion)
             return completion
-        completion = single_flight.wait(flight, timeout_s=30)
+        completion = await single_flight.wait(flight, timeout_s=30)
         if completion is not None:
             return completion
-        flight = single_flight.begin(fp)   # leader gone or gave up: try to take over
+        flight = await single_flight.begin(fp)   # leader gone or gave up: try to take over
 
 Followers block on a per-flight wake list with `BLMOVE` (see `single_flight.lua`), never by
 polling: they wake when the leader completes or abandons, or when the leader's lock is due to
 expire (to check whether it died), or just before the client's socket timeout.
 
 Connection pools: a waiting follower holds one pooled connection for its whole wait, so the
-pool this class uses must allow at least one connection per thread that may wait, plus a
-margin for the leaders' own commands and anything else sharing the pool (a
-`BlockingConnectionPool` sized threads + margin, or a pool of its own). The client's
+pool this class uses must allow at least one connection per task that may wait at once, plus
+a margin for the leaders' own commands and anything else sharing the pool (a
+`BlockingConnectionPool` sized waiting tasks + margin, or a pool of its own). The client's
 `socket_timeout` may be shorter than a wait: waits are cut into blocking calls shorter than it.
 """
 
@@ -47,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import redis
+import redis.asyncio as aioredis
 
 from core.domain.chat import Completion
 from core.redis.keys import Keys
@@ -118,7 +119,7 @@ def _text(value: bytes | str) -> str:
 class SingleFlight:
     def __init__(
         self,
-        client: redis.Redis,
+        client: aioredis.Redis,
         keys: Keys,
         *,
         lock_ttl_s: float = DEFAULT_LOCK_TTL_S,
@@ -145,9 +146,9 @@ class SingleFlight:
             else math.inf
         )
 
-    def begin(self, fingerprint: str) -> Flight:
+    async def begin(self, fingerprint: str) -> Flight:
         """Take the lead for `fingerprint`, or learn who has it, or find the answer just made."""
-        reply = self._script(
+        reply = await self._script(
             keys=[self._keys.flight(fingerprint), self._keys.flight_result(fingerprint)],
             args=["begin", self._new_token(), self._lock_ttl_ms, STORED_COMPLETION_VERSION],
         )
@@ -159,7 +160,7 @@ class SingleFlight:
             return Flight(fingerprint, role, leader_token=None, lock_ttl_ms=0, result=result)
         return Flight(fingerprint, role, leader_token=_text(reply[1]), lock_ttl_ms=int(reply[2]))
 
-    def complete(self, flight: Flight, completion: Completion) -> bool:
+    async def complete(self, flight: Flight, completion: Completion) -> bool:
         """Publish the leader's answer to its followers and to late arrivals; release the lock.
 
         Raises ValueError for a partial answer (use `abandon`). Returns False when the lock had
@@ -167,7 +168,7 @@ class SingleFlight:
         """
         token = self._leader_token(flight)
         document = completion_to_document(completion)  # raises ValueError for a partial answer
-        reply = self._script(
+        reply = await self._script(
             keys=[
                 self._keys.flight(flight.fingerprint),
                 self._keys.flight_result(flight.fingerprint),
@@ -187,13 +188,13 @@ class SingleFlight:
         )
         return bool(reply)
 
-    def abandon(self, flight: Flight, error_retryable: bool) -> bool:
+    async def abandon(self, flight: Flight, error_retryable: bool) -> bool:
         """Give up leading: wake the followers at once (their `wait` returns None) and release
         the lock so one of them can take over. `error_retryable` says whether the leader's
         error was one a retry may cure; followers log it. Returns False when the lock had
         already expired."""
         token = self._leader_token(flight)
-        reply = self._script(
+        reply = await self._script(
             keys=[self._keys.flight(flight.fingerprint), self._keys.flight_wake(flight.fingerprint, token)],
             args=[
                 "abandon",
@@ -204,16 +205,18 @@ class SingleFlight:
         )
         return bool(reply)
 
-    def extend(self, flight: Flight, *, ttl_s: float | None = None) -> bool:
+    async def extend(self, flight: Flight, *, ttl_s: float | None = None) -> bool:
         """Keep leading for `ttl_s` (default: the lock TTL) from now. False if the lock was lost:
         another caller may be leading by now, and this leader's answer is still worth publishing
         with `complete`."""
         token = self._leader_token(flight)
         ttl_ms = self._lock_ttl_ms if ttl_s is None else max(1, round(ttl_s * 1000))
-        reply = self._script(keys=[self._keys.flight(flight.fingerprint)], args=["extend", token, ttl_ms])
+        reply = await self._script(
+            keys=[self._keys.flight(flight.fingerprint)], args=["extend", token, ttl_ms]
+        )
         return bool(reply)
 
-    def wait(self, flight_or_fingerprint: Flight | str, *, timeout_s: float) -> Completion | None:
+    async def wait(self, flight_or_fingerprint: Flight | str, *, timeout_s: float) -> Completion | None:
         """Block until the flight's leader publishes its answer, and return it.
 
         Returns None when the leader abandons, dies (its lock expires), another leader's turn
@@ -222,7 +225,7 @@ class SingleFlight:
         """
         deadline = self._clock() + timeout_s
         if isinstance(flight_or_fingerprint, str):
-            observed = self._observe(flight_or_fingerprint)
+            observed = await self._observe(flight_or_fingerprint)
             if observed is None:
                 return None
             flight = observed
@@ -243,23 +246,23 @@ class SingleFlight:
             until_lock_expiry_s = max(0.0, lock_expires_at - now) + _LOCK_EXPIRY_GRACE_S
             block_s = max(_MIN_BLOCK_S, round(min(deadline - now, until_lock_expiry_s, self._max_block_s), 3))
             # Redis takes a fractional timeout (since 6.0); redis-py's annotation says int.
-            payload = self._client.blmove(wake_key, wake_key, block_s, "LEFT", "RIGHT")  # type: ignore[arg-type]
+            payload = await self._client.blmove(wake_key, wake_key, block_s, "LEFT", "RIGHT")  # type: ignore[arg-type]
             if payload is not None:
                 return self._outcome(flight.fingerprint, payload)
-            current = self._observe(flight.fingerprint)
+            current = await self._observe(flight.fingerprint)
             if current is None or current.leader_token != token:
                 # The lock expired (the leader died) or another leader's turn began: the leader
                 # we followed will never wake us. A result it or its successor left still counts.
                 return current.result if current is not None and current.is_done else None
             lock_expires_at = self._clock() + current.lock_ttl_ms / 1000
 
-    def _observe(self, fingerprint: str) -> Flight | None:
+    async def _observe(self, fingerprint: str) -> Flight | None:
         """A consistent read of the flight's state, without joining or taking it."""
-        pipe = self._client.pipeline(transaction=True)
-        pipe.get(self._keys.flight_result(fingerprint))
-        pipe.get(self._keys.flight(fingerprint))
-        pipe.pttl(self._keys.flight(fingerprint))
-        raw_result, raw_token, lock_pttl_ms = pipe.execute()
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.get(self._keys.flight_result(fingerprint))
+            pipe.get(self._keys.flight(fingerprint))
+            pipe.pttl(self._keys.flight(fingerprint))
+            raw_result, raw_token, lock_pttl_ms = await pipe.execute()
         if raw_result is not None:
             result = load_completion(raw_result)
             if result is not None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import time
 
 import pytest
-import redis
+import redis.asyncio as aioredis
 
 from core.domain.chat import ChatRequest, Completion, RateLimitHeaders
 from core.fingerprint import SHARED_SCOPE, request_fingerprint
@@ -42,83 +43,85 @@ def completion(finish_reason: str | None = "stop", text: str = "Hi!") -> Complet
 
 
 @pytest.fixture
-def cache(redis_client: redis.Redis, keys: Keys) -> ResponseCache:
-    return ResponseCache(redis_client, keys)
+def cache(async_redis_client: aioredis.Redis, keys: Keys) -> ResponseCache:
+    return ResponseCache(async_redis_client, keys)
 
 
-def test_stored_completion_comes_back_equal(cache: ResponseCache) -> None:
-    cache.put("fp-1", completion(), ttl_s=60)
-    assert cache.get("fp-1") == completion()
+async def test_stored_completion_comes_back_equal(cache: ResponseCache) -> None:
+    await cache.put("fp-1", completion(), ttl_s=60)
+    assert await cache.get("fp-1") == completion()
 
 
-def test_unknown_fingerprint_is_a_miss(cache: ResponseCache) -> None:
-    assert cache.get("never-stored") is None
+async def test_unknown_fingerprint_is_a_miss(cache: ResponseCache) -> None:
+    assert await cache.get("never-stored") is None
 
 
 @pytest.mark.parametrize("finish_reason", [None, "", "unknown"])
-def test_truncated_completion_is_never_cached(
-    cache: ResponseCache, redis_client: redis.Redis, keys: Keys, finish_reason: str | None
+async def test_truncated_completion_is_never_cached(
+    cache: ResponseCache, async_redis_client: aioredis.Redis, keys: Keys, finish_reason: str | None
 ) -> None:
     with pytest.raises(ValueError, match="finish_reason"):
-        cache.put("fp-cut", completion(finish_reason=finish_reason), ttl_s=60)
-    assert redis_client.exists(keys.cache("fp-cut")) == 0
+        await cache.put("fp-cut", completion(finish_reason=finish_reason), ttl_s=60)
+    assert await async_redis_client.exists(keys.cache("fp-cut")) == 0
 
 
-def test_answer_cut_at_max_tokens_is_complete_and_cached(cache: ResponseCache) -> None:
+async def test_answer_cut_at_max_tokens_is_complete_and_cached(cache: ResponseCache) -> None:
     # "length" is the whole answer to a request whose max_tokens is part of its fingerprint.
-    cache.put("fp-length", completion(finish_reason="length"), ttl_s=60)
-    assert cache.get("fp-length") == completion(finish_reason="length")
+    await cache.put("fp-length", completion(finish_reason="length"), ttl_s=60)
+    assert await cache.get("fp-length") == completion(finish_reason="length")
 
 
-def test_per_call_rate_limit_headers_are_not_cached(cache: ResponseCache) -> None:
+async def test_per_call_rate_limit_headers_are_not_cached(cache: ResponseCache) -> None:
     with_headers = dataclasses.replace(completion(), rate_limits=RateLimitHeaders(remaining_requests=3))
-    cache.put("fp-rl", with_headers, ttl_s=60)
-    hit = cache.get("fp-rl")
+    await cache.put("fp-rl", with_headers, ttl_s=60)
+    hit = await cache.get("fp-rl")
     assert hit is not None
     assert hit.rate_limits is None
     assert hit.body == with_headers.body
 
 
-def test_cache_entries_expire_after_ttl(cache: ResponseCache, redis_client: redis.Redis, keys: Keys) -> None:
-    cache.put("fp-ttl", completion(), ttl_s=1)
-    assert 0 < redis_client.pttl(keys.cache("fp-ttl")) <= 1000
+async def test_cache_entries_expire_after_ttl(
+    cache: ResponseCache, async_redis_client: aioredis.Redis, keys: Keys
+) -> None:
+    await cache.put("fp-ttl", completion(), ttl_s=1)
+    assert 0 < await async_redis_client.pttl(keys.cache("fp-ttl")) <= 1000
     deadline = time.monotonic() + 3
-    while cache.get("fp-ttl") is not None:
+    while await cache.get("fp-ttl") is not None:
         assert time.monotonic() < deadline, "cache entry outlived its TTL"
-        time.sleep(0.05)
+        await asyncio.sleep(0.05)
 
 
-def test_ttl_below_one_second_is_refused(cache: ResponseCache) -> None:
+async def test_ttl_below_one_second_is_refused(cache: ResponseCache) -> None:
     with pytest.raises(ValueError, match="ttl_s"):
-        cache.put("fp-0", completion(), ttl_s=0)
+        await cache.put("fp-0", completion(), ttl_s=0)
 
 
-def test_tenant_scopes_do_not_share_entries(cache: ResponseCache) -> None:
+async def test_tenant_scopes_do_not_share_entries(cache: ResponseCache) -> None:
     acme = request_fingerprint("fast", REQUEST, scope="acme")
     globex = request_fingerprint("fast", REQUEST, scope="globex")
-    cache.put(acme, completion(text="for acme"), ttl_s=60)
-    assert cache.get(globex) is None
-    assert cache.get(acme) == completion(text="for acme")
+    await cache.put(acme, completion(text="for acme"), ttl_s=60)
+    assert await cache.get(globex) is None
+    assert await cache.get(acme) == completion(text="for acme")
 
 
-def test_tenants_in_the_shared_scope_share_entries(cache: ResponseCache) -> None:
+async def test_tenants_in_the_shared_scope_share_entries(cache: ResponseCache) -> None:
     shared = request_fingerprint("fast", REQUEST, scope=SHARED_SCOPE)
-    cache.put(shared, completion(text="for everyone"), ttl_s=60)
-    assert cache.get(request_fingerprint("fast", REQUEST, scope=SHARED_SCOPE)) == completion(
+    await cache.put(shared, completion(text="for everyone"), ttl_s=60)
+    assert await cache.get(request_fingerprint("fast", REQUEST, scope=SHARED_SCOPE)) == completion(
         text="for everyone"
     )
 
 
-def test_entry_in_another_format_version_is_a_miss(
-    cache: ResponseCache, redis_client: redis.Redis, keys: Keys
+async def test_entry_in_another_format_version_is_a_miss(
+    cache: ResponseCache, async_redis_client: aioredis.Redis, keys: Keys
 ) -> None:
-    redis_client.set(keys.cache("fp-v2"), json.dumps({"v": 2, "answer": "new shape"}))
-    assert cache.get("fp-v2") is None
+    await async_redis_client.set(keys.cache("fp-v2"), json.dumps({"v": 2, "answer": "new shape"}))
+    assert await cache.get("fp-v2") is None
 
 
-def test_unreadable_entry_is_a_miss_and_is_removed(
-    cache: ResponseCache, redis_client: redis.Redis, keys: Keys
+async def test_unreadable_entry_is_a_miss_and_is_removed(
+    cache: ResponseCache, async_redis_client: aioredis.Redis, keys: Keys
 ) -> None:
-    redis_client.set(keys.cache("fp-garbled"), b"\x00not json")
-    assert cache.get("fp-garbled") is None
-    assert redis_client.exists(keys.cache("fp-garbled")) == 0
+    await async_redis_client.set(keys.cache("fp-garbled"), b"\x00not json")
+    assert await cache.get("fp-garbled") is None
+    assert await async_redis_client.exists(keys.cache("fp-garbled")) == 0

@@ -16,6 +16,7 @@ import httpx
 import httpx2
 import openai
 import pytest
+import redis.asyncio as aioredis
 from sqlalchemy import select, update
 
 from core.redis.keys import Keys
@@ -81,17 +82,17 @@ async def sdk(settings: Settings, api_key: str) -> AsyncIterator[openai.AsyncOpe
         )
 
 
-def assert_retry_after_is_the_pause_left(header: str, limiter: RateLimiter, *, pause_s: int) -> None:
+async def assert_retry_after_is_the_pause_left(header: str, limiter: RateLimiter, *, pause_s: int) -> None:
     """Retry-After is the pause's seconds left when it was answered, rounded up: at least what
     is left now (however long this loaded machine took to answer), at most the whole pause."""
-    left_now_s = limiter.shortest_pause_left_s(["sim"])
+    left_now_s = await limiter.shortest_pause_left_s(["sim"])
     assert left_now_s > 0
     assert math.ceil(left_now_s) <= int(header) <= pause_s
 
 
 @pytest.fixture
-def limiter(inline_worker: InlineWorker, keys: Keys) -> RateLimiter:
-    return RateLimiter(inline_worker.redis, keys)
+def limiter(async_redis_client: aioredis.Redis, keys: Keys) -> RateLimiter:
+    return RateLimiter(async_redis_client, keys)
 
 
 async def test_answer_is_the_chat_completion_with_the_job_named_in_a_header(
@@ -109,12 +110,12 @@ async def test_answer_is_the_chat_completion_with_the_job_named_in_a_header(
 async def test_rate_limited_job_answers_429_retry_after_the_providers_pause(
     api_client: httpx.AsyncClient, inline_worker: InlineWorker, limiter: RateLimiter
 ) -> None:
-    limiter.pause("sim", 30)
+    await limiter.pause("sim", 30)
 
     response, job_id = await ask(api_client, inline_worker, fail_job(inline_worker, "rate_limited"))
 
     assert response.status_code == 429
-    assert_retry_after_is_the_pause_left(response.headers["retry-after"], limiter, pause_s=30)
+    await assert_retry_after_is_the_pause_left(response.headers["retry-after"], limiter, pause_s=30)
     assert response.headers["x-jobgate-job-id"] == job_id
     assert response.json()["error"]["type"] == response.json()["error"]["code"] == "rate_limited"
 
@@ -154,10 +155,12 @@ async def test_official_sdk_gets_its_chat_completion_and_the_job_id(
 async def test_official_sdk_raises_its_rate_limit_error_with_the_retry_after(
     sdk: openai.AsyncOpenAI, inline_worker: InlineWorker, limiter: RateLimiter
 ) -> None:
-    limiter.pause("sim", 10)
+    await limiter.pause("sim", 10)
     call = sdk.chat.completions.create(model="fast", messages=[{"role": "user", "content": "Busy?"}])
 
     with pytest.raises(openai.RateLimitError) as raised:
         await while_job_runs(inline_worker, call, fail_job(inline_worker, "rate_limited"))
-    assert_retry_after_is_the_pause_left(raised.value.response.headers["retry-after"], limiter, pause_s=10)
+    await assert_retry_after_is_the_pause_left(
+        raised.value.response.headers["retry-after"], limiter, pause_s=10
+    )
     assert raised.value.code == "rate_limited"

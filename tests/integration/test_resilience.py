@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
+import redis.asyncio as aioredis
 import yaml
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
@@ -86,8 +86,8 @@ def sleeps(inline_worker: InlineWorker) -> list[float]:
 
 
 @pytest.fixture
-def limiter(redis_client: redis.Redis, keys: Keys) -> RateLimiter:
-    return RateLimiter(redis_client, keys)
+def limiter(async_redis_client: aioredis.Redis, keys: Keys) -> RateLimiter:
+    return RateLimiter(async_redis_client, keys)
 
 
 @pytest.fixture
@@ -218,15 +218,15 @@ async def test_server_errors_on_the_primary_fall_back_to_the_next_target(
 async def test_open_breaker_skips_the_primary_without_calling_it(
     api_client: httpx.AsyncClient,
     inline_worker: InlineWorker,
-    redis_client: redis.Redis,
+    async_redis_client: aioredis.Redis,
     keys: Keys,
     sim: SimHandle,
     primary: str,
     fallback: str,
 ) -> None:
-    breaker = CircuitBreaker(redis_client, keys)
+    breaker = CircuitBreaker(async_redis_client, keys)
     for _ in range(BreakerConfig().failures):
-        breaker.record_failure(f"primary/{primary}", BreakerConfig(), probe=False)
+        await breaker.record_failure(f"primary/{primary}", BreakerConfig(), probe=False)
     job_id = await submit(api_client, "The breaker is open.")
 
     assert (await run(inline_worker, job_id)).status == "succeeded"
@@ -299,7 +299,7 @@ async def test_job_whose_every_target_is_rate_limited_is_requeued_without_spendi
 ) -> None:
     # Book both providers' token budgets a minute ahead (a big request leaves its bucket in debt).
     for provider in ("primary", "backup"):
-        booked = limiter.reserve([provider_bucket(provider, rpm=None, tpm=TPM)], TPM, max_wait_s=0)
+        booked = await limiter.reserve([provider_bucket(provider, rpm=None, tpm=TPM)], TPM, max_wait_s=0)
         assert booked.granted
     job_id = await submit(api_client, "Everyone is busy.", priority="batch")
 
@@ -328,8 +328,8 @@ async def test_interactive_job_waits_inline_for_budget_a_batch_job_would_requeue
     sleeps: list[float],
 ) -> None:
     # Two seconds of the primary's tokens booked: beyond a batch job's wait, within an interactive one's.
-    limiter.reserve([provider_bucket("primary", rpm=None, tpm=TPM)], 2 * TPM // 60, max_wait_s=0)
-    limiter.reserve([provider_bucket("backup", rpm=None, tpm=TPM)], 2 * TPM // 60, max_wait_s=0)
+    await limiter.reserve([provider_bucket("primary", rpm=None, tpm=TPM)], 2 * TPM // 60, max_wait_s=0)
+    await limiter.reserve([provider_bucket("backup", rpm=None, tpm=TPM)], 2 * TPM // 60, max_wait_s=0)
     batch_job = await submit(api_client, "Batch, no hurry.", priority="batch")
     interactive_job = await submit(api_client, "Interactive, now please.", priority="interactive")
 
@@ -361,8 +361,8 @@ async def test_retry_after_on_a_429_pauses_the_provider_and_requeues_the_job_for
 
     assert outcome.status == "requeued"
     assert outcome.delay_s is not None and 25 < outcome.delay_s <= 30 + 0.5  # the pause, plus jitter
-    assert limiter.paused_until("primary") is not None
-    assert limiter.paused_until("backup") is not None
+    assert await limiter.paused_until("primary") is not None
+    assert await limiter.paused_until("backup") is not None
     # One call each: the retry finds the provider paused instead of calling it again.
     assert requests_seen(sim, primary) == requests_seen(sim, fallback) == 1
     job = await read_job(api_client, job_id)
@@ -377,7 +377,7 @@ async def test_paused_provider_is_not_called_and_its_fallback_serves(
     primary: str,
     fallback: str,
 ) -> None:
-    limiter.pause("primary", 30)
+    await limiter.pause("primary", 30)
     job_id = await submit(api_client, "The primary is paused.")
 
     assert (await run(inline_worker, job_id)).status == "succeeded"
