@@ -10,12 +10,18 @@ the job waited for the sweeper (30-60 s; seen as a flaky fleet-limits test under
 
 Here ack and nack run one Lua script that removes the id from this worker's acks set and
 touches the data only if it still is this message's (its Dramatiq `message_id` is in it).
+
+Acks are also batched: a worker thread's ack is queued, and the consumer thread settles every
+queued ack in one pipelined round trip before it next fetches (`flush_acks`), instead of one
+round trip per message. A message whose ack is still queued when the process dies is
+delivered again; its job's claim makes that harmless (it is final or leased already).
 Dramatiq has no option for this; the script mirrors its `ack`/`nack` commands otherwise
 (key names as in its `dispatch.lua`, Dramatiq 2, pinned `<3`).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 
 import redis
@@ -54,14 +60,58 @@ class OwnAckConsumer(_RedisConsumer):
     def __init__(self, broker: RedisBroker, queue_name: str, prefetch: int, timeout: int) -> None:
         super().__init__(broker, queue_name, prefetch, timeout)
         self._settle = broker.client.register_script(_SETTLE)
+        self._acks: list[MessageProxy] = []
+        self._acks_lock = threading.Lock()
 
     def ack(self, message: MessageProxy) -> None:
-        self._settle_message(message, "ack")
+        """Queue the ack; `flush_acks` settles it (called by the consumer thread)."""
+        with self._acks_lock:
+            self._acks.append(message)
+
+    def flush_acks(self) -> None:
+        """Settle every queued ack in one pipelined round trip (scripts run by their SHA; a
+        Redis that lost its scripts gets them loaded and the refused ones run again)."""
+        with self._acks_lock:
+            messages, self._acks = self._acks, []
+        if not messages:
+            return
+        pipe = self.broker.client.pipeline(transaction=False)
+        for message in messages:
+            keys, args = self._settle_arguments(message, "ack")
+            pipe.evalsha(self._settle.sha, len(keys), *keys, *args)
+        try:
+            results = pipe.execute(raise_on_error=False)
+            for message, result in zip(messages, results, strict=True):
+                if isinstance(result, redis.exceptions.NoScriptError):
+                    self._settle_message(message, "ack")
+                elif isinstance(result, Exception):
+                    raise result
+        except redis.ConnectionError as exc:
+            with self._acks_lock:
+                self._acks = messages + self._acks
+            raise ConnectionClosed(exc) from None
+        for message in messages:
+            self.queued_message_ids.discard(message.message_id)
+
+    def close(self) -> None:
+        try:
+            self.flush_acks()
+        finally:
+            super().close()
 
     def nack(self, message: MessageProxy) -> None:
         self._settle_message(message, "nack")
 
     def _settle_message(self, message: MessageProxy, command: str) -> None:
+        keys, args = self._settle_arguments(message, command)
+        try:
+            self._settle(keys=keys, args=args)
+        except redis.ConnectionError as exc:
+            raise ConnectionClosed(exc) from None
+        finally:
+            self.queued_message_ids.discard(message.message_id)
+
+    def _settle_arguments(self, message: MessageProxy, command: str) -> tuple[list[str], list[str | int]]:
         # The current queue, not message.queue_name: a delayed message is settled on the delay queue.
         namespace = self.broker.namespace
         queue_key = f"{namespace}:{self.queue_name}"
@@ -72,10 +122,10 @@ class OwnAckConsumer(_RedisConsumer):
             dead_key,
             f"{dead_key}.msgs",
         ]
-        args = [message.options["redis_message_id"], message.message_id, command, int(time.time() * 1000)]
-        try:
-            self._settle(keys=keys, args=args)
-        except redis.ConnectionError as exc:
-            raise ConnectionClosed(exc) from None
-        finally:
-            self.queued_message_ids.discard(message.message_id)
+        args: list[str | int] = [
+            message.options["redis_message_id"],
+            message.message_id,
+            command,
+            int(time.time() * 1000),
+        ]
+        return keys, args

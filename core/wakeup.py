@@ -55,6 +55,7 @@ class _WakeableConsumer(OwnAckConsumer):
         super().__init__(broker, queue_name, prefetch, timeout)
 
     def __next__(self) -> Any:
+        self.flush_acks()
         if self.queue_name.endswith(".DQ"):
             return super().__next__()
         message = self._next_cached_or_fetched()

@@ -330,7 +330,8 @@ class JobRuntime:
         effects = Effects()
         final_ids: list[str] = []
         attempt_rows: list[dict[str, Any]] = []
-        for item in group:
+        # In id order, as every writer locks rows: two groups can then never deadlock.
+        for item in sorted(group, key=lambda i: i.claim.id):
             claim, verdict = item.claim, item.verdict
             if verdict.is_final:
                 won = store.finish_job(session, self.clock, claim, **verdict.values)

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, Update, and_, case, func, insert, or_, select, update
+from sqlalchemy import Select, Table, Update, and_, case, func, insert, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from core.store.clock import SqlClock
@@ -275,16 +275,23 @@ def requeue_job(
 
 
 def renew_leases(session: Session, clock: SqlClock, claims: list[Claim], *, lease_s: float) -> int:
-    """Extend the leases of the jobs this process is running, in one statement."""
+    """Extend the leases of the jobs this process is running, in one statement.
+
+    On Postgres, rows another transaction holds (a group write finishing them right now) are
+    skipped rather than waited for: locking hundreds of rows in another order than that write
+    deadlocked the two. A job being finished needs no longer lease."""
     if not claims:
         return 0
     now = clock.now()
-    conditions = [and_(Job.id == c.id, Job.attempts == c.attempt) for c in claims]
+    owned = and_(
+        Job.status == RUNNING, tuple_(Job.id, Job.attempts).in_([(c.id, c.attempt) for c in claims])
+    )
+    if clock.dialect == "postgresql":
+        owned = Job.id.in_(select(Job.id).where(owned).with_for_update(skip_locked=True).scalar_subquery())
     stmt = (
-        update(Job)
-        .where(Job.status == RUNNING, or_(*conditions))
+        update(cast(Table, Job.__table__))
+        .where(owned)
         .values(lease_until=now + timedelta(seconds=lease_s))
-        .execution_options(synchronize_session=False)
     )
     count = rowcount(session.execute(stmt))
     session.commit()

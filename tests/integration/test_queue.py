@@ -214,6 +214,10 @@ def test_ack_and_nack_settle_their_own_message(broker: RedisBroker, settle: str)
     consumer, message = fetch_one(broker, queue_name)
 
     getattr(consumer, settle)(message)
+    if settle == "ack":
+        # Queued until the consumer thread settles its acks together, before its next fetch.
+        assert queue.pending_job_ids(broker, [job]) == {job[0]}
+        consumer.flush_acks()
 
     assert queue.pending_job_ids(broker, [job]) == set()
     dead = broker.client.zrange(f"{broker.namespace}:{queue_name}.XQ", 0, -1)
