@@ -11,7 +11,7 @@ lost connection) are recorded by a fake `sleep` instead of being slept.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +80,12 @@ def config_path(tmp_path: Path, sim: SimHandle, primary: str, fallback: str) -> 
 def sleeps(inline_worker: InlineWorker) -> list[float]:
     """The inline waits the executor asked for, recorded instead of slept."""
     recorded: list[float] = []
-    inline_worker.executor.caller.sleep = recorded.append
-    inline_worker.executor.sleep = recorded.append  # a SQL write's retry backoff
+
+    async def record(seconds: float) -> None:
+        recorded.append(seconds)
+
+    inline_worker.runner.caller.sleep = record
+    inline_worker.runtime.sleep = recorded.append  # a SQL write's retry backoff
     return recorded
 
 
@@ -249,7 +253,7 @@ async def test_every_target_failing_spends_an_attempt_each_time_then_fails(
     every_target_fails: None,
 ) -> None:
     job_id = await submit(api_client, "Nobody can answer.")
-    base_delay_s = inline_worker.executor.policy.retry_delay_s
+    base_delay_s = inline_worker.runner.policy.retry_delay_s
 
     first = await run(inline_worker, job_id)
 
@@ -400,10 +404,10 @@ def lose_one_commit_answer(worker: InlineWorker) -> list[str]:
     fired: list[str] = []
 
     class AnswerLost(Session):
-        def add_all(self, instances: Iterable[object]) -> None:
-            instances = list(instances)
-            self.info["carries_attempts"] = any(isinstance(obj, JobAttempt) for obj in instances)
-            super().add_all(instances)
+        def execute(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
+            if getattr(statement, "table", None) is JobAttempt.__table__ and statement.is_insert:
+                self.info["carries_attempts"] = True
+            return super().execute(statement, *args, **kwargs)
 
         def commit(self) -> None:
             super().commit()
@@ -412,7 +416,7 @@ def lose_one_commit_answer(worker: InlineWorker) -> list[str]:
                 reset = ConnectionResetError("server closed the connection unexpectedly")
                 raise OperationalError("COMMIT", None, reset)
 
-    worker.executor.sessions = sessionmaker(worker.engine, class_=AnswerLost, expire_on_commit=False)
+    worker.runtime.sessions = sessionmaker(worker.engine, class_=AnswerLost, expire_on_commit=False)
     return fired
 
 
@@ -451,7 +455,7 @@ async def test_requeue_whose_commit_landed_before_the_connection_dropped_is_kept
     outcome = await run(inline_worker, job_id)
 
     assert fired
-    assert outcome == Outcome("requeued", delay_s=inline_worker.executor.policy.retry_delay_s)
+    assert outcome == Outcome("requeued", delay_s=inline_worker.runner.policy.retry_delay_s)
     job = await read_job(api_client, job_id)
     assert (job["status"], job["attempts"]) == ("queued", 1)
     # One row per call the sim saw (each target tried twice inline), not each row twice.
