@@ -320,6 +320,7 @@ class InlineWorker:
         self.runner = build_runner(config, self.state, keys, self.providers, clock)
         self.runtime = JobRuntime(
             runner=self.runner,
+            fleet_state=self.state,
             sessions=self.sessions,
             clock=clock,
             lease_s=settings.lease_s,

@@ -116,6 +116,7 @@ def compose(
 
     runtime = JobRuntime(
         runner=build_runner(config, state, keys, providers, clock),
+        fleet_state=state,
         sessions=make_sync_sessions(job_engine),
         clock=clock,
         lease_s=settings.lease_s,

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import redis.asyncio as aioredis
 
 from core.config import BreakerConfig
 from core.redis.keys import Keys
+from core.redis.scripts import FleetScript, ScriptCall, run_call
 
-_SCRIPT = Path(__file__).with_name("breaker.lua").read_text(encoding="utf-8")
+SOURCE = Path(__file__).with_name("breaker.lua").read_text(encoding="utf-8")
+SCRIPT = FleetScript(SOURCE)
 
 BreakerState = Literal["closed", "open", "half_open"]
 
@@ -81,8 +83,8 @@ class CircuitBreaker:
     """
 
     def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+        self.client = client
         self._keys = keys
-        self._script = client.register_script(_SCRIPT)
 
     async def allow(
         self,
@@ -93,13 +95,8 @@ class CircuitBreaker:
         now_ms: int | None = None,
     ) -> Permit:
         """May this caller call `target` now? At most one caller fleet-wide gets the probe."""
-        outcome = await self._apply("allow", target, config, probe_timeout_s=probe_timeout_s, now_ms=now_ms)
-        return Permit(
-            allowed=outcome.allowed,
-            probe=outcome.probe,
-            state=outcome.state,
-            retry_after_s=None if outcome.allowed else outcome.retry_after_s,
-        )
+        call = self.call("allow", target, config, probe_timeout_s=probe_timeout_s, now_ms=now_ms)
+        return permit_from(await run_call(self.client, call))
 
     async def record_success(
         self, target: str, config: BreakerConfig, *, probe: bool, now_ms: int | None = None
@@ -144,10 +141,24 @@ class CircuitBreaker:
         probe_timeout_s: float | None = None,
         now_ms: int | None = None,
     ) -> _Outcome:
+        call = self.call(event, target, config, probe=probe, probe_timeout_s=probe_timeout_s, now_ms=now_ms)
+        return _outcome(await run_call(self.client, call))
+
+    def call(
+        self,
+        event: str,
+        target: str,
+        config: BreakerConfig,
+        *,
+        probe: bool = False,
+        probe_timeout_s: float | None = None,
+        now_ms: int | None = None,
+    ) -> ScriptCall:
+        """The script call that applies `event`, to run alone, in a pipeline or in the gate."""
         timeout_s = config.cooldown_s if probe_timeout_s is None else probe_timeout_s
-        raw_state, allowed, is_probe, retry_after_ms, successes, failures = await self._script(
-            keys=[self._keys.breaker(target), self._keys.breaker_failures(target)],
-            args=[
+        return SCRIPT.call(
+            [self._keys.breaker(target), self._keys.breaker_failures(target)],
+            [
                 event,
                 "" if now_ms is None else str(int(now_ms)),
                 config.failures,
@@ -157,15 +168,30 @@ class CircuitBreaker:
                 "1" if probe else "0",
             ],
         )
-        state = raw_state.decode() if isinstance(raw_state, bytes) else raw_state
-        return _Outcome(
-            state=cast(BreakerState, state),
-            allowed=bool(allowed),
-            probe=bool(is_probe),
-            retry_after_s=retry_after_ms / 1000,
-            recent_successes=int(successes),
-            recent_failures=int(failures),
-        )
+
+
+def _outcome(reply: list[Any]) -> _Outcome:
+    raw_state, allowed, is_probe, retry_after_ms, successes, failures = reply
+    state = raw_state.decode() if isinstance(raw_state, bytes) else raw_state
+    return _Outcome(
+        state=cast(BreakerState, state),
+        allowed=bool(allowed),
+        probe=bool(is_probe),
+        retry_after_s=retry_after_ms / 1000,
+        recent_successes=int(successes),
+        recent_failures=int(failures),
+    )
+
+
+def permit_from(reply: list[Any]) -> Permit:
+    """The `Permit` in the script's reply to "allow"."""
+    outcome = _outcome(reply)
+    return Permit(
+        allowed=outcome.allowed,
+        probe=outcome.probe,
+        state=outcome.state,
+        retry_after_s=None if outcome.allowed else outcome.retry_after_s,
+    )
 
 
 def _ms(seconds: float) -> int:

@@ -21,12 +21,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aioredis
 
 from core.redis.keys import Keys
+from core.redis.scripts import FleetScript, ScriptCall, run_call
 
-_SCRIPT = Path(__file__).with_name("rate_limit.lua").read_text(encoding="utf-8")
+SOURCE = Path(__file__).with_name("rate_limit.lua").read_text(encoding="utf-8")
+SCRIPT = FleetScript(SOURCE)
 _US_PER_MINUTE = 60_000_000
 
 
@@ -119,10 +122,9 @@ class RateLimiter:
     def __init__(self, client: aioredis.Redis, keys: Keys, *, burst_s: float = 0.2) -> None:
         if burst_s < 0:
             raise ValueError(f"burst_s must be >= 0, not {burst_s}")
-        self._client = client
+        self.client = client
         self._keys = keys
         self._burst_us = round(burst_s * 1_000_000)
-        self._script = client.register_script(_SCRIPT)
 
     async def reserve(
         self,
@@ -153,10 +155,26 @@ class RateLimiter:
         names = [b.name for b in buckets]
         if len(set(names)) != len(names):
             raise ValueError(f"a bucket appears twice in {names}")
+        call = self.reserve_call(buckets, tokens, max_wait_s=max_wait_s, line=line, now_ms=now_ms)
+        if call is None:
+            return Reservation(True, tokens, tuple(buckets))
+        return reservation_from(await run_call(self.client, call), tokens, buckets)
+
+    def reserve_call(
+        self,
+        buckets: Sequence[Bucket],
+        tokens: int,
+        *,
+        max_wait_s: float,
+        line: bool = False,
+        now_ms: int | None = None,
+    ) -> ScriptCall | None:
+        """The script call of `reserve` (to run alone or in the gate), or None when no bucket
+        is limited and no provider can be paused: then the reservation is granted as it is."""
         limited = [b for b in buckets if b.rpm is not None or b.tpm is not None]
         providers = sorted({b.provider for b in buckets if b.provider is not None})
         if not limited and not providers:
-            return Reservation(True, tokens, tuple(buckets))
+            return None
         args: list[str | int] = [
             "reserve",
             _now_arg(now_ms),
@@ -171,12 +189,7 @@ class RateLimiter:
         keys = [self._keys.rate_limit(b.name) for b in limited]
         keys += [self._keys.rate_limit_ahead(b.name) for b in limited]
         keys += [self._keys.provider_pause(p) for p in providers]
-        granted, wait_us, retry_after_us, paused = await self._script(keys=keys, args=args)
-        if granted:
-            return Reservation(True, tokens, tuple(buckets), wait_s=wait_us / 1_000_000)
-        return Reservation(
-            False, tokens, tuple(buckets), retry_after_s=retry_after_us / 1_000_000, paused=bool(paused)
-        )
+        return SCRIPT.call(keys, args)
 
     async def reconcile(
         self, reservation: Reservation, actual_tokens: int, *, now_ms: int | None = None
@@ -195,6 +208,15 @@ class RateLimiter:
         throughput; sending `max_tokens` upstream lets the estimate match it. Call this once
         per granted reservation; pass 0 for a call that never reached the provider.
         """
+        call = self.reconcile_call(reservation, actual_tokens, now_ms=now_ms)
+        if call is not None:
+            await run_call(self.client, call)
+
+    def reconcile_call(
+        self, reservation: Reservation, actual_tokens: int, *, now_ms: int | None = None
+    ) -> ScriptCall | None:
+        """The script call of `reconcile` (to run alone or in a pipeline); None when there is
+        nothing to change."""
         if not reservation.granted:
             raise ValueError("only a granted reservation can be reconciled")
         if actual_tokens < 0:
@@ -202,19 +224,19 @@ class RateLimiter:
         delta = actual_tokens - reservation.tokens
         token_buckets = [b for b in reservation.buckets if b.tpm is not None]
         if delta == 0 or not token_buckets:
-            return
+            return None
         args: list[str | int] = ["reconcile", _now_arg(now_ms), delta]
         args += [_interval_us(b.tpm) for b in token_buckets]
         keys = [self._keys.rate_limit(b.name) for b in token_buckets]
         keys += [self._keys.rate_limit_ahead(b.name) for b in token_buckets]
-        await self._script(keys=keys, args=args)
+        return SCRIPT.call(keys, args)
 
     async def headroom(self, bucket: Bucket, *, now_ms: int | None = None) -> Headroom:
         """The bucket's unused per-minute budget; see `Headroom` for the exact meaning."""
         if bucket.rpm is None and bucket.tpm is None:
             return Headroom(None, None)
-        used_requests, used_tokens = await self._script(
-            keys=[self._keys.rate_limit(bucket.name)], args=["headroom", _now_arg(now_ms)]
+        used_requests, used_tokens = await run_call(
+            self.client, SCRIPT.call([self._keys.rate_limit(bucket.name)], ["headroom", _now_arg(now_ms)])
         )
         return Headroom(
             rpm_available=None if bucket.rpm is None else max(bucket.rpm - used_requests, 0),
@@ -229,15 +251,17 @@ class RateLimiter:
         """
         if for_s < 0:
             raise ValueError(f"for_s must be >= 0, not {for_s}")
-        deadline_ms = await self._script(
-            keys=[self._keys.provider_pause(provider)],
-            args=["pause", _now_arg(now_ms), round(for_s * 1000)],
+        deadline_ms = await run_call(
+            self.client,
+            SCRIPT.call(
+                [self._keys.provider_pause(provider)], ["pause", _now_arg(now_ms), round(for_s * 1000)]
+            ),
         )
         return int(deadline_ms) / 1000
 
     async def paused_until(self, provider: str, *, now_ms: int | None = None) -> float | None:
         """The end of the provider's pause as a unix time in seconds, or None if not paused."""
-        async with self._client.pipeline(transaction=True) as pipe:
+        async with self.client.pipeline(transaction=True) as pipe:
             pipe.time()
             pipe.get(self._keys.provider_pause(provider))
             (seconds, micros), raw_deadline = await pipe.execute()
@@ -263,7 +287,7 @@ class RateLimiter:
 
     async def _pauses_left_ms(self, providers: Iterable[str]) -> list[int]:
         """Each provider's pause left in milliseconds on Redis's clock, 0 where not paused."""
-        async with self._client.pipeline(transaction=True) as pipe:
+        async with self.client.pipeline(transaction=True) as pipe:
             pipe.time()
             for name in providers:
                 pipe.get(self._keys.provider_pause(name))
@@ -279,3 +303,13 @@ def _now_arg(now_ms: int | None) -> str:
 def _interval_us(per_minute: int | None) -> str:
     """Microseconds between two units at `per_minute`; "" when there is no limit."""
     return "" if per_minute is None else repr(_US_PER_MINUTE / per_minute)
+
+
+def reservation_from(reply: list[Any], tokens: int, buckets: Sequence[Bucket]) -> Reservation:
+    """The `Reservation` in the script's reply to "reserve"."""
+    granted, wait_us, retry_after_us, paused = reply
+    if granted:
+        return Reservation(True, tokens, tuple(buckets), wait_s=wait_us / 1_000_000)
+    return Reservation(
+        False, tokens, tuple(buckets), retry_after_s=retry_after_us / 1_000_000, paused=bool(paused)
+    )

@@ -35,6 +35,7 @@ from core.fingerprint import SHARED_SCOPE, request_fingerprint
 from core.pricing import cost_usd
 from core.redis.cache import ResponseCache
 from core.redis.rate_limit import Bucket, tenant_bucket
+from core.redis.scripts import ScriptCall
 from core.redis.single_flight import Flight, SingleFlight
 from core.services.retry_policy import GiveUp, RetryPolicy, after_all_targets
 from core.services.upstream import CallRecord, TargetUnavailable, UpstreamCaller
@@ -78,6 +79,9 @@ class Verdict:
     values: dict[str, Any] = field(default_factory=dict)
     delay_s: float = 0.0
     refund: bool = False
+    # Fleet-state updates nothing waits on (a success's breaker report and reconciliation):
+    # the group writer runs them after its commit, in the group's one Redis pipeline.
+    fleet_updates: list[ScriptCall] = field(default_factory=list)
 
     @property
     def is_final(self) -> bool:
@@ -177,6 +181,7 @@ class JobRunner:
             )
         busy_for_s: list[float] = []
         last_error: UpstreamError | None = None
+        fleet_updates: list[ScriptCall] = []
         for target in targets:
             try:
                 completion = await self.caller.call(
@@ -185,6 +190,7 @@ class JobRunner:
                     interactive=claim.priority == "interactive",
                     tenant_bucket=self._tenant_bucket(tenant),
                     records=records,
+                    deferred=fleet_updates,
                 )
             except TargetUnavailable as busy:
                 busy_for_s.append(busy.retry_after_s)
@@ -196,7 +202,9 @@ class JobRunner:
                 continue
             if on_success is not None:
                 await on_success(completion)
-            return self._succeeded(records, completion, cached=False)
+            verdict = self._succeeded(records, completion, cached=False)
+            verdict.fleet_updates = fleet_updates
+            return verdict
         deadline_left_s = None
         if claim.deadline is not None:
             deadline_left_s = (claim.deadline - self.utcnow()).total_seconds()

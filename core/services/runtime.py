@@ -33,12 +33,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import redis
+import redis.asyncio as aioredis
 import structlog
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import metrics
+from core.redis.scripts import run_calls
 from core.services.execute import JobRunner, Outcome, OutcomeStatus, Verdict
 from core.services.lifecycle import Effects
 from core.services.webhook_events import commit_final
@@ -86,6 +89,7 @@ class JobRuntime:
         self,
         *,
         runner: JobRunner,
+        fleet_state: aioredis.Redis,
         sessions: sessionmaker[Session],
         clock: SqlClock,
         lease_s: float,
@@ -95,6 +99,7 @@ class JobRuntime:
         gather_s: float = GATHER_S,
     ) -> None:
         self.runner = runner
+        self.fleet_state = fleet_state
         self.sessions = sessions
         self.clock = clock
         self.lease_s = lease_s
@@ -263,6 +268,7 @@ class JobRuntime:
         except Exception:
             log.exception("final_write_failed", jobs=len(group))
             written = _Written({}, Effects())
+        await self._update_fleet_state(group)
         for item in group:
             self._active.pop(item.claim.id, None)
             outcome = written.outcomes.get(item.claim.id, Outcome(OutcomeStatus.SKIPPED))
@@ -274,6 +280,17 @@ class JobRuntime:
                 metrics.LIMITER_DELAYS.labels(reason="busy").inc()
             if not item.future.done():
                 item.future.set_result(outcome)
+
+    async def _update_fleet_state(self, group: list[_Finished]) -> None:
+        """The group's deferred breaker reports and reconciliations, in one round trip. Lost
+        on a Redis error: a breaker then misses a few successes, a bucket keeps an estimate."""
+        updates = [update for item in group for update in item.verdict.fleet_updates]
+        if not updates:
+            return
+        try:
+            await run_calls(self.fleet_state, updates)
+        except (redis.RedisError, OSError) as exc:
+            log.warning("fleet_state_updates_failed", updates=len(updates), error=type(exc).__name__)
 
     def _write_and_apply(self, group: list[_Finished]) -> _Written:
         written = self._write_group(group)

@@ -32,8 +32,10 @@ from core.config import GatewayConfig, Target
 from core.domain.chat import ChatRequest, Completion
 from core.errors import RateLimited, UpstreamError
 from core.providers.base import Provider
-from core.redis.breaker import CircuitBreaker
-from core.redis.rate_limit import Bucket, RateLimiter, provider_bucket
+from core.redis.breaker import CircuitBreaker, Permit
+from core.redis.gate import Gate
+from core.redis.rate_limit import Bucket, RateLimiter, Reservation, provider_bucket
+from core.redis.scripts import ScriptCall, run_calls
 from core.services.estimate import estimate_tokens
 
 log = structlog.get_logger("jobgate.upstream")
@@ -107,6 +109,7 @@ class UpstreamCaller:
         self.providers = providers
         self.limiter = limiter
         self.breaker = breaker
+        self.gate = Gate(breaker, limiter)
         self.utcnow = utcnow
         self.sleep = sleep
         self.monotonic = monotonic
@@ -119,8 +122,13 @@ class UpstreamCaller:
         interactive: bool,
         tenant_bucket: Bucket | None,
         records: list[CallRecord],
+        deferred: list[ScriptCall] | None = None,
     ) -> Completion:
         """The completion, or UpstreamError (after retries), or TargetUnavailable.
+
+        With `deferred`, the fleet-state updates a success leaves (the breaker's success, the
+        limiter's reconciliation) are appended there for the caller to run later in one
+        pipeline; without it they run before this returns.
 
         A retry refused because the first try's own failure opened the breaker still raises
         that failure: the target failed this job, which must cost it an attempt. Only a
@@ -143,7 +151,9 @@ class UpstreamCaller:
             async for attempt in retrying:
                 with attempt:
                     try:
-                        return await self._call_once(target, request, buckets, estimate, interactive, records)
+                        return await self._call_once(
+                            target, request, buckets, estimate, interactive, records, deferred
+                        )
                     except UpstreamError as exc:
                         failure = exc
                         raise
@@ -161,43 +171,12 @@ class UpstreamCaller:
         estimate: int,
         interactive: bool,
         records: list[CallRecord],
+        deferred: list[ScriptCall] | None,
     ) -> Completion:
         cfg = self.config.providers[target.provider]
         name = target_name(target)
         started_at = self.utcnow()
-        permit = await self.breaker.allow(name, cfg.breaker, probe_timeout_s=cfg.timeout_s + 5)
-        if not permit.allowed:
-            records.append(CallRecord(target, "breaker_open", None, 0, started_at))
-            raise TargetUnavailable("breaker open", permit.retry_after_s or cfg.breaker.cooldown_s)
-        # Batch jobs refused budget queue up in the limiter's waiting line; an interactive job
-        # books up to 10 s ahead instead, and when refused comes back as soon as budget frees.
-        reservation = await self.limiter.reserve(
-            buckets,
-            estimate,
-            max_wait_s=INTERACTIVE_MAX_WAIT_S if interactive else BATCH_MAX_WAIT_S,
-            line=not interactive,
-        )
-        if not reservation.granted:
-            if permit.probe:
-                # Nothing was sent: hand the probe back so another caller can take it now.
-                await self.breaker.release_probe(name)
-            reason = "provider paused" if reservation.paused else "rate limit budget booked"
-            records.append(CallRecord(target, "rate_limit_wait", reason, 0, started_at))
-            raise TargetUnavailable(reason, reservation.retry_after_s or 1.0)
-        if reservation.wait_s > 0:
-            metrics.LIMITER_WAITS.labels(provider=target.provider).inc()
-            metrics.LIMITER_WAIT_SECONDS.labels(provider=target.provider).observe(reservation.wait_s)
-            await self.sleep(reservation.wait_s)
-            # Other calls booked before this one may have been told to stop meanwhile (a 429,
-            # `x-ratelimit-remaining-requests: 0`): a slot booked before a pause is no licence
-            # to call through it.
-            paused_s = await self.limiter.longest_pause_left_s([target.provider])
-            if paused_s > 0:
-                await self.limiter.reconcile(reservation, 0)
-                if permit.probe:
-                    await self.breaker.release_probe(name)
-                records.append(CallRecord(target, "rate_limit_wait", "provider paused", 0, started_at))
-                raise TargetUnavailable("provider paused", paused_s)
+        permit, reservation = await self._pass_gate(target, buckets, estimate, interactive, records)
         t0 = self.monotonic()
         try:
             completion = await self.providers[target.provider].complete(request, target.model)
@@ -226,11 +205,67 @@ class UpstreamCaller:
         # What the provider charges: OpenAI (and the sim) count `max_tokens` when it is set,
         # whatever the answer used; reconciling to less would overdraw its per-second bucket.
         charged = completion.input_tokens + (request.max_output_tokens or completion.output_tokens)
-        await self.limiter.reconcile(reservation, charged)
-        await self.breaker.record_success(name, cfg.breaker, probe=permit.probe)
+        # Nothing waits on these two: they ride in the group's after-commit pipeline when the
+        # caller collects them (`deferred`), so a successful call costs no round trip after it.
+        updates = [self.breaker.call("success", name, cfg.breaker, probe=permit.probe)]
+        reconcile = self.limiter.reconcile_call(reservation, charged)
+        if reconcile is not None:
+            updates.append(reconcile)
+        if deferred is not None:
+            deferred += updates
+        else:
+            await run_calls(self.limiter.client, updates)
         await self._apply_provider_limits(target.provider, completion)
         records.append(CallRecord(target, "succeeded", None, latency_ms, started_at))
         return completion
+
+    async def _pass_gate(
+        self,
+        target: Target,
+        buckets: list[Bucket],
+        estimate: int,
+        interactive: bool,
+        records: list[CallRecord],
+    ) -> tuple[Permit, Reservation]:
+        """Breaker, pause and reservation in one round trip, then the reserved wait; raises
+        `TargetUnavailable` when the call may not go out now."""
+        cfg = self.config.providers[target.provider]
+        started_at = self.utcnow()
+        # Batch jobs refused budget queue up in the limiter's waiting line; an interactive job
+        # books up to 10 s ahead instead, and when refused comes back as soon as budget frees.
+        answer = await self.gate.open(
+            target_name(target),
+            cfg.breaker,
+            buckets,
+            estimate,
+            probe_timeout_s=cfg.timeout_s + 5,
+            max_wait_s=INTERACTIVE_MAX_WAIT_S if interactive else BATCH_MAX_WAIT_S,
+            line=not interactive,
+        )
+        permit, reservation = answer.permit, answer.reservation
+        if reservation is None:
+            records.append(CallRecord(target, "breaker_open", None, 0, started_at))
+            raise TargetUnavailable("breaker open", permit.retry_after_s or cfg.breaker.cooldown_s)
+        if not reservation.granted:
+            # A probe refused budget was handed back by the gate itself.
+            reason = "provider paused" if reservation.paused else "rate limit budget booked"
+            records.append(CallRecord(target, "rate_limit_wait", reason, 0, started_at))
+            raise TargetUnavailable(reason, reservation.retry_after_s or 1.0)
+        if reservation.wait_s > 0:
+            metrics.LIMITER_WAITS.labels(provider=target.provider).inc()
+            metrics.LIMITER_WAIT_SECONDS.labels(provider=target.provider).observe(reservation.wait_s)
+            await self.sleep(reservation.wait_s)
+            # Other calls booked before this one may have been told to stop meanwhile (a 429,
+            # `x-ratelimit-remaining-requests: 0`): a slot booked before a pause is no licence
+            # to call through it.
+            paused_s = await self.limiter.longest_pause_left_s([target.provider])
+            if paused_s > 0:
+                await self.limiter.reconcile(reservation, 0)
+                if permit.probe:
+                    await self.breaker.release_probe(target_name(target))
+                records.append(CallRecord(target, "rate_limit_wait", "provider paused", 0, started_at))
+                raise TargetUnavailable("provider paused", paused_s)
+        return permit, reservation
 
     @staticmethod
     def _observe(target: Target, outcome: str, latency_ms: int) -> None:
