@@ -17,6 +17,7 @@ from api.body_limit import BodyLimitMiddleware
 from api.deps import AppState
 from api.documentation import ERROR_RESPONSES
 from api.errors import install_error_handlers
+from api.key_cache import KeyCache
 from api.key_gate import KeyGateMiddleware
 from api.notifier import JobNotifier
 from api.request_id import RequestIdMiddleware
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             redis=commands,
             broker=broker,
             notifier=notifier,
+            principals=KeyCache(settings.key_cache_ttl_s),
         )
         try:
             yield

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from api.key_cache import KeyCache
 from api.key_gate import MISSING_KEY, bearer_token
 from api.notifier import JobNotifier
 from core.auth import hash_key
@@ -39,6 +40,7 @@ class AppState:
     redis: aioredis.Redis
     broker: RedisBroker
     notifier: JobNotifier
+    principals: KeyCache[Principal]
 
 
 @dataclass(frozen=True)
@@ -77,15 +79,22 @@ async def get_principal(
     request: Request, session: Annotated[AsyncSession, Depends(get_session)]
 ) -> Principal:
     token = _bearer(request)
+    key_hash = hash_key(token)
+    state = get_state(request)
+    principal = state.principals.get(key_hash)
+    if principal is not None:
+        return principal
     stmt = (
         select(Tenant.id, Tenant.name)
         .join(ApiKey, ApiKey.tenant_id == Tenant.id)
-        .where(ApiKey.key_hash == hash_key(token), ApiKey.revoked_at.is_(None))
+        .where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
     )
     row = (await session.execute(stmt)).first()
     if row is None:
         raise Unauthenticated("Incorrect API key provided.")
-    return Principal(tenant_id=row[0], tenant_name=row[1])
+    principal = Principal(tenant_id=row[0], tenant_name=row[1])
+    state.principals.put(key_hash, principal)
+    return principal
 
 
 StateDep = Annotated[AppState, Depends(get_state)]

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     redispatch_after_s: float = 30
     max_attempts: int = 3
     sync_timeout_s: float = 300
+    # How long an API process trusts a key it has checked: a revoked key is refused
+    # everywhere within this time; 0 checks SQL on every request.
+    key_cache_ttl_s: float = 5
 
     max_body_bytes: int = 1_000_000
     max_batch_bytes: int = 200_000_000
