@@ -283,15 +283,11 @@ def renew_leases(session: Session, clock: SqlClock, claims: list[Claim], *, leas
     if not claims:
         return 0
     now = clock.now()
-    owned = and_(
-        Job.status == RUNNING, tuple_(Job.id, Job.attempts).in_([(c.id, c.attempt) for c in claims])
-    )
+    owned = and_(Job.status == RUNNING, tuple_(Job.id, Job.attempts).in_([(c.id, c.attempt) for c in claims]))
     if clock.dialect == "postgresql":
         owned = Job.id.in_(select(Job.id).where(owned).with_for_update(skip_locked=True).scalar_subquery())
     stmt = (
-        update(cast(Table, Job.__table__))
-        .where(owned)
-        .values(lease_until=now + timedelta(seconds=lease_s))
+        update(cast(Table, Job.__table__)).where(owned).values(lease_until=now + timedelta(seconds=lease_s))
     )
     count = rowcount(session.execute(stmt))
     session.commit()
