@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         broker = queue.build_broker(
             settings.redis_url, keys, max_connections=64, timeout_s=settings.redis_timeout_s
         )
-        notifier = JobNotifier(pubsub, keys.job_done_channel, publisher=commands)
+        notifier = JobNotifier(pubsub, keys.job_done_channel)
         await notifier.start()
         app.state.jobgate = AppState(
             settings=settings,

@@ -18,6 +18,8 @@ from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import queue
+from core.redis.keys import Keys
+from core.services.lifecycle import Effects, apply_effects
 from core.services.webhook_events import commit_final
 
 log = structlog.get_logger("jobgate.dispatch")
@@ -37,10 +39,17 @@ async def dispatch_committed(
     return True
 
 
-async def commit_final_events(session: AsyncSession, job_ids: list[str], now: datetime) -> list[str]:
+async def commit_final_events(session: AsyncSession, job_ids: list[str], now: datetime) -> Effects:
     """Commit, with the webhook outbox rows of the jobs this request made final (and of the
-    batches that completed); returns the deliveries to dispatch."""
-    return await session.run_sync(lambda sync_session: commit_final(sync_session, job_ids, now))
+    batches that completed); returns what is left to do after the commit."""
+    deliveries = await session.run_sync(lambda sync_session: commit_final(sync_session, job_ids, now))
+    return Effects(finished=list(job_ids), deliveries=deliveries)
+
+
+async def apply_after_commit(broker: RedisBroker, keys: Keys, effects: Effects) -> None:
+    """`lifecycle.apply_effects` off the event loop (the broker's client is redis-py's sync one)."""
+    if effects:
+        await to_thread.run_sync(lambda: apply_effects(effects, broker, keys))
 
 
 async def dispatch_deliveries(

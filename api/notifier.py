@@ -1,6 +1,7 @@
 """Long-poll waiters: one Redis pub/sub connection per API process, any number of waiters.
 
-Workers publish a job's id on `Keys.job_done_channel` when it reaches a final state. Each
+Whoever makes jobs final (a worker's group write, a cancel, the reaper) publishes their ids on
+`Keys.job_done_channel`, space-separated in one message (`core.services.lifecycle`). Each
 waiter registers a future *before* it reads the job row, so a completion between the read
 and the wait is not missed. Pub/sub may drop messages (reconnects), so waiters also re-read
 SQL at a modest interval and on timeout: the notification is a shortcut, SQL the truth.
@@ -29,12 +30,9 @@ SUBSCRIBE_TIMEOUT_S = 5.0
 
 
 class JobNotifier:
-    def __init__(self, client: aioredis.Redis, channel: str, *, publisher: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, channel: str) -> None:
         self.client = client
         self.channel = channel
-        # Publishing goes through a client with a read timeout (the pub/sub one has none: it
-        # idles between messages), so a stalled Redis cannot hang the request that publishes.
-        self.publisher = publisher
         self._waiters: dict[str, set[asyncio.Future[None]]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -115,10 +113,3 @@ class JobNotifier:
             # Waiters re-read SQL on their own; a reconnect only costs latency.
             if not self._stopping:
                 await asyncio.sleep(RECONNECT_DELAY_S)
-
-    async def publish(self, job_id: str) -> None:
-        """Tell every API process's waiters that `job_id` is final (best effort)."""
-        try:
-            await self.publisher.publish(self.channel, job_id)
-        except Exception as exc:
-            log.warning("job_done_publish_failed", job_id=job_id, error=type(exc).__name__)

@@ -55,6 +55,7 @@ class FleetSweeper(threading.Thread):
     ) -> None:
         super().__init__(name="fleet-sweeper", daemon=True)
         self.sessions, self.clock, self.broker, self.client = sessions, clock, broker, client
+        self.keys = keys
         self.lock_key = keys.maintenance_lock("sweep")
         self.settings = settings
         self.token = uuid.uuid4().hex
@@ -78,6 +79,7 @@ class FleetSweeper(threading.Thread):
                         self.sessions,
                         self.clock,
                         self.broker,
+                        self.keys,
                         redispatch_after_s=self.settings.redispatch_after_s,
                         # Two intervals: the next sweep may run late or on another worker.
                         ahead_s=2 * self.settings.sweep_interval_s,

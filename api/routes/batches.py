@@ -17,7 +17,7 @@ from starlette.background import BackgroundTask
 
 from api.batch_upload import BatchParser, parse_json_requests, parse_ndjson_batch, split_json_batch
 from api.deps import AppState, PrincipalDep, SessionDep, StateDep
-from api.dispatch import commit_final_events, dispatch_committed, dispatch_deliveries
+from api.dispatch import apply_after_commit, commit_final_events, dispatch_committed
 from api.documentation import BatchList, BatchObject, answer
 from api.errors import describe_validation_error
 from api.job_specs import check_webhook_url
@@ -210,9 +210,9 @@ async def cancel_batch(
         )
     stmt = store.cancel_batch_jobs_stmt(batch.id, now).returning(Job.id)
     cancelled = list((await session.execute(stmt)).scalars())
-    deliveries = await commit_final_events(session, cancelled, state.clock.utcnow())
+    effects = await commit_final_events(session, cancelled, state.clock.utcnow())
     metrics.record_jobs_finished("cancelled", len(cancelled))
-    await dispatch_deliveries(state.broker, deliveries)
+    await apply_after_commit(state.broker, state.keys, effects)
     return await _batch_view(session, await _load_batch(session, principal.tenant_id, batch_id))
 
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 
 from api.deps import PrincipalDep, SessionDep, StateDep
-from api.dispatch import commit_final_events, dispatch_committed, dispatch_deliveries
+from api.dispatch import apply_after_commit, commit_final_events, dispatch_committed
 from api.documentation import JobList, JobObject, JobStatus, answer
 from api.job_specs import job_spec
 from api.request_id import request_id_of
@@ -90,11 +90,10 @@ async def cancel_job(
 ) -> dict[str, Any]:
     stmt = store.cancel_job_stmt(principal.tenant_id, job_id, state.clock.now()).returning(Job.id)
     cancelled = list((await session.execute(stmt)).scalars())
-    deliveries = await commit_final_events(session, cancelled, state.clock.utcnow())
+    effects = await commit_final_events(session, cancelled, state.clock.utcnow())
     if cancelled:
         metrics.record_jobs_finished("cancelled")
-        await state.notifier.publish(job_id)
-        await dispatch_deliveries(state.broker, deliveries)
+        await apply_after_commit(state.broker, state.keys, effects)
     return job_object(await load_job(session, principal.tenant_id, job_id))
 
 

@@ -19,6 +19,8 @@ from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import metrics, queue
+from core.redis.keys import Keys
+from core.services.lifecycle import Effects, apply_effects
 from core.services.webhook_delivery import overdue_deliveries
 from core.services.webhook_events import commit_final, mark_batches_completed
 from core.store import jobs as store
@@ -39,11 +41,9 @@ class SweepReport:
     redispatched: int
 
 
-def reap_expired_leases(
-    sessions: sessionmaker[Session], clock: SqlClock
-) -> tuple[list[tuple[str, str]], int, list[str]]:
-    """Returns the (job_id, priority) pairs put back in the queue, how many were failed, and
-    the webhook deliveries the failures produced."""
+def reap_expired_leases(sessions: sessionmaker[Session], clock: SqlClock) -> Effects:
+    """One transaction; its effects: the jobs put back in the queue (to dispatch now), the jobs
+    failed (final) and the webhook deliveries the failures produced."""
     requeued: list[tuple[str, str]] = []
     failed: list[str] = []
     with sessions() as session:
@@ -57,7 +57,11 @@ def reap_expired_leases(
                 else:
                     requeued.append((job_id, priority))
         deliveries = commit_final(session, failed, clock.utcnow())
-    return requeued, len(failed), deliveries
+    return Effects(
+        finished=failed,
+        deliveries=deliveries,
+        dispatch=[(job_id, priority, 0) for job_id, priority in requeued],
+    )
 
 
 def announce_unannounced_batches(session: Session, clock: SqlClock, *, older_than_s: float) -> list[str]:
@@ -100,6 +104,7 @@ def sweep(
     sessions: sessionmaker[Session],
     clock: SqlClock,
     broker: RedisBroker,
+    keys: Keys,
     *,
     redispatch_after_s: float,
     ahead_s: float = 0.0,
@@ -107,30 +112,31 @@ def sweep(
     """One pass of fleet upkeep. `ahead_s`: jobs put back with a delay too long for the broker
     (their `not_before` is in SQL only) that come due within it are enqueued now with the
     rest of their delay, so they run on time rather than at the first sweep after it."""
-    requeued, failed, deliveries = reap_expired_leases(sessions, clock)
-    if requeued:
-        queue.dispatch_jobs(broker, requeued)
-    # After the reaped jobs' dispatch, so they count as pending here and are not sent twice.
+    reaped = reap_expired_leases(sessions, clock)
+    # Dispatched first, so the reaped jobs count as pending below and are not sent twice.
+    apply_effects(reaped, broker, keys)
     lost = find_lost_jobs(sessions, clock, broker, older_than_s=redispatch_after_s, ahead_s=ahead_s)
     queue.run_broker_maintenance(broker)
-    for delay_ms, jobs in sorted(lost.items()):
-        queue.dispatch_jobs(broker, jobs, delay_ms=delay_ms)
-    with sessions() as session:
-        deliveries += overdue_deliveries(session, clock.utcnow(), grace_s=redispatch_after_s)
-        deliveries += announce_unannounced_batches(session, clock, older_than_s=redispatch_after_s)
-    if deliveries:
-        queue.dispatch_deliveries(broker, deliveries)
-    if failed:
-        metrics.record_jobs_finished("failed", failed)
-    report = SweepReport(
-        reaped=len(requeued), failed=failed, redispatched=sum(len(jobs) for jobs in lost.values())
+    later = Effects(
+        dispatch=[
+            (job_id, priority, delay_ms) for delay_ms, jobs in lost.items() for job_id, priority in jobs
+        ]
     )
-    if requeued or failed or lost or deliveries:
+    with sessions() as session:
+        later.deliveries += overdue_deliveries(session, clock.utcnow(), grace_s=redispatch_after_s)
+        later.deliveries += announce_unannounced_batches(session, clock, older_than_s=redispatch_after_s)
+    apply_effects(later, broker, keys)
+    if reaped.finished:
+        metrics.record_jobs_finished("failed", len(reaped.finished))
+    report = SweepReport(
+        reaped=len(reaped.dispatch), failed=len(reaped.finished), redispatched=len(later.dispatch)
+    )
+    if reaped or later:
         log.info(
             "sweep",
             reaped=report.reaped,
             failed=report.failed,
             redispatched=report.redispatched,
-            webhook_deliveries=len(deliveries),
+            webhook_deliveries=len(reaped.deliveries) + len(later.deliveries),
         )
     return report

@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 
 from api.notifier import JobNotifier
 from core.redis.keys import Keys
+from core.services.lifecycle import job_done_message
 from tests.fleet import free_port
 
 
@@ -28,12 +29,13 @@ async def test_start_returns_subscribed_so_the_first_completion_wakes_its_waiter
     clients: tuple[aioredis.Redis, aioredis.Redis], keys: Keys
 ) -> None:
     pubsub, publisher = clients
-    notifier = JobNotifier(pubsub, keys.job_done_channel, publisher=publisher)
+    notifier = JobNotifier(pubsub, keys.job_done_channel)
     await notifier.start()
     try:
         [(_, subscribers)] = await publisher.pubsub_numsub(keys.job_done_channel)
         async with notifier.watch("job_first") as woken:
-            await notifier.publish("job_first")  # at once, as a fast job's worker would
+            # At once, as a fast job's worker would.
+            await publisher.publish(keys.job_done_channel, job_done_message(["job_first"]))
             await asyncio.wait_for(woken, timeout=5)
     finally:
         await notifier.stop()
@@ -41,13 +43,27 @@ async def test_start_returns_subscribed_so_the_first_completion_wakes_its_waiter
     assert subscribers == 1
 
 
+async def test_one_message_naming_a_group_of_jobs_wakes_each_of_their_waiters(
+    clients: tuple[aioredis.Redis, aioredis.Redis], keys: Keys
+) -> None:
+    pubsub, publisher = clients
+    notifier = JobNotifier(pubsub, keys.job_done_channel)
+    await notifier.start()
+    try:
+        async with notifier.watch("job_a") as a, notifier.watch("job_b") as b, notifier.watch("job_c") as c:
+            await publisher.publish(keys.job_done_channel, job_done_message(["job_a", "job_b"]))
+            await asyncio.wait_for(asyncio.gather(a, b), timeout=5)
+            assert not c.done()
+    finally:
+        await notifier.stop()
+
+
 async def test_an_unreachable_redis_does_not_hold_up_start(keys: Keys) -> None:
     unreachable = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}", socket_connect_timeout=1)
-    notifier = JobNotifier(unreachable, keys.job_done_channel, publisher=unreachable)
+    notifier = JobNotifier(unreachable, keys.job_done_channel)
     try:
         await asyncio.wait_for(notifier.start(timeout_s=2), timeout=5)
         async with notifier.watch("job_unheard") as woken:
-            await notifier.publish("job_unheard")  # best effort: logged, not raised
             assert not woken.done()
     finally:
         await notifier.stop()

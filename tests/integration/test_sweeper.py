@@ -44,7 +44,7 @@ async def test_sweep_enqueues_due_jobs_now_and_jobs_coming_due_with_the_rest_of_
     clock = SqlClock(inline_worker.engine.dialect.name)
 
     try:
-        report = sweep(inline_worker.sessions, clock, broker, redispatch_after_s=0, ahead_s=30)
+        report = sweep(inline_worker.sessions, clock, broker, keys, redispatch_after_s=0, ahead_s=30)
     finally:
         broker.close()
 

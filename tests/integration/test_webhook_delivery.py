@@ -516,7 +516,7 @@ async def test_sweeper_dispatches_deliveries_whose_message_was_lost_but_not_a_di
     clock = SqlClock(inline_worker.engine.dialect.name)
 
     try:
-        sweep(inline_worker.sessions, clock, broker, redispatch_after_s=0)
+        sweep(inline_worker.sessions, clock, broker, keys, redispatch_after_s=0)
     finally:
         broker.close()
 
@@ -612,14 +612,13 @@ async def test_batch_left_unannounced_by_a_crash_after_the_final_commit_is_annou
         finish(session, second, now)
         session.commit()  # and the worker dies before its batch check
     clock = SqlClock(inline_worker.engine.dialect.name)
-    broker = queue.build_broker(
-        settings.redis_url or "", Keys(settings.redis_prefix), max_connections=4, timeout_s=5
-    )
+    keys = Keys(settings.redis_prefix)
+    broker = queue.build_broker(settings.redis_url or "", keys, max_connections=4, timeout_s=5)
 
     try:
-        sweep(inline_worker.sessions, clock, broker, redispatch_after_s=0)
+        sweep(inline_worker.sessions, clock, broker, keys, redispatch_after_s=0)
         announced_once = batch_announcements(inline_worker, batch_id)
-        sweep(inline_worker.sessions, clock, broker, redispatch_after_s=0)
+        sweep(inline_worker.sessions, clock, broker, keys, redispatch_after_s=0)
     finally:
         broker.close()
 
