@@ -60,21 +60,26 @@ class WorkerComponents:
 
 def fleet_state_client(settings: Settings, *, max_connections: int) -> aioredis.Redis:
     """The event loop's Redis pool: one connection per job in flight at most (a single-flight
-    follower holds one while it waits), plus a margin."""
+    follower holds one while it waits), plus a margin; opened as needed, kept for reuse."""
     assert settings.redis_url is not None
     timeout = settings.redis_timeout_s
-    pool = aioredis.BlockingConnectionPool.from_url(
+    pool = aioredis.ConnectionPool.from_url(
         settings.redis_url,
         max_connections=max_connections,
-        timeout=timeout,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
+        # No CLIENT SETINFO on connect: two more commands per new connection, for a label.
+        driver_info=None,
     )
     return aioredis.Redis(connection_pool=pool)
 
 
 def build_runner(
-    config: GatewayConfig, state: aioredis.Redis, keys: Keys, providers: dict[str, Provider], clock: SqlClock
+    config: GatewayConfig,
+    state: aioredis.Redis,
+    keys: Keys,
+    providers: dict[str, Provider],
+    clock: SqlClock,
 ) -> JobRunner:
     longest_timeout_s = max((p.timeout_s for p in config.providers.values()), default=60)
     return JobRunner(

@@ -35,21 +35,34 @@ class ScriptCall:
     args: tuple[str | int | float, ...]
 
 
-async def run_calls(client: aioredis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+@dataclass(frozen=True)
+class Command:
+    """A plain Redis command (`GET k`, `SET k v PX t`), to ride in the same pipeline."""
+
+    args: tuple[str | int | float | bytes, ...]
+
+
+FleetOp = ScriptCall | Command
+
+
+async def run_calls(client: aioredis.Redis, calls: Sequence[FleetOp]) -> list[Any]:
     """Run `calls` in one round trip (in order, not as a transaction); their replies in order."""
     if not calls:
         return []
     pipe = client.pipeline(transaction=False)
     for c in calls:
-        pipe.evalsha(c.script.sha, len(c.keys), *c.keys, *c.args)
+        if isinstance(c, Command):
+            pipe.execute_command(*c.args)
+        else:
+            pipe.evalsha(c.script.sha, len(c.keys), *c.keys, *c.args)
     replies: list[Any] = await pipe.execute(raise_on_error=False)
     for i, (c, reply) in enumerate(zip(calls, replies, strict=True)):
-        if isinstance(reply, NoScriptError):
+        if isinstance(reply, NoScriptError) and isinstance(c, ScriptCall):
             replies[i] = await client.eval(c.script.source, len(c.keys), *c.keys, *c.args)  # type: ignore[misc]
         elif isinstance(reply, Exception):
             raise reply
     return replies
 
 
-async def run_call(client: aioredis.Redis, call: ScriptCall) -> Any:
+async def run_call(client: aioredis.Redis, call: FleetOp) -> Any:
     return (await run_calls(client, [call]))[0]

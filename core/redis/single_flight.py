@@ -52,6 +52,7 @@ import redis.asyncio as aioredis
 
 from core.domain.chat import Completion
 from core.redis.keys import Keys
+from core.redis.scripts import FleetScript, ScriptCall, run_call
 from core.redis.stored_completion import (
     STORED_COMPLETION_VERSION,
     completion_from_document,
@@ -61,7 +62,7 @@ from core.redis.stored_completion import (
 
 logger = logging.getLogger(__name__)
 
-_SCRIPT_SOURCE = Path(__file__).with_name("single_flight.lua").read_text(encoding="utf-8")
+SCRIPT = FleetScript(Path(__file__).with_name("single_flight.lua").read_text(encoding="utf-8"))
 
 DEFAULT_LOCK_TTL_S = 120.0
 DEFAULT_RESULT_TTL_S = 30.0
@@ -132,13 +133,12 @@ class SingleFlight:
         `clock` is a monotonic clock in seconds, for the follower's deadline."""
         if lock_ttl_s <= 0 or result_ttl_s <= 0:
             raise ValueError("lock_ttl_s and result_ttl_s must be positive")
-        self._client = client
+        self.client = client
         self._keys = keys
         self._lock_ttl_ms = max(1, round(lock_ttl_s * 1000))
         self._result_ttl_ms = max(1, round(result_ttl_s * 1000))
         self._clock = clock
         self._new_token = new_token
-        self._script = client.register_script(_SCRIPT_SOURCE)
         socket_timeout_s = client.connection_pool.connection_kwargs.get("socket_timeout")
         self._max_block_s = (
             max(socket_timeout_s - _SOCKET_TIMEOUT_MARGIN_S, socket_timeout_s / 2)
@@ -148,10 +148,17 @@ class SingleFlight:
 
     async def begin(self, fingerprint: str) -> Flight:
         """Take the lead for `fingerprint`, or learn who has it, or find the answer just made."""
-        reply = await self._script(
-            keys=[self._keys.flight(fingerprint), self._keys.flight_result(fingerprint)],
-            args=["begin", self._new_token(), self._lock_ttl_ms, STORED_COMPLETION_VERSION],
+        return self.flight_from(fingerprint, await run_call(self.client, self.begin_call(fingerprint)))
+
+    def begin_call(self, fingerprint: str) -> ScriptCall:
+        """`begin` as a script call, to ride in a pipeline; `flight_from` reads its reply."""
+        return SCRIPT.call(
+            [self._keys.flight(fingerprint), self._keys.flight_result(fingerprint)],
+            ["begin", self._new_token(), self._lock_ttl_ms, STORED_COMPLETION_VERSION],
         )
+
+    @staticmethod
+    def flight_from(fingerprint: str, reply: list[Any]) -> Flight:
         role = FlightRole(_text(reply[0]))
         if role is FlightRole.DONE:
             result = load_completion(reply[1])
@@ -166,15 +173,19 @@ class SingleFlight:
         Raises ValueError for a partial answer (use `abandon`). Returns False when the lock had
         already expired (the answer is published all the same).
         """
+        return bool(await run_call(self.client, self.complete_call(flight, completion)))
+
+    def complete_call(self, flight: Flight, completion: Completion) -> ScriptCall:
+        """`complete` as a script call, to ride in the group writer's after-commit pipeline."""
         token = self._leader_token(flight)
         document = completion_to_document(completion)  # raises ValueError for a partial answer
-        reply = await self._script(
-            keys=[
+        return SCRIPT.call(
+            [
                 self._keys.flight(flight.fingerprint),
                 self._keys.flight_result(flight.fingerprint),
                 self._keys.flight_wake(flight.fingerprint, token),
             ],
-            args=[
+            [
                 "complete",
                 token,
                 json.dumps(document, separators=(",", ":"), ensure_ascii=False),
@@ -186,24 +197,26 @@ class SingleFlight:
                 self._result_ttl_ms,
             ],
         )
-        return bool(reply)
 
     async def abandon(self, flight: Flight, error_retryable: bool) -> bool:
         """Give up leading: wake the followers at once (their `wait` returns None) and release
         the lock so one of them can take over. `error_retryable` says whether the leader's
         error was one a retry may cure; followers log it. Returns False when the lock had
         already expired."""
+        return bool(await run_call(self.client, self.abandon_call(flight, error_retryable)))
+
+    def abandon_call(self, flight: Flight, error_retryable: bool) -> ScriptCall:
+        """`abandon` as a script call, to ride in a pipeline."""
         token = self._leader_token(flight)
-        reply = await self._script(
-            keys=[self._keys.flight(flight.fingerprint), self._keys.flight_wake(flight.fingerprint, token)],
-            args=[
+        return SCRIPT.call(
+            [self._keys.flight(flight.fingerprint), self._keys.flight_wake(flight.fingerprint, token)],
+            [
                 "abandon",
                 token,
                 json.dumps({"outcome": "abandoned", "retryable": error_retryable}),
                 self._result_ttl_ms,
             ],
         )
-        return bool(reply)
 
     async def extend(self, flight: Flight, *, ttl_s: float | None = None) -> bool:
         """Keep leading for `ttl_s` (default: the lock TTL) from now. False if the lock was lost:
@@ -211,9 +224,8 @@ class SingleFlight:
         with `complete`."""
         token = self._leader_token(flight)
         ttl_ms = self._lock_ttl_ms if ttl_s is None else max(1, round(ttl_s * 1000))
-        reply = await self._script(
-            keys=[self._keys.flight(flight.fingerprint)], args=["extend", token, ttl_ms]
-        )
+        call = SCRIPT.call([self._keys.flight(flight.fingerprint)], ["extend", token, ttl_ms])
+        reply = await run_call(self.client, call)
         return bool(reply)
 
     async def wait(self, flight_or_fingerprint: Flight | str, *, timeout_s: float) -> Completion | None:
@@ -246,7 +258,7 @@ class SingleFlight:
             until_lock_expiry_s = max(0.0, lock_expires_at - now) + _LOCK_EXPIRY_GRACE_S
             block_s = max(_MIN_BLOCK_S, round(min(deadline - now, until_lock_expiry_s, self._max_block_s), 3))
             # Redis takes a fractional timeout (since 6.0); redis-py's annotation says int.
-            payload = await self._client.blmove(wake_key, wake_key, block_s, "LEFT", "RIGHT")  # type: ignore[arg-type]
+            payload = await self.client.blmove(wake_key, wake_key, block_s, "LEFT", "RIGHT")  # type: ignore[arg-type]
             if payload is not None:
                 return self._outcome(flight.fingerprint, payload)
             current = await self._observe(flight.fingerprint)
@@ -258,7 +270,7 @@ class SingleFlight:
 
     async def _observe(self, fingerprint: str) -> Flight | None:
         """A consistent read of the flight's state, without joining or taking it."""
-        async with self._client.pipeline(transaction=True) as pipe:
+        async with self.client.pipeline(transaction=True) as pipe:
             pipe.get(self._keys.flight_result(fingerprint))
             pipe.get(self._keys.flight(fingerprint))
             pipe.pttl(self._keys.flight(fingerprint))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 import functools
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -35,7 +35,7 @@ from core.fingerprint import SHARED_SCOPE, request_fingerprint
 from core.pricing import cost_usd
 from core.redis.cache import ResponseCache
 from core.redis.rate_limit import Bucket, tenant_bucket
-from core.redis.scripts import ScriptCall
+from core.redis.scripts import FleetOp, run_calls
 from core.redis.single_flight import Flight, SingleFlight
 from core.services.retry_policy import GiveUp, RetryPolicy, after_all_targets
 from core.services.upstream import CallRecord, TargetUnavailable, UpstreamCaller
@@ -79,9 +79,10 @@ class Verdict:
     values: dict[str, Any] = field(default_factory=dict)
     delay_s: float = 0.0
     refund: bool = False
-    # Fleet-state updates nothing waits on (a success's breaker report and reconciliation):
+    # Fleet-state updates nothing waits long on (a success's breaker report, reconciliation,
+    # cache entry and single-flight answer):
     # the group writer runs them after its commit, in the group's one Redis pipeline.
-    fleet_updates: list[ScriptCall] = field(default_factory=list)
+    fleet_updates: list[FleetOp] = field(default_factory=list)
 
     @property
     def is_final(self) -> bool:
@@ -121,10 +122,6 @@ class JobRunner:
             return await self._call_targets(claim, tenant, request, records)
         scope = SHARED_SCOPE if self.config.tenant_limits(tenant).shared_cache else claim.tenant_id
         fingerprint = request_fingerprint(claim.model, request, scope=scope)
-        hit = await self.cache.get(fingerprint)
-        metrics.CACHE_LOOKUPS.labels(result="hit" if hit is not None else "miss").inc()
-        if hit is not None:
-            return self._succeeded(records, hit, cached=True)
         return await self._single_flight(claim, tenant, request, records, fingerprint)
 
     async def _single_flight(
@@ -135,30 +132,51 @@ class JobRunner:
         records: list[CallRecord],
         fingerprint: str,
     ) -> Verdict:
-        for _ in range(MAX_FLIGHT_ROUNDS):
-            flight = await self.single_flight.begin(fingerprint)
+        """The cache, then single-flight: the cache read rides in the round trip of the first
+        flight lookup; what a hit or a leader's success leaves to write is deferred to the group's
+        after-commit pipeline (a twin waiting on this leader hears it a few ms later)."""
+        updates: list[FleetOp] = []
+        for round_ in range(MAX_FLIGHT_ROUNDS):
+            lookup: list[FleetOp] = [self.single_flight.begin_call(fingerprint)]
+            if round_ == 0:
+                lookup.insert(0, self.cache.get_command(fingerprint))
+            replies = await run_calls(self.single_flight.client, lookup)
+            flight = SingleFlight.flight_from(fingerprint, replies[-1])
+            if round_ == 0:
+                hit, cleanup = self.cache.decode(fingerprint, replies[0])
+                metrics.CACHE_LOOKUPS.labels(result="hit" if hit is not None else "miss").inc()
+                updates += [cleanup] if cleanup is not None else []
+                if hit is not None:
+                    if flight.is_leader:  # taken alongside the read: handed back, unused
+                        updates.append(self.single_flight.abandon_call(flight, error_retryable=True))
+                    return self._succeeded(records, hit, cached=True, updates=updates)
             if flight.is_done:
                 assert flight.result is not None
                 metrics.SINGLE_FLIGHT_COLLAPSES.inc()
-                return self._succeeded(records, flight.result, cached=True)
+                return self._succeeded(records, flight.result, cached=True, updates=updates)
             if flight.is_leader:
                 share = functools.partial(self._share, flight, fingerprint)
                 verdict = await self._call_targets(claim, tenant, request, records, on_success=share)
                 if verdict.status is not OutcomeStatus.SUCCEEDED:
                     retryable = verdict.status is OutcomeStatus.REQUEUED
                     await self.single_flight.abandon(flight, error_retryable=retryable)
+                verdict.fleet_updates += updates
                 return verdict
             answer = await self.single_flight.wait(flight, timeout_s=FOLLOWER_WAIT_S)
             if answer is not None:
                 metrics.SINGLE_FLIGHT_COLLAPSES.inc()
-                return self._succeeded(records, answer, cached=True)
+                return self._succeeded(records, answer, cached=True, updates=updates)
         # The twin keeps failing or vanishing: come back later rather than wait on.
-        return Verdict(OutcomeStatus.REQUEUED, records, delay_s=self.policy.retry_delay_s, refund=True)
+        verdict = Verdict(OutcomeStatus.REQUEUED, records, delay_s=self.policy.retry_delay_s, refund=True)
+        verdict.fleet_updates += updates
+        return verdict
 
-    async def _share(self, flight: Flight, fingerprint: str, completion: Completion) -> None:
+    def _share(self, flight: Flight, fingerprint: str, completion: Completion) -> list[FleetOp]:
         """Leader's success: cache the answer, then hand it to the waiting twins."""
-        await self.cache.put(fingerprint, completion, ttl_s=self.config.cache.ttl_s)
-        await self.single_flight.complete(flight, completion)
+        return [
+            self.cache.put_command(fingerprint, completion, ttl_s=self.config.cache.ttl_s),
+            self.single_flight.complete_call(flight, completion),
+        ]
 
     def _tenant_bucket(self, tenant: str) -> Bucket | None:
         limits = self.config.tenant_limits(tenant)
@@ -172,7 +190,7 @@ class JobRunner:
         tenant: str,
         request: ChatRequest,
         records: list[CallRecord],
-        on_success: Callable[[Completion], Awaitable[None]] | None = None,
+        on_success: Callable[[Completion], list[FleetOp]] | None = None,
     ) -> Verdict:
         targets = self.config.targets_for(claim.model) or []
         if not targets:
@@ -181,7 +199,7 @@ class JobRunner:
             )
         busy_for_s: list[float] = []
         last_error: UpstreamError | None = None
-        fleet_updates: list[ScriptCall] = []
+        fleet_updates: list[FleetOp] = []
         for target in targets:
             try:
                 completion = await self.caller.call(
@@ -201,10 +219,8 @@ class JobRunner:
                 last_error = exc
                 continue
             if on_success is not None:
-                await on_success(completion)
-            verdict = self._succeeded(records, completion, cached=False)
-            verdict.fleet_updates = fleet_updates
-            return verdict
+                fleet_updates += on_success(completion)
+            return self._succeeded(records, completion, cached=False, updates=fleet_updates)
         deadline_left_s = None
         if claim.deadline is not None:
             deadline_left_s = (claim.deadline - self.utcnow()).total_seconds()
@@ -223,7 +239,9 @@ class JobRunner:
             return failed(records, last_error.to_error())
         return Verdict(OutcomeStatus.REQUEUED, records, delay_s=decision.delay_s, refund=decision.refund)
 
-    def _succeeded(self, records: list[CallRecord], completion: Completion, *, cached: bool) -> Verdict:
+    def _succeeded(
+        self, records: list[CallRecord], completion: Completion, *, cached: bool, updates: list[FleetOp]
+    ) -> Verdict:
         cost = Decimal(0)
         if cached:
             target = Target(provider=completion.provider, model=completion.model)
@@ -242,4 +260,4 @@ class JobRunner:
             "served_model": completion.model,
             "cached": cached,
         }
-        return Verdict(OutcomeStatus.SUCCEEDED, records, values)
+        return Verdict(OutcomeStatus.SUCCEEDED, records, values, fleet_updates=updates)

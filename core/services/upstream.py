@@ -35,7 +35,7 @@ from core.providers.base import Provider
 from core.redis.breaker import CircuitBreaker, Permit
 from core.redis.gate import Gate
 from core.redis.rate_limit import Bucket, RateLimiter, Reservation, provider_bucket
-from core.redis.scripts import ScriptCall, run_calls
+from core.redis.scripts import FleetOp, run_calls
 from core.services.estimate import estimate_tokens
 
 log = structlog.get_logger("jobgate.upstream")
@@ -122,7 +122,7 @@ class UpstreamCaller:
         interactive: bool,
         tenant_bucket: Bucket | None,
         records: list[CallRecord],
-        deferred: list[ScriptCall] | None = None,
+        deferred: list[FleetOp] | None = None,
     ) -> Completion:
         """The completion, or UpstreamError (after retries), or TargetUnavailable.
 
@@ -171,7 +171,7 @@ class UpstreamCaller:
         estimate: int,
         interactive: bool,
         records: list[CallRecord],
-        deferred: list[ScriptCall] | None,
+        deferred: list[FleetOp] | None,
     ) -> Completion:
         cfg = self.config.providers[target.provider]
         name = target_name(target)
@@ -207,7 +207,7 @@ class UpstreamCaller:
         charged = completion.input_tokens + (request.max_output_tokens or completion.output_tokens)
         # Nothing waits on these two: they ride in the group's after-commit pipeline when the
         # caller collects them (`deferred`), so a successful call costs no round trip after it.
-        updates = [self.breaker.call("success", name, cfg.breaker, probe=permit.probe)]
+        updates: list[FleetOp] = [self.breaker.call("success", name, cfg.breaker, probe=permit.probe)]
         reconcile = self.limiter.reconcile_call(reservation, charged)
         if reconcile is not None:
             updates.append(reconcile)

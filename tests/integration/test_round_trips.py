@@ -17,6 +17,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import dramatiq
@@ -24,10 +25,12 @@ import httpx
 import pytest
 import redis
 import redis.asyncio.connection as aio_connection
+import yaml
 from sqlalchemy import event
 
 from core.services.runtime import LoopThread
 from core.settings import Settings
+from tests.sim_process import SimHandle
 from workers.actors import declare_actors, hand_offs
 from workers.composition import WorkerComponents, compose
 from workers.process import _close
@@ -40,6 +43,20 @@ MAX_REDIS_PER_JOB = 3.0
 @pytest.fixture
 def database_url(postgres_url: str) -> str:
     return postgres_url
+
+
+@pytest.fixture
+def config_path(tmp_path: Path, sim: SimHandle, upstream_model: str) -> Path:
+    """The sim behind `fast`, with the response cache on, as the built-in config has it: a job
+    then also reads the cache and takes the single-flight lead."""
+    config = {
+        "providers": {"sim": {"kind": "openai", "base_url": sim.openai_base_url, "timeout_s": 10}},
+        "models": {"fast": {"targets": [{"provider": "sim", "model": upstream_model}]}},
+        "cache": {"default": True, "ttl_s": 60},
+    }
+    path = tmp_path / "jobgate.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
 
 
 class RoundTrips:
