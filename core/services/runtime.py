@@ -378,6 +378,7 @@ class JobRuntime:
         log.info(
             "job_finished",
             job_id=claim.id,
+            request_id=claim.request_id,
             status=str(status),
             attempt=claim.attempt,
             calls=len(item.verdict.records),
