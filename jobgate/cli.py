@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev = sub.add_parser("dev", help="run everything on embedded defaults")
     dev.add_argument("--port", type=int, default=8000)
-    dev.add_argument("--threads", type=int, default=64, help="worker threads")
+    dev.add_argument("--threads", type=int, default=8, help="worker consumer threads per job queue")
     dev.set_defaults(func=_cmd_dev)
 
     api = sub.add_parser("api", help="run the HTTP API")

@@ -70,7 +70,7 @@ def _wait_ready(url: str, timeout_s: float, children: list[Child]) -> None:
     raise RuntimeError(f"{url} did not become ready within {timeout_s:.0f} s (last: {last_answer})")
 
 
-def run_dev(port: int = 8000, host: str = "127.0.0.1", worker_threads: int = 64) -> int:
+def run_dev(port: int = 8000, host: str = "127.0.0.1", worker_threads: int = 8) -> int:
     VAR.mkdir(exist_ok=True)
     env = dict(os.environ)
     env.setdefault("JOBGATE_LOG_FORMAT", "console")
