@@ -4,9 +4,12 @@ A call must fit into several budgets at once (a provider, optionally a provider+
 tenant), each with a requests-per-minute and a tokens-per-minute rate. Providers enforce those
 rates over about a second, not a minute (DESIGN.md, "Rate limits as providers enforce them"),
 so each budget is a GCRA limiter that paces calls evenly with a burst of at most `burst_s`
-(default 0.2 s) of its rate. `RateLimiter.reserve` books 1 request plus an estimate of the tokens
-in all buckets in one atomic script call, or books nothing; the caller sleeps the short wait it
-is given, or puts the job back with `retry_after_s` when the wait would be longer than it
+of its rate; by default none (one call at a time): a provider that enforces its quota per
+trailing second with a small tolerance sees a burst plus arrival jitter as an overrun (600
+RPM from 3 workers with a 0.2 s burst drew 429s in the first seconds of a batch).
+`RateLimiter.reserve` books 1 request plus an estimate of the tokens in all buckets in one
+atomic script call, or books nothing; the caller sleeps the short wait it is given, or puts
+the job back with `retry_after_s` when the wait would be longer than it
 accepts. After the call, `reconcile` replaces the estimate with what the provider counted:
 unused budget returns at once, as far as a provider's own bucket can have regained it. A
 provider's 429 / Retry-After pauses it fleet-wide (`pause`), and `reserve` refuses
@@ -119,7 +122,7 @@ class RateLimiter:
     `now_ms` arguments replace Redis TIME; they exist for tests only.
     """
 
-    def __init__(self, client: aioredis.Redis, keys: Keys, *, burst_s: float = 0.2) -> None:
+    def __init__(self, client: aioredis.Redis, keys: Keys, *, burst_s: float = 0.0) -> None:
         if burst_s < 0:
             raise ValueError(f"burst_s must be >= 0, not {burst_s}")
         self.client = client

@@ -29,7 +29,8 @@ T0_MS = 1_800_000_000_000  # a fake "now": Redis time is never consulted where i
 
 @pytest.fixture
 def limiter(async_redis_client: aioredis.Redis, keys: Keys) -> RateLimiter:
-    return RateLimiter(async_redis_client, keys)
+    """A limiter that allows a burst of 0.2 s of rate, so bursts are visible in these tests."""
+    return RateLimiter(async_redis_client, keys, burst_s=0.2)
 
 
 class FakeClock:
@@ -72,6 +73,19 @@ async def test_idle_bucket_grants_its_burst_at_once_then_paces_requests_evenly(l
     waits = [(await limiter.reserve([bucket], 0, max_wait_s=1, now_ms=T0_MS)).wait_s for _ in range(5)]
 
     assert waits == [0.0, 0.0, 0.1, 0.2, 0.3]
+
+
+async def test_by_default_calls_are_paced_one_at_a_time_with_no_burst(
+    async_redis_client: aioredis.Redis, keys: Keys
+) -> None:
+    # A provider that enforces its quota per trailing second with a small tolerance sees any
+    # burst plus arrival jitter as an overrun: by default nothing goes early.
+    limiter = RateLimiter(async_redis_client, keys)
+    bucket = provider_bucket("openai", rpm=600, tpm=None)
+
+    waits = [(await limiter.reserve([bucket], 0, max_wait_s=1, now_ms=T0_MS)).wait_s for _ in range(4)]
+
+    assert waits == [0.0, 0.1, 0.2, 0.3]
 
 
 async def test_a_wait_longer_than_max_wait_is_refused_with_retry_after_and_books_nothing(
