@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=5_000)
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args(argv)
-    plan = ChaosPlan(jobs=args.jobs, workers=3, threads=8, latency_ms=200, timeout_s=900, seed=args.seed)
+    plan = ChaosPlan(
+        jobs=args.jobs, workers=3, threads=8, max_in_flight=8, latency_ms=200, timeout_s=900, seed=args.seed
+    )
     last = [0.0]
 
     def on_progress(done: int, total: int) -> None:

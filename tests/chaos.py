@@ -42,6 +42,8 @@ class ChaosPlan:
     jobs: int
     workers: int = 3
     threads: int = 4
+    # Jobs in flight per worker process: bounded, so a run lasts long enough for its kills.
+    max_in_flight: int | None = None
     latency_ms: int = 200
     # A kill every `kill_every_s` seconds (uniform in the range), while jobs remain.
     kill_every_s: tuple[float, float] = (2.0, 4.0)
@@ -265,6 +267,7 @@ def run_chaos(plan: ChaosPlan, on_progress: Callable[[int, int], None] | None = 
             config=config(sim),
             workers=plan.workers,
             threads=plan.threads,
+            max_in_flight=plan.max_in_flight,
             redis_url=redis.url,
             settings=plan.settings(),
         ) as fleet,

@@ -289,6 +289,7 @@ def run_fleet(
     config: dict[str, Any],
     workers: int = 3,
     threads: int = 8,
+    max_in_flight: int | None = None,
     redis_url: str = REDIS_URL,
     postgres_admin_url: str = POSTGRES_ADMIN_URL,
     startup_timeout_s: float = 60.0,
@@ -333,6 +334,8 @@ def run_fleet(
             settings=settings,
         )
         worker_argv = python_module("workers", "--threads", str(threads), "--grace-s", "3")
+        if max_in_flight is not None:
+            worker_argv += ["--max-in-flight", str(max_in_flight)]
         started: list[ServiceProcess] = []
         for _ in range(workers):
             worker = ServiceProcess.start("worker", list(worker_argv), worker_env)

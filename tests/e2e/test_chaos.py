@@ -18,7 +18,7 @@ from tests.chaos import ChaosPlan, run_chaos
 
 pytestmark = pytest.mark.e2e
 
-PLAN = ChaosPlan(jobs=500, workers=3, threads=2, latency_ms=200, timeout_s=90)
+PLAN = ChaosPlan(jobs=500, workers=3, threads=2, max_in_flight=2, latency_ms=200, timeout_s=90)
 
 
 def test_batch_survives_killed_workers_and_a_redis_restart_with_every_job_succeeding_once(

@@ -142,7 +142,7 @@ def test_fallback_serves_jobs_while_primary_fails_and_breaker_probes_once(own_si
     }
     prompts = {f"job-{i:04d}": f"fallback prompt {i}" for i in range(FALLBACK_JOBS)}
 
-    with run_fleet(sim=own_sim, config=config, workers=WORKERS, threads=4) as fleet:
+    with run_fleet(sim=own_sim, config=config, workers=WORKERS, threads=4, max_in_flight=4) as fleet:
         batch_id = fleet.submit_batch({cid: chat_body("m", p) for cid, p in prompts.items()})
         batch = fleet.wait_for_batch(batch_id, timeout_s=60)
         jobs = fleet.batch_jobs(batch_id)
@@ -154,7 +154,7 @@ def test_fallback_serves_jobs_while_primary_fails_and_breaker_probes_once(own_si
 
     primary = [call["t"] for call in own_sim.calls(model="primary-model")]
     burst, *probes = clusters(primary, gap_s=1.0)
-    # Before the breaker opened: at most every thread's first try and one retry each.
+    # Before the breaker opened: at most every in-flight job's first try and one retry each.
     assert 5 <= len(burst) <= 2 * WORKERS * 4, f"initial burst of {len(burst)} calls"
     assert len(probes) >= 2, f"expected a probe per cool-down over the run, saw {len(probes)}"
     assert all(len(group) == 1 for group in probes), f"more than one probe per cool-down: {probes}"
