@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     worker_threads: int = 8
     worker_max_in_flight: int = 1000
     # Longest back-off of an idle delay-queue consumer; job and webhook queues do not poll:
-    # the enqueue wakes them (core/wakeup.py).
+    # the enqueue wakes them (core/queue/wakeup.py).
     worker_idle_poll_ms: int = 1000
 
     @field_validator("webhook_retry_schedule_s", mode="before")

@@ -76,7 +76,7 @@ def _deliver_webhook_fn(deliverer: WebhookDeliverer, broker: RedisBroker) -> Cal
             if result.status == "pending" and retry_in_s is not None and retry_in_s <= MAX_BROKER_DELAY_S:
                 # Under the delivery's id, as its first dispatch: a copy still in flight (a fast
                 # failure's retry overtaking the ack of its delay-queue copy) is safe, as acks
-                # settle only their own message (core/own_ack.py).
+                # settle only their own message (core/queue/own_ack.py).
                 queue.dispatch_deliveries(broker, [delivery_id], delay_ms=max(1, int(retry_in_s * 1000)))
         except Exception:
             # The delivery's hold lapses and the sweeper dispatches it again: nothing is lost.

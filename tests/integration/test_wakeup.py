@@ -1,4 +1,4 @@
-"""The wake-on-enqueue consumer (core/wakeup.py) against a real Redis and a real Dramatiq worker."""
+"""The wake-on-enqueue consumer (core/queue/wakeup.py) against a real Redis and a real Dramatiq worker."""
 
 from __future__ import annotations
 

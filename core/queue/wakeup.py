@@ -8,7 +8,7 @@ enqueue pushes a token onto that list in the same pipeline: pick-up in a few mil
 nothing spent while idle. Delay queues keep Dramatiq's polling (their messages become due by
 time, not by enqueue), at most `DELAY_POLL_MS` apart. Written against Dramatiq 2's
 `_RedisConsumer` (pinned `<3`); `tests/integration/test_queue.py` checks the pick-up latency,
-so a change there fails loudly. Acks are `core.own_ack`'s (they leave a newer message under
+so a change there fails loudly. Acks are `core.queue.own_ack`'s (they leave a newer message under
 the same id alone).
 """
 
@@ -23,7 +23,7 @@ from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 
-from core.own_ack import OwnAckConsumer
+from core.queue.own_ack import OwnAckConsumer
 
 # Longest an idle consumer blocks before looking again (must stay under the socket timeout).
 WAKE_WAIT_S = 1

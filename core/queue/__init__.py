@@ -1,4 +1,7 @@
-"""The Dramatiq broker and the names of the queue messages.
+"""The Dramatiq broker and the names of the queue messages; the package holds everything
+that touches Dramatiq's Redis internals: this module (enqueue through its dispatch script),
+`wakeup` (consumers woken by the enqueue) and `own_ack` (acks that settle only their own
+message, batched), all pinned by `tests/integration/test_queue.py` and `test_wakeup.py`.
 
 This is the one place the broker is made (STYLE.md rule 14), so the API can enqueue
 without importing `workers`. Messages carry only a job id (DESIGN.md principle 1).
@@ -25,8 +28,8 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name
 
+from core.queue.wakeup import WakeableRedisBroker, push_wake_tokens
 from core.redis.keys import Keys
-from core.wakeup import WakeableRedisBroker, push_wake_tokens
 
 INTERACTIVE = "interactive"
 BATCH = "batch"
