@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core import queue
 from core.redis.keys import Keys
 from core.services.lifecycle import Effects, apply_effects
-from core.services.webhook_events import commit_final
+from core.webhooks.outbox import commit_final
 
 log = structlog.get_logger("jobgate.dispatch")
 

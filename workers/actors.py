@@ -18,7 +18,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from core import queue
 from core.services.runtime import JobRuntime
-from core.services.webhook_delivery import WebhookDeliverer
+from core.webhooks.delivery import WebhookDeliverer
 
 log = structlog.get_logger("jobgate.actors")
 

@@ -29,10 +29,10 @@ from core.services.execute import JobRunner
 from core.services.lifecycle import Effects, apply_effects
 from core.services.runtime import SQL_THREADS, JobRuntime
 from core.services.upstream import UpstreamCaller
-from core.services.webhook_delivery import WebhookDeliverer
 from core.settings import Settings
 from core.store.clock import SqlClock
 from core.store.db import make_sync_engine, make_sync_sessions
+from core.webhooks.delivery import WebhookDeliverer
 from core.webhooks.sender import WebhookSender
 from core.webhooks.ssrf import UrlPolicy
 

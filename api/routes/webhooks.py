@@ -14,8 +14,8 @@ from api.job_specs import check_webhook_url
 from api.schemas import CheckedBody
 from api.waiting import load_job
 from core.representation import rfc3339
-from core.services import webhook_admin as admin
-from core.services.webhook_events import EVENT_TYPES
+from core.webhooks import admin
+from core.webhooks.outbox import EVENT_TYPES
 
 router = APIRouter(tags=["webhooks"])
 

@@ -21,11 +21,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from core import metrics, queue
 from core.redis.keys import Keys
 from core.services.lifecycle import Effects, apply_effects
-from core.services.webhook_delivery import overdue_deliveries
-from core.services.webhook_events import commit_final, mark_batches_completed
 from core.store import jobs as store
 from core.store.clock import SqlClock
 from core.store.models import as_utc
+from core.webhooks.delivery import overdue_deliveries
+from core.webhooks.outbox import commit_final, mark_batches_completed
 
 log = structlog.get_logger("jobgate.maintenance")
 

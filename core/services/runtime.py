@@ -44,11 +44,11 @@ from core import metrics
 from core.redis.scripts import run_calls
 from core.services.execute import JobRunner, Outcome, OutcomeStatus, Verdict
 from core.services.lifecycle import Effects
-from core.services.webhook_events import commit_final
 from core.store import jobs as store
 from core.store.clock import SqlClock
 from core.store.models import Tenant
 from core.store.retry import is_connection_error, retrying_on_disconnect
+from core.webhooks.outbox import commit_final
 
 log = structlog.get_logger("jobgate.runtime")
 

@@ -1,7 +1,10 @@
-"""Outgoing webhooks: Standard Webhooks signing and SSRF-safe delivery over HTTP.
+"""Outgoing webhooks, from the outbox row to the signed HTTP request.
 
-`signing` makes secrets and the `webhook-*` headers (several signatures during a secret's
-rotation), `ssrf` decides which URLs and addresses a webhook may reach, and `sender` makes
-one delivery attempt to an address that was checked, returning its outcome instead of raising.
-Retry schedules, the attempt log and endpoint state belong to the callers.
+`outbox` writes a final job's (or completed batch's) deliveries in the transaction that made
+it final; `delivery` runs one attempt of a delivery and schedules the next (retries, disabling
+an endpoint that keeps failing); `admin` is the tenant-facing management of endpoints,
+secrets and the delivery log; `signing` makes secrets and the Standard Webhooks `webhook-*`
+headers (several signatures during a secret's rotation); `ssrf` decides which URLs and
+addresses a webhook may reach; `sender` makes one attempt to an address that was checked,
+returning its outcome instead of raising.
 """

@@ -27,11 +27,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from core import queue
 from core.redis.keys import Keys
 from core.services.maintenance import sweep
-from core.services.webhook_delivery import AttemptResult, WebhookDeliverer
-from core.services.webhook_events import announce_completed_batches, commit_final
 from core.settings import Settings
 from core.store.clock import SqlClock
 from core.store.models import Job, WebhookDelivery
+from core.webhooks.delivery import AttemptResult, WebhookDeliverer
+from core.webhooks.outbox import announce_completed_batches, commit_final
 from core.webhooks.sender import WebhookSender
 from core.webhooks.ssrf import IPAddress, UrlPolicy, resolve_host
 from tests.api_calls import job_body, submit

@@ -16,9 +16,9 @@ import pytest
 import redis
 
 from core.redis.keys import Keys
-from core.services.webhook_admin import MAX_ENDPOINTS
-from core.services.webhook_events import EVENT_TYPES
 from core.settings import Settings
+from core.webhooks.admin import MAX_ENDPOINTS
+from core.webhooks.outbox import EVENT_TYPES
 from tests.api_calls import job_body
 from tests.conftest import bearer, in_process_api
 

@@ -15,8 +15,8 @@ from sqlalchemy.orm import Session
 from core.errors import InvalidRequest, NotFound
 from core.ids import new_id
 from core.representation import rfc3339
-from core.services.webhook_events import PENDING, SECRET_OVERLAP, tenant_secret
 from core.store.models import Tenant, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from core.webhooks.outbox import PENDING, SECRET_OVERLAP, tenant_secret
 from core.webhooks.signing import new_secret
 
 MAX_ENDPOINTS = 16

@@ -21,9 +21,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core import metrics
 from core.representation import rfc3339
-from core.services.webhook_events import DELIVERED, FAILED, PENDING, active_secrets, tenant_secret
 from core.store.jobs import rowcount
 from core.store.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, as_utc
+from core.webhooks.outbox import DELIVERED, FAILED, PENDING, active_secrets, tenant_secret
 from core.webhooks.sender import DeliveryOutcome, WebhookSender
 from core.webhooks.signing import webhook_headers
 
