@@ -10,6 +10,7 @@ AUX_SQL_CONNECTIONS` (7) Postgres connections whatever its load.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
@@ -51,6 +52,7 @@ class WorkerComponents:
     clock: SqlClock
     broker: RedisBroker
     state: aioredis.Redis
+    waits: aioredis.Redis
     providers: dict[str, Provider]
     runtime: JobRuntime
     deliverer: WebhookDeliverer
@@ -58,19 +60,33 @@ class WorkerComponents:
     longest_timeout_s: float
 
 
-def fleet_state_client(settings: Settings, *, max_connections: int) -> aioredis.Redis:
-    """The event loop's Redis pool: one connection per job in flight at most (a single-flight
-    follower holds one while it waits), plus a margin; opened as needed, kept for reuse."""
+# The event loop's short commands share this many connections: a command holds one for a
+# round trip, so a thousand jobs in flight need a few dozen, not one each (opening one costs
+# round trips of its own, which a burst of jobs starting together paid a connection each).
+FLEET_STATE_CONNECTIONS = 128
+# How long a command may wait for one of them before it fails (it fails the job's run; the
+# reaper hands the job on): far beyond any real wait, which is milliseconds.
+FLEET_STATE_WAIT_S = 30.0
+
+
+def fleet_state_client(settings: Settings, *, max_connections: int, blocking: bool) -> aioredis.Redis:
+    """An asyncio Redis pool for the event loop. `blocking`: a task waits for a free
+    connection; else connections are opened as needed up to `max_connections`."""
     assert settings.redis_url is not None
     timeout = settings.redis_timeout_s
-    pool = aioredis.ConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=max_connections,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
+    options: dict[str, Any] = {
+        "max_connections": max_connections,
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
         # No CLIENT SETINFO on connect: two more commands per new connection, for a label.
-        driver_info=None,
-    )
+        "driver_info": None,
+    }
+    if blocking:
+        pool: aioredis.ConnectionPool = aioredis.BlockingConnectionPool.from_url(
+            settings.redis_url, timeout=FLEET_STATE_WAIT_S, **options
+        )
+    else:
+        pool = aioredis.ConnectionPool.from_url(settings.redis_url, **options)
     return aioredis.Redis(connection_pool=pool)
 
 
@@ -80,6 +96,8 @@ def build_runner(
     keys: Keys,
     providers: dict[str, Provider],
     clock: SqlClock,
+    *,
+    waits: aioredis.Redis | None = None,
 ) -> JobRunner:
     longest_timeout_s = max((p.timeout_s for p in config.providers.values()), default=60)
     return JobRunner(
@@ -92,7 +110,7 @@ def build_runner(
             utcnow=clock.utcnow,
         ),
         cache=ResponseCache(state, keys),
-        single_flight=SingleFlight(state, keys, lock_ttl_s=longest_timeout_s + 30),
+        single_flight=SingleFlight(state, keys, lock_ttl_s=longest_timeout_s + 30, wait_client=waits),
         utcnow=clock.utcnow,
     )
 
@@ -113,14 +131,16 @@ def compose(
         timeout_s=settings.redis_timeout_s,
         heartbeat_timeout_ms=queue.heartbeat_timeout_ms(settings.lease_s),
     )
-    state = fleet_state_client(settings, max_connections=max_in_flight + 64)
+    state = fleet_state_client(settings, max_connections=FLEET_STATE_CONNECTIONS, blocking=True)
+    # A single-flight follower holds a connection while it waits: up to one per job in flight.
+    waits = fleet_state_client(settings, max_connections=max_in_flight + 16, blocking=False)
     providers = build_providers(config, max_connections=max_in_flight + 16)
 
     def after_commit(effects: Effects) -> None:
         apply_effects(effects, broker, keys)
 
     runtime = JobRuntime(
-        runner=build_runner(config, state, keys, providers, clock),
+        runner=build_runner(config, state, keys, providers, clock, waits=waits),
         fleet_state=state,
         sessions=make_sync_sessions(job_engine),
         clock=clock,
@@ -149,6 +169,7 @@ def compose(
         clock=clock,
         broker=broker,
         state=state,
+        waits=waits,
         providers=providers,
         runtime=runtime,
         deliverer=deliverer,

@@ -149,3 +149,4 @@ def main(argv: list[str] | None = None) -> int:
 async def _close(parts: WorkerComponents) -> None:
     await close_providers(parts.providers)
     await parts.state.aclose()
+    await parts.waits.aclose()

@@ -1,10 +1,10 @@
 """The upstream provider adapters and the registry that builds them from the config.
 
-`build_providers` makes one adapter (one connection pool) per configured provider, choosing the
-adapter class by the provider's `kind`; a process's composition root calls it once and awaits
-`close_providers` on shutdown, on the event loop that ran the calls. Adding a provider kind
-means one new module with an adapter class plus one line in `ADAPTERS` (and the kind in
-`ProviderConfig.kind`).
+`build_providers` makes one adapter (a few small connection pools, `base.ClientShards`) per
+configured provider, choosing the adapter class by the provider's `kind`; a process's
+composition root calls it once and awaits `close_providers` on shutdown, on the event loop
+that ran the calls. Adding a provider kind means one new module with an adapter class plus one
+line in `ADAPTERS` (and the kind in `ProviderConfig.kind`).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ ADAPTERS: Mapping[str, AdapterFactory] = {
 def build_providers(config: GatewayConfig, *, max_connections: int = 1000) -> dict[str, Provider]:
     """One adapter per provider in `config`, keyed by the provider's name in the config file.
 
-    `max_connections` sizes each adapter's pool; give it at least the number of calls one
-    process may have in flight to one provider, or calls queue for a connection inside it.
+    `max_connections` sizes each adapter's pools together; give it at least the number of calls
+    one process may have in flight to one provider, or calls queue for a connection inside it.
     Every provider is checked before any adapter is built: a client opens nothing until its
     first call, so there is nothing to close when building stops half way (and nothing could
     be awaited here).
@@ -56,6 +56,6 @@ def build_providers(config: GatewayConfig, *, max_connections: int = 1000) -> di
 
 
 async def close_providers(providers: Mapping[str, Provider]) -> None:
-    """Close every adapter's connection pool."""
+    """Close every adapter's connection pools."""
     for provider in providers.values():
         await provider.close()

@@ -1,12 +1,12 @@
 """The adapter for Anthropic's Messages API (`POST {base_url}/v1/messages`).
 
-It owns one `anthropic.AsyncAnthropic` client (one connection pool, shared by every call in
-flight on the process's event loop) with the SDK's own retries off, since jobgate decides
-retries. Requests and answers are translated to and from the OpenAI shape by
-`core.providers.anthropic_messages`, the answer straight from the raw JSON message (the SDK's
-`Message` model is never built); this module does the call, the error boundary, and reads the
-`anthropic-ratelimit-*` headers (whose reset values are RFC 3339 timestamps) into
-`RateLimitHeaders` as seconds from now.
+It owns a few `anthropic.AsyncAnthropic` clients (`base.ClientShards`: one small connection
+pool each, shared by every call in flight on the process's event loop) with the SDK's own
+retries off, since jobgate decides retries. Requests and answers are translated to and from
+the OpenAI shape by `core.providers.anthropic_messages`, the answer straight from the raw JSON
+message (the SDK's `Message` model is never built); this module does the call, the error
+boundary, and reads the `anthropic-ratelimit-*` headers (whose reset values are RFC 3339
+timestamps) into `RateLimitHeaders` as seconds from now.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from core.domain.chat import ChatRequest, Completion, RateLimitHeaders
 from core.errors import Truncated
 from core.providers.anthropic_messages import SAMPLING_PARAMS, anthropic_request, openai_body
 from core.providers.base import (
+    ClientShards,
     completion_from_openai_body,
     header_int,
     json_object_body,
-    sdk_http_client,
     utc_now,
 )
 from core.providers.errors import SdkErrorTypes, translate_sdk_error
@@ -54,15 +54,14 @@ class AnthropicProvider:
         self.name = name
         self._now = now
         self._timeout_s = config.timeout_s
-        self._http_client, self._timeout = sdk_http_client(
-            anthropic.DefaultAsyncHttpxClient, config, max_connections
-        )
-        self._client = anthropic.AsyncAnthropic(
-            base_url=config.base_url or DEFAULT_BASE_URL,
-            api_key=config.api_key(),
-            timeout=self._timeout,
-            max_retries=0,
-            http_client=self._http_client,
+        base_url, api_key = config.base_url or DEFAULT_BASE_URL, config.api_key()
+        self.shards = ClientShards(
+            anthropic.DefaultAsyncHttpxClient,
+            lambda http_client, timeout: anthropic.AsyncAnthropic(
+                base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0, http_client=http_client
+            ),
+            config,
+            max_connections,
         )
 
     async def complete(self, request: ChatRequest, model: str) -> Completion:
@@ -74,8 +73,11 @@ class AnthropicProvider:
             # The timeout is repeated per call because, when it equals the SDK's default, the
             # SDK refuses large `max_tokens` without streaming before sending anything. The raw
             # response has its body read already; only its parse is left undone.
-            raw = await self._client.messages.with_raw_response.create(
-                **arguments, extra_body=sampling or None, timeout=self._timeout
+            timeout = self.shards.timeout
+            raw = await self.shards.call(
+                lambda client: client.messages.with_raw_response.create(
+                    **arguments, extra_body=sampling or None, timeout=timeout
+                )
             )
         except anthropic.AnthropicError as exc:
             raise translate_sdk_error(
@@ -98,8 +100,7 @@ class AnthropicProvider:
         )
 
     async def close(self) -> None:
-        await self._client.close()
-        await self._http_client.aclose()
+        await self.shards.aclose()
 
 
 def anthropic_rate_limits(headers: Mapping[str, str], now: datetime) -> RateLimitHeaders | None:

@@ -13,10 +13,12 @@ adapters judge bodies alike; `header_int` reads the counts in their rate-limit h
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Callable
+import math
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import httpx2
 
@@ -24,9 +26,28 @@ from core.config import ProviderConfig
 from core.domain.chat import TERMINAL_FINISH_REASONS, ChatRequest, Completion, RateLimitHeaders
 from core.errors import ContentFiltered, Truncated
 
+SdkClient = TypeVar("SdkClient")
+T = TypeVar("T")
+
+# Connections per shard, and connections one adapter opens at once: measured, see the module
+# docstring.
+SHARD_CONNECTIONS = 48
+CONCURRENT_CONNECTS = 32
+CONNECT_TIMEOUT_S = 5.0
+# httpcore's `trace` extension names each step of a request; these open a connection.
+_OPENING_STARTED = frozenset({"connection.connect_tcp.started", "connection.start_tls.started"})
+_OPENING_ENDED = frozenset(
+    {
+        "connection.connect_tcp.complete",
+        "connection.connect_tcp.failed",
+        "connection.start_tls.complete",
+        "connection.start_tls.failed",
+    }
+)
+
 
 class Provider(Protocol):
-    """One configured upstream (a name from the config file) behind one connection pool."""
+    """One configured upstream (a name from the config file) behind its own connection pools."""
 
     name: str
     kind: str
@@ -36,22 +57,100 @@ class Provider(Protocol):
         ...
 
     async def close(self) -> None:
-        """Close the connection pool; the adapter must not be used afterwards."""
+        """Close the connection pools; the adapter must not be used afterwards."""
         ...
 
 
-def sdk_http_client(
-    factory: Callable[..., httpx2.AsyncClient], config: ProviderConfig, max_connections: int
-) -> tuple[httpx2.AsyncClient, httpx2.Timeout]:
-    """The SDK's own async HTTP client (`openai.DefaultAsyncHttpxClient` /
-    `anthropic.DefaultAsyncHttpxClient`) with a pool for every call one process may have in
-    flight, all kept alive, and the provider's timeout (connecting: 5 s at most)."""
-    timeout = httpx2.Timeout(config.timeout_s, connect=min(5.0, config.timeout_s))
-    client = factory(
-        timeout=timeout,
-        limits=httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-    )
-    return client, timeout
+class ClientShards(Generic[SdkClient]):
+    """`count` SDK clients over one upstream, each with its own small connection pool.
+
+    A call borrows the least busy shard (fewest calls in flight; the first on ties, so calls
+    one at a time reuse one shard's warm connections). A shard's count only grows while it is
+    the lowest, so no shard ever holds more than `ceil(in_flight / count)` calls, which is
+    within its pool while the adapter's calls in flight stay within `max_connections`: no call
+    waits for a connection that another shard has idle.
+    """
+
+    def __init__(
+        self,
+        http_client_factory: Callable[..., httpx2.AsyncClient],
+        make_client: Callable[[httpx2.AsyncClient, httpx2.Timeout], SdkClient],
+        config: ProviderConfig,
+        max_connections: int,
+        *,
+        shard_connections: int = SHARD_CONNECTIONS,
+        concurrent_connects: int = CONCURRENT_CONNECTS,
+    ) -> None:
+        count = max(1, math.ceil(max_connections / shard_connections))
+        # Spread evenly: 1,016 connections make 22 pools of 47, not 21 of 48 and one of 8.
+        per_shard = max(1, math.ceil(max_connections / count))
+        self.timeout = httpx2.Timeout(config.timeout_s, connect=min(CONNECT_TIMEOUT_S, config.timeout_s))
+        limits = httpx2.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
+        gate = ConnectGate(concurrent_connects, wait_s=config.timeout_s)
+        hooks = {"request": [gate.trace_request]}
+        self._http_clients = [
+            http_client_factory(timeout=self.timeout, limits=limits, event_hooks=hooks) for _ in range(count)
+        ]
+        self._clients = [make_client(http_client, self.timeout) for http_client in self._http_clients]
+        self._in_flight = [0] * count
+        self.connections_per_shard = per_shard
+
+    @property
+    def in_flight(self) -> tuple[int, ...]:
+        """How many calls each shard has in flight now."""
+        return tuple(self._in_flight)
+
+    async def call(self, send: Callable[[SdkClient], Awaitable[T]]) -> T:
+        """Await `send(client)` on the least busy shard's client."""
+        in_flight = self._in_flight
+        shard = in_flight.index(min(in_flight))
+        in_flight[shard] += 1
+        try:
+            return await send(self._clients[shard])
+        finally:
+            in_flight[shard] -= 1
+
+    async def aclose(self) -> None:
+        """Close every shard's pool (an SDK client holds nothing else to close)."""
+        for http_client in self._http_clients:
+            await http_client.aclose()
+
+
+class ConnectGate:
+    """Lets at most `limit` connections be opened at once; the others wait their turn, and a
+    connection's connect timeout starts only when its turn has come.
+
+    Installed on each request as httpcore's `trace` extension (the SDKs set none of their own),
+    whose callback httpcore awaits before and after every step of a request. A turn is used one
+    pass of the event loop after it is granted, so a burst of calls started in one pass (which
+    holds the loop for the CPU of all of them) does not run down the connect timeout of the
+    first ones. A wait for a turn is bounded by `wait_s` (the pool timeout: waiting for a turn
+    is waiting for a connection), then fails as `httpx2.PoolTimeout`, which the SDKs report as
+    their timeout error. It only works on asyncio, the one event loop jobgate runs.
+    """
+
+    def __init__(self, limit: int, *, wait_s: float) -> None:
+        self._turns = asyncio.Semaphore(limit)
+        self._wait_s = wait_s
+
+    async def trace_request(self, request: httpx2.Request) -> None:
+        """The `request` event hook of an `httpx2.AsyncClient`."""
+        request.extensions["trace"] = self._on_step
+
+    async def _on_step(self, step: str, info: dict[str, Any]) -> None:
+        if step in _OPENING_STARTED:
+            try:
+                async with asyncio.timeout(self._wait_s):
+                    await self._turns.acquire()
+            except TimeoutError as exc:
+                raise httpx2.PoolTimeout(f"no turn to open a connection within {self._wait_s} s") from exc
+            try:
+                await asyncio.sleep(0)
+            except BaseException:
+                self._turns.release()
+                raise
+        elif step in _OPENING_ENDED:
+            self._turns.release()
 
 
 def json_object_body(response: httpx2.Response, *, provider: str) -> dict[str, Any]:

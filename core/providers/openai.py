@@ -1,7 +1,8 @@
 """The adapter for OpenAI and every server that speaks its chat-completions wire format.
 
-It owns one `openai.AsyncOpenAI` client (one connection pool, shared by every call in flight
-on the process's event loop) with the SDK's own retries off, since jobgate decides retries.
+It owns a few `openai.AsyncOpenAI` clients (`base.ClientShards`: one small connection pool
+each, shared by every call in flight on the process's event loop) with the SDK's own retries
+off, since jobgate decides retries.
 The request is forwarded as the client sent it, minus unset parameters; the answer is the
 response body exactly as the upstream sent it, read as a plain dict (the SDK's
 `ChatCompletion` model is never built), plus the `x-ratelimit-*` headers read into
@@ -22,10 +23,10 @@ from core.config import ProviderConfig
 from core.domain.chat import CHAT_FIELDS, ChatRequest, Completion, RateLimitHeaders
 from core.errors import Truncated
 from core.providers.base import (
+    ClientShards,
     completion_from_openai_body,
     header_int,
     json_object_body,
-    sdk_http_client,
     utc_now,
 )
 from core.providers.errors import SdkErrorTypes, translate_sdk_error
@@ -57,13 +58,14 @@ class OpenAIProvider:
         self.name = name
         self._now = now
         self._timeout_s = config.timeout_s
-        self._http_client, timeout = sdk_http_client(openai.DefaultAsyncHttpxClient, config, max_connections)
-        self._client = openai.AsyncOpenAI(
-            base_url=config.base_url or DEFAULT_BASE_URL,
-            api_key=config.api_key(),
-            timeout=timeout,
-            max_retries=0,
-            http_client=self._http_client,
+        base_url, api_key = config.base_url or DEFAULT_BASE_URL, config.api_key()
+        self.shards = ClientShards(
+            openai.DefaultAsyncHttpxClient,
+            lambda http_client, timeout: openai.AsyncOpenAI(
+                base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0, http_client=http_client
+            ),
+            config,
+            max_connections,
         )
 
     async def complete(self, request: ChatRequest, model: str) -> Completion:
@@ -76,7 +78,9 @@ class OpenAIProvider:
         }
         try:
             # The raw response has its body read already; only its parse is left undone.
-            raw = await self._client.chat.completions.with_raw_response.create(**arguments)
+            raw = await self.shards.call(
+                lambda client: client.chat.completions.with_raw_response.create(**arguments)
+            )
         except openai.OpenAIError as exc:
             raise translate_sdk_error(
                 exc, SDK_ERRORS, provider=self.name, now=self._now(), timeout_s=self._timeout_s
@@ -96,8 +100,7 @@ class OpenAIProvider:
         )
 
     async def close(self) -> None:
-        await self._client.close()
-        await self._http_client.aclose()
+        await self.shards.aclose()
 
 
 def openai_rate_limits(headers: Mapping[str, str]) -> RateLimitHeaders | None:

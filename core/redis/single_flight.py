@@ -127,10 +127,14 @@ class SingleFlight:
         result_ttl_s: float = DEFAULT_RESULT_TTL_S,
         clock: Callable[[], float] = time.monotonic,
         new_token: Callable[[], str] = _random_token,
+        wait_client: aioredis.Redis | None = None,
     ) -> None:
         """`lock_ttl_s` bounds how long followers wait for a leader that died; make it longer
         than one upstream call (the provider timeout plus a margin), or `extend` on long calls.
-        `clock` is a monotonic clock in seconds, for the follower's deadline."""
+        `clock` is a monotonic clock in seconds, for the follower's deadline. `wait_client`
+        (default `client`) serves the followers' blocking waits, each of which holds a
+        connection: with a pool of its own, a thousand twins waiting on one leader cannot
+        take the connections the leader needs to answer them."""
         if lock_ttl_s <= 0 or result_ttl_s <= 0:
             raise ValueError("lock_ttl_s and result_ttl_s must be positive")
         self.client = client
@@ -139,7 +143,8 @@ class SingleFlight:
         self._result_ttl_ms = max(1, round(result_ttl_s * 1000))
         self._clock = clock
         self._new_token = new_token
-        socket_timeout_s = client.connection_pool.connection_kwargs.get("socket_timeout")
+        self.wait_client = wait_client or client
+        socket_timeout_s = self.wait_client.connection_pool.connection_kwargs.get("socket_timeout")
         self._max_block_s = (
             max(socket_timeout_s - _SOCKET_TIMEOUT_MARGIN_S, socket_timeout_s / 2)
             if socket_timeout_s
@@ -258,7 +263,7 @@ class SingleFlight:
             until_lock_expiry_s = max(0.0, lock_expires_at - now) + _LOCK_EXPIRY_GRACE_S
             block_s = max(_MIN_BLOCK_S, round(min(deadline - now, until_lock_expiry_s, self._max_block_s), 3))
             # Redis takes a fractional timeout (since 6.0); redis-py's annotation says int.
-            payload = await self.client.blmove(wake_key, wake_key, block_s, "LEFT", "RIGHT")  # type: ignore[arg-type]
+            payload = await self.wait_client.blmove(wake_key, wake_key, block_s, "LEFT", "RIGHT")  # type: ignore[arg-type]
             if payload is not None:
                 return self._outcome(flight.fingerprint, payload)
             current = await self._observe(flight.fingerprint)

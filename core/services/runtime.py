@@ -348,22 +348,24 @@ class JobRuntime:
         final_ids: list[str] = []
         attempt_rows: list[dict[str, Any]] = []
         # In id order, as every writer locks rows: two groups can then never deadlock.
-        for item in sorted(group, key=lambda i: i.claim.id):
+        group = sorted(group, key=lambda i: i.claim.id)
+        won = store.finish_jobs(
+            session, self.clock, [(i.claim, i.verdict.values) for i in group if i.verdict.is_final]
+        )
+        for item in group:
             claim, verdict = item.claim, item.verdict
-            if verdict.is_final:
-                won = store.finish_job(session, self.clock, claim, **verdict.values)
-            else:
-                won = store.requeue_job(
-                    session, self.clock, claim, delay_s=verdict.delay_s, refund_attempt=verdict.refund
-                )
             attempt_rows += _attempt_rows(claim, verdict)
-            if not won:
-                continue
-            outcomes[claim.id] = _outcome(verdict)
             if verdict.is_final:
+                if claim.id not in won:
+                    continue
                 final_ids.append(claim.id)
+            elif not store.requeue_job(
+                session, self.clock, claim, delay_s=verdict.delay_s, refund_attempt=verdict.refund
+            ):
+                continue
             elif verdict.delay_s <= MAX_BROKER_DELAY_S:
                 effects.dispatch.append((claim.id, claim.priority, max(1, int(verdict.delay_s * 1000))))
+            outcomes[claim.id] = _outcome(verdict)
         store.record_attempts(session, attempt_rows)
         effects.deliveries = commit_final(session, final_ids, self.clock.utcnow())
         effects.finished = final_ids

@@ -103,8 +103,11 @@ class UpstreamCaller:
         breaker: CircuitBreaker,
         utcnow: Callable[[], datetime],
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        pace: Callable[[float], Awaitable[None]] = asyncio.sleep,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`sleep` waits a retry's backoff, `pace` a reservation's wait for its slot (tests
+        record them instead)."""
         self.config = config
         self.providers = providers
         self.limiter = limiter
@@ -112,6 +115,7 @@ class UpstreamCaller:
         self.gate = Gate(breaker, limiter)
         self.utcnow = utcnow
         self.sleep = sleep
+        self.pace = pace
         self.monotonic = monotonic
 
     async def call(
@@ -254,7 +258,7 @@ class UpstreamCaller:
         if reservation.wait_s > 0:
             metrics.LIMITER_WAITS.labels(provider=target.provider).inc()
             metrics.LIMITER_WAIT_SECONDS.labels(provider=target.provider).observe(reservation.wait_s)
-            await self.sleep(reservation.wait_s)
+            await self.pace(reservation.wait_s)
             # Other calls booked before this one may have been told to stop meanwhile (a 429,
             # `x-ratelimit-remaining-requests: 0`): a slot booked before a pause is no licence
             # to call through it.

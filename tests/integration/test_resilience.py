@@ -77,7 +77,19 @@ def config_path(tmp_path: Path, sim: SimHandle, primary: str, fallback: str) -> 
 
 
 @pytest.fixture
-def sleeps(inline_worker: InlineWorker) -> list[float]:
+def paced(inline_worker: InlineWorker) -> list[float]:
+    """The waits for a booked rate-limit slot, recorded instead of slept."""
+    recorded: list[float] = []
+
+    async def record(seconds: float) -> None:
+        recorded.append(seconds)
+
+    inline_worker.runner.caller.pace = record
+    return recorded
+
+
+@pytest.fixture
+def sleeps(inline_worker: InlineWorker, paced: list[float]) -> list[float]:
     """The inline waits the executor asked for, recorded instead of slept."""
     recorded: list[float] = []
 
@@ -330,6 +342,7 @@ async def test_interactive_job_waits_inline_for_budget_a_batch_job_would_requeue
     sim: SimHandle,
     primary: str,
     sleeps: list[float],
+    paced: list[float],
 ) -> None:
     # Two seconds of the primary's tokens booked: beyond a batch job's wait, within an interactive one's.
     await limiter.reserve([provider_bucket("primary", rpm=None, tpm=TPM)], 2 * TPM // 60, max_wait_s=0)
@@ -340,7 +353,7 @@ async def test_interactive_job_waits_inline_for_budget_a_batch_job_would_requeue
     assert (await run(inline_worker, batch_job)).status == "requeued"
     assert (await run(inline_worker, interactive_job)).status == "succeeded"
 
-    assert len(sleeps) == 1 and 1.0 < sleeps[0] <= 2.0
+    assert sleeps == [] and len(paced) == 1 and 1.0 < paced[0] <= 2.0
     assert requests_seen(sim, primary) == 1
 
 
