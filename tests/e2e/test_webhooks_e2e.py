@@ -51,7 +51,9 @@ def fleet(sim: SimHandle, upstream_model: str) -> Iterator[Fleet]:
         "webhook_retry_schedule_s": SCHEDULE_S,
         "webhook_timeout_s": str(ATTEMPT_TIMEOUT_S),
     }
-    with run_fleet(sim=sim, config=config, workers=2, threads=16, settings=settings) as deployment:
+    with run_fleet(
+        sim=sim, config=config, workers=2, threads=16, max_in_flight=16, settings=settings
+    ) as deployment:
         yield deployment
 
 
@@ -146,9 +148,10 @@ def test_a_receiver_that_never_answers_does_not_slow_a_1000_job_batch(
 ) -> None:
     """A batch with every webhook hanging vs the same batch without webhooks, side by side.
 
-    The upstream answers in UPSTREAM_LATENCY_MS, as a provider would: the fleet's threads, not
-    this 2-core machine's CPU, set the pace, so the ratio shows whether hanging deliveries hold
-    up job threads (coupled, it would be ~5: each job's thread held 2 s more). At zero latency
+    The upstream answers in UPSTREAM_LATENCY_MS, as a provider would, and each worker process
+    keeps 16 jobs in flight: that bound, not this 2-core machine's CPU, sets the pace, so the
+    ratio shows whether hanging deliveries hold up jobs (coupled, it would be ~5: each job's
+    slot held 2 s more). At zero latency
     the comparison measures the CPU an event costs (its outbox row, message and attempts,
     ~2 ms per job) on a machine that workers, Postgres and the API saturate together.
     """
