@@ -1,55 +1,61 @@
-"""The concurrency baseline: a plain script calling the simulated upstream from many threads.
+"""The baselines with no jobgate in between: the same SDK calling the simulated upstream.
 
-No jobgate in between: `threads` threads share one `openai.OpenAI` client (as a jobgate
-worker shares one per provider) and make `calls` chat completions between them, as fast as
-the upstream answers. What the sim then reports (max in flight, calls/s) is what the same
-machine and SDK reach with that many threads when nothing else is in the way.
+`call_directly(base_url, model, calls=, concurrency=)` makes `calls` chat completions with at
+most `concurrency` in flight, from one `openai.AsyncOpenAI` client on one event loop, as a
+jobgate worker makes its calls (one async client per provider, one pool). What the sim then
+reports (calls in flight, calls/s) is what this machine and SDK reach when nothing else is
+in the way. `async_client` is that client, for the benchmarks that drive load themselves.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx2
 import openai
 
 
-def call_directly(base_url: str, model: str, *, calls: int, threads: int) -> int:
-    """Make `calls` completions from `threads` threads; returns how many failed."""
-    client = openai.OpenAI(
+def async_client(base_url: str, concurrency: int, *, api_key: str = "bench") -> openai.AsyncOpenAI:
+    """An async SDK client whose pool holds `concurrency` connections (and a few more)."""
+    return openai.AsyncOpenAI(
         base_url=base_url,
-        api_key="bench",
+        api_key=api_key,
         max_retries=0,
-        timeout=30,
-        http_client=openai.DefaultHttpxClient(limits=httpx2.Limits(max_connections=threads + 16), timeout=30),
+        timeout=60,
+        http_client=openai.DefaultAsyncHttpxClient(
+            limits=httpx2.Limits(
+                max_connections=concurrency + 16, max_keepalive_connections=concurrency + 16
+            ),
+            timeout=60,
+        ),
     )
+
+
+async def _call_directly(base_url: str, model: str, calls: int, concurrency: int) -> int:
+    client = async_client(base_url, concurrency)
     counter = itertools.count()
-    lock = threading.Lock()
     failures = 0
 
-    def worker() -> None:
+    async def caller() -> None:
         nonlocal failures
-        while True:
-            with lock:
-                index = next(counter)
-            if index >= calls:
-                return
+        while (index := next(counter)) < calls:
             try:
-                client.chat.completions.create(
+                await client.chat.completions.create(
                     model=model,
                     messages=[{"role": "user", "content": f"direct prompt {index}"}],
                     max_tokens=16,
                 )
             except openai.OpenAIError:
-                with lock:
-                    failures += 1
+                failures += 1
 
     try:
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="direct") as pool:
-            for future in [pool.submit(worker) for _ in range(threads)]:
-                future.result()
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
     finally:
-        client.close()
+        await client.close()
     return failures
+
+
+def call_directly(base_url: str, model: str, *, calls: int, concurrency: int) -> int:
+    """Make `calls` completions, at most `concurrency` at once; returns how many failed."""
+    return asyncio.run(_call_directly(base_url, model, calls, concurrency))

@@ -1,13 +1,12 @@
 """The deployment a benchmark measures, on top of the end-to-end tests' fleet (`tests/fleet.py`).
 
-`bench_fleet(sim, workers=, threads=)` is `tests.fleet.run_fleet` (fresh Postgres database,
-Redis prefix, API + worker processes, all stopped by pid) with the benchmarks' config: alias
-`fast` → the sim, cache off (every job calls upstream), and the product's default SQL pool
-per process (10 + 20 overflow) rather than the tests' one-connection-per-thread, so the
-figures are those of a stock deployment and 256 threads stay within Postgres's 100
-connections. `start_processes` adds more processes (the no-op baseline workers) on the same
-Redis prefix. `cpu_seconds` reads a process's CPU time, so a benchmark can report CPU per job,
-a figure this shared 2-core machine disturbs far less than wall-clock rates.
+`bench_fleet(sim, workers=)` is `tests.fleet.run_fleet` (fresh Postgres database, Redis
+prefix, API + worker processes, all stopped by pid) with the benchmarks' config: alias `fast`
+→ the sim, cache off (every job calls upstream), and the product's defaults for everything a
+deployment would leave alone: consumer threads, jobs in flight per process, and the SQL pool
+per process (10 + 20 overflow) rather than the tests' one-connection-per-thread. A benchmark
+whose figure prescribes a setting (the scale-out run's cap of 100 in flight) passes it.
+`start_processes` adds more processes (the no-op baseline workers) on the same Redis prefix.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ import subprocess
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 
+from core.settings import Settings
 from tests.fleet import Fleet, run_fleet, sim_provider
 from tests.processes import ServiceProcess, jobgate_env, python_module
 from tests.sim_process import SimHandle
@@ -27,6 +27,10 @@ STARTUP_TIMEOUT_S = 60.0
 STOP_GRACE_S = 10.0
 # The product's defaults (core/settings.py), spelled out so a change there shows up here.
 PRODUCT_POOL = {"db_pool_size": "10", "db_max_overflow": "20"}
+# Consumer threads per job queue: `tests.fleet.run_fleet` always passes `--threads`, so the
+# benchmarks pass the product's default rather than a number of their own.
+DEFAULT_THREADS = int(Settings.model_fields["worker_threads"].default)
+DEFAULT_MAX_IN_FLIGHT = int(Settings.model_fields["worker_max_in_flight"].default)
 
 
 def bench_config(sim: SimHandle) -> dict[str, object]:
@@ -38,13 +42,22 @@ def bench_config(sim: SimHandle) -> dict[str, object]:
 
 
 @contextmanager
-def bench_fleet(sim: SimHandle, *, workers: int, threads: int) -> Iterator[Fleet]:
+def bench_fleet(
+    sim: SimHandle,
+    *,
+    workers: int,
+    threads: int = DEFAULT_THREADS,
+    max_in_flight: int | None = None,
+    settings: dict[str, str] | None = None,
+) -> Iterator[Fleet]:
+    """`max_in_flight`: the workers' `--max-in-flight` (None: the product's default)."""
     with run_fleet(
         sim=sim,
         config=bench_config(sim),
         workers=workers,
         threads=threads,
-        settings=PRODUCT_POOL,
+        max_in_flight=max_in_flight,
+        settings={**PRODUCT_POOL, **(settings or {})},
         startup_timeout_s=STARTUP_TIMEOUT_S,
     ) as fleet:
         yield fleet

@@ -1,6 +1,6 @@
 """Worker memory over a long run: RSS after 20,000 jobs next to RSS after the first 2,000.
 
-One `python -m workers --threads 64` drains NDJSON batches of distinct prompts (2,000, then
+One `python -m workers` (the product's defaults) drains NDJSON batches of distinct prompts (2,000, then
 three of 6,000), one after the other, from the simulated upstream answering at once (cache off, so every job
 makes its call, writes its attempt and result). The worker's resident set size is read from
 `/proc/<pid>/status` once each batch has completed. The baseline is the RSS after the first
@@ -17,12 +17,11 @@ from typing import Any
 
 from bench import progress
 from bench.batch_client import api_client, ndjson_batch, submit_and_wait
-from bench.fleet import bench_fleet
+from bench.fleet import DEFAULT_MAX_IN_FLIGHT, DEFAULT_THREADS, bench_fleet
 from bench.report import summary_row
 from tests.sim_process import run_sim
 
 NAME = "memory"
-THREADS = 64
 TIMEOUT_S = 300.0
 
 
@@ -38,7 +37,7 @@ def rss_mb(pid: int) -> float:
 def run(quick: bool) -> dict[str, Any]:
     sizes = [500, 2_000, 2_000] if quick else [2_000, 6_000, 6_000, 6_000]
     readings: list[dict[str, Any]] = []
-    with run_sim(latency_ms=0) as sim, bench_fleet(sim, workers=1, threads=THREADS) as fleet:
+    with run_sim(latency_ms=0) as sim, bench_fleet(sim, workers=1) as fleet:
         worker_pid = fleet.workers[0].pid
         start_mb = rss_mb(worker_pid)
         with api_client(fleet.api_url, fleet.api_key) as client:
@@ -56,7 +55,12 @@ def run(quick: bool) -> dict[str, Any]:
         f"RSS {first['rss_mb']} MiB after {first['jobs']:,} jobs, {last['rss_mb']} after {last['jobs']:,}"
     )
     return {
-        "shape": {"threads": THREADS, "batch_sizes": sizes, "sim_latency_ms": 0},
+        "shape": {
+            "threads": DEFAULT_THREADS,
+            "max_in_flight": DEFAULT_MAX_IN_FLIGHT,
+            "batch_sizes": sizes,
+            "sim_latency_ms": 0,
+        },
         "rss_at_start_mb": start_mb,
         "readings": readings,
         "peak_rss_mb": max(reading["rss_mb"] for reading in readings),

@@ -1,7 +1,7 @@
 """Submit throughput for a 50,000-job NDJSON batch, and the time to its first result, on Postgres.
 
-The API (one process) and 2 workers x 32 threads run, the simulated upstream answers at
-once. One `POST /v1/batches` uploads 50,000 NDJSON lines; accepted jobs/s is 50,000 over
+The API (one process) and 2 workers (the product's defaults) run, the simulated upstream
+answers at once. One `POST /v1/batches` uploads 50,000 NDJSON lines; accepted jobs/s is 50,000 over
 the POST's duration (parse and validate every line, insert every job, commit, answer with
 the batch's counts; the API enqueues the jobs pipelined right after answering). The first
 result is the first job seen succeeded, from the start of the POST. The batch is not
@@ -18,7 +18,7 @@ from typing import Any
 
 from bench import progress
 from bench.batch_client import FirstResultWatch, api_client, ndjson_batch, post_ndjson
-from bench.fleet import bench_fleet
+from bench.fleet import DEFAULT_THREADS, bench_fleet
 from bench.noop_worker import enqueue_noops
 from bench.report import summary_row
 from core import queue
@@ -27,7 +27,6 @@ from tests.sim_process import run_sim
 
 NAME = "submit"
 PROCESSES = 2
-THREADS = 32
 FIRST_RESULT_TIMEOUT_S = 120.0
 
 
@@ -45,7 +44,7 @@ def measure_enqueue(redis_url: str, prefix: str, count: int) -> float:
 def run(quick: bool) -> dict[str, Any]:
     jobs = 10_000 if quick else 50_000
     body = ndjson_batch(jobs, tag="sub")
-    with run_sim(latency_ms=0) as sim, bench_fleet(sim, workers=PROCESSES, threads=THREADS) as fleet:
+    with run_sim(latency_ms=0) as sim, bench_fleet(sim, workers=PROCESSES) as fleet:
         progress.step(f"baseline: enqueue {jobs:,} messages pipelined")
         enqueue_s = measure_enqueue(fleet.redis_url, fleet.redis_prefix, jobs)
         with api_client(fleet.api_url, fleet.api_key) as client:
@@ -63,7 +62,7 @@ def run(quick: bool) -> dict[str, Any]:
     enqueue_per_s = jobs / enqueue_s
     progress.end(f"{accepted_per_s:,.0f} jobs/s accepted; first result after {first_result_s} s")
     return {
-        "shape": {"jobs": jobs, "body_bytes": len(body), "processes": PROCESSES, "threads": THREADS},
+        "shape": {"jobs": jobs, "body_bytes": len(body), "processes": PROCESSES, "threads": DEFAULT_THREADS},
         "jobgate": {
             "post_s": round(post_s, 3),
             "accepted_jobs_per_s": round(accepted_per_s, 1),
