@@ -102,7 +102,7 @@ class CircuitBreaker:
         self, target: str, config: BreakerConfig, *, probe: bool, now_ms: int | None = None
     ) -> BreakerState:
         """Report a call that worked; the probe's success closes the breaker. Returns the state."""
-        return (await self._apply("success", target, config, probe=probe, now_ms=now_ms)).state
+        return (await self._apply(self.call("success", target, config, probe=probe, now_ms=now_ms))).state
 
     async def record_failure(
         self, target: str, config: BreakerConfig, *, probe: bool, now_ms: int | None = None
@@ -113,14 +113,14 @@ class CircuitBreaker:
         it opened) is only counted in the stats: it does not stretch the cool-down. Returns the
         state after the report.
         """
-        return (await self._apply("failure", target, config, probe=probe, now_ms=now_ms)).state
+        return (await self._apply(self.call("failure", target, config, probe=probe, now_ms=now_ms))).state
 
     async def release_probe(self, target: str, *, now_ms: int | None = None) -> BreakerState:
         """Give the probe up without calling (say, no rate budget for it): the next caller probes.
 
         Only the probe's holder calls this; without it, the probe passes on after its timeout.
         """
-        return (await self._apply("release", target, BreakerConfig(), now_ms=now_ms)).state
+        return (await self._apply(self.call("release", target, BreakerConfig(), now_ms=now_ms))).state
 
     async def state(self, target: str, *, now_ms: int | None = None) -> BreakerState:
         """The state callers see: "half_open" as soon as the cool-down is over, before any probe."""
@@ -128,20 +128,10 @@ class CircuitBreaker:
 
     async def stats(self, target: str, *, now_ms: int | None = None) -> BreakerStats:
         """State and recent outcome counts, for `GET /v1/providers` and the metrics."""
-        outcome = await self._apply("stats", target, BreakerConfig(), now_ms=now_ms)
+        outcome = await self._apply(self.call("stats", target, BreakerConfig(), now_ms=now_ms))
         return BreakerStats(outcome.state, outcome.recent_successes, outcome.recent_failures)
 
-    async def _apply(
-        self,
-        event: str,
-        target: str,
-        config: BreakerConfig,
-        *,
-        probe: bool = False,
-        probe_timeout_s: float | None = None,
-        now_ms: int | None = None,
-    ) -> _Outcome:
-        call = self.call(event, target, config, probe=probe, probe_timeout_s=probe_timeout_s, now_ms=now_ms)
+    async def _apply(self, call: ScriptCall) -> _Outcome:
         return _outcome(await run_call(self.client, call))
 
     def call(

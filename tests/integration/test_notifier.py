@@ -25,37 +25,35 @@ async def clients(redis_url: str) -> AsyncIterator[tuple[aioredis.Redis, aioredi
     await publisher.aclose()
 
 
+@pytest.fixture
+async def notifier(clients: tuple[aioredis.Redis, aioredis.Redis], keys: Keys) -> AsyncIterator[JobNotifier]:
+    """A started notifier on the test's channel; `clients[1]` publishes to it."""
+    started = JobNotifier(clients[0], keys.job_done_channel)
+    await started.start()
+    yield started
+    await started.stop()
+
+
 async def test_start_returns_subscribed_so_the_first_completion_wakes_its_waiter(
-    clients: tuple[aioredis.Redis, aioredis.Redis], keys: Keys
+    notifier: JobNotifier, clients: tuple[aioredis.Redis, aioredis.Redis], keys: Keys
 ) -> None:
-    pubsub, publisher = clients
-    notifier = JobNotifier(pubsub, keys.job_done_channel)
-    await notifier.start()
-    try:
-        [(_, subscribers)] = await publisher.pubsub_numsub(keys.job_done_channel)
-        async with notifier.watch("job_first") as woken:
-            # At once, as a fast job's worker would.
-            await publisher.publish(keys.job_done_channel, job_done_message(["job_first"]))
-            await asyncio.wait_for(woken, timeout=5)
-    finally:
-        await notifier.stop()
+    publisher = clients[1]
+    [(_, subscribers)] = await publisher.pubsub_numsub(keys.job_done_channel)
+    async with notifier.watch("job_first") as woken:
+        # At once, as a fast job's worker would.
+        await publisher.publish(keys.job_done_channel, job_done_message(["job_first"]))
+        await asyncio.wait_for(woken, timeout=5)
 
     assert subscribers == 1
 
 
 async def test_one_message_naming_a_group_of_jobs_wakes_each_of_their_waiters(
-    clients: tuple[aioredis.Redis, aioredis.Redis], keys: Keys
+    notifier: JobNotifier, clients: tuple[aioredis.Redis, aioredis.Redis], keys: Keys
 ) -> None:
-    pubsub, publisher = clients
-    notifier = JobNotifier(pubsub, keys.job_done_channel)
-    await notifier.start()
-    try:
-        async with notifier.watch("job_a") as a, notifier.watch("job_b") as b, notifier.watch("job_c") as c:
-            await publisher.publish(keys.job_done_channel, job_done_message(["job_a", "job_b"]))
-            await asyncio.wait_for(asyncio.gather(a, b), timeout=5)
-            assert not c.done()
-    finally:
-        await notifier.stop()
+    async with notifier.watch("job_a") as a, notifier.watch("job_b") as b, notifier.watch("job_c") as c:
+        await clients[1].publish(keys.job_done_channel, job_done_message(["job_a", "job_b"]))
+        await asyncio.wait_for(asyncio.gather(a, b), timeout=5)
+        assert not c.done()
 
 
 async def test_an_unreachable_redis_does_not_hold_up_start(keys: Keys) -> None:
