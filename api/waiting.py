@@ -21,7 +21,11 @@ RECHECK_S = 5.0
 
 
 async def load_job(session: AsyncSession, tenant_id: str, job_id: str) -> Job:
-    job = (await session.execute(store.select_job(tenant_id, job_id))).scalars().first()
+    # The row as it is now, not as this session last saw it: the request that submitted the job
+    # holds it in its identity map as `queued`, and a job finished before the waiter was
+    # registered (its notification missed) would then look queued until the next re-read.
+    stmt = store.select_job(tenant_id, job_id).execution_options(populate_existing=True)
+    job = (await session.execute(stmt)).scalars().first()
     if job is None:
         raise NotFound(f"No job with id {job_id!r}.", param="job_id")
     return job
