@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import redis
 import redis.asyncio as aioredis
@@ -78,6 +78,35 @@ class _Finished:
     future: asyncio.Future[Outcome]
 
 
+class _Gathered(Generic[T]):
+    """Items handed over one by one and taken in groups: a group is taken a moment
+    (`gather_s`) after its first item arrives, or at once when `urgent` says an item is
+    interactive; at most `MAX_GROUP` at a time."""
+
+    def __init__(self, urgent: Callable[[T], bool], gather_s: float) -> None:
+        self._items: list[T] = []
+        self._urgent = urgent
+        self._gather_s = gather_s
+        self._wanted = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, item: T) -> None:
+        self._items.append(item)
+        self._wanted.set()
+
+    async def next_group(self) -> list[T]:
+        await self._wanted.wait()
+        if not any(self._urgent(item) for item in self._items):
+            await asyncio.sleep(self._gather_s)
+        self._wanted.clear()
+        group, self._items = self._items[:MAX_GROUP], self._items[MAX_GROUP:]
+        if self._items:
+            self._wanted.set()
+        return group
+
+
 @dataclass(frozen=True)
 class _Written:
     outcomes: dict[str, Outcome]
@@ -104,15 +133,13 @@ class JobRuntime:
         self.clock = clock
         self.lease_s = lease_s
         self.apply_effects = apply_effects
-        self.sleep = sleep  # the backoff of a write retried after a lost connection
+        self.sleep = sleep  # the backoff of a claim or write retried after a lost connection
         self.gather_s = gather_s
         self._sql = concurrent.futures.ThreadPoolExecutor(sql_threads, thread_name_prefix="jobgate-sql")
         self._tenant_names: dict[str, str] = {}
         self._active: dict[str, store.Claim] = {}
-        self._to_claim: list[_Handed] = []
-        self._to_write: list[_Finished] = []
-        self._claim_wanted: asyncio.Event | None = None
-        self._write_wanted: asyncio.Event | None = None
+        self._to_claim: _Gathered[_Handed] | None = None
+        self._to_write: _Gathered[_Finished] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -120,7 +147,9 @@ class JobRuntime:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._claim_wanted, self._write_wanted = asyncio.Event(), asyncio.Event()
+        # Made on the loop they serve (an asyncio.Event belongs to one loop).
+        self._to_claim = _Gathered(lambda h: h.priority == "interactive", self.gather_s)
+        self._to_write = _Gathered(lambda f: f.claim.priority == "interactive", self.gather_s)
         for name, body in (
             ("claimer", self._claimer),
             ("writer", self._writer),
@@ -138,18 +167,13 @@ class JobRuntime:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._sql.shutdown(wait=True)
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._active)
-
     # --- hand-off --------------------------------------------------------------------------
 
     async def submit(self, job_id: str, priority: str) -> Outcome:
         """Run the job (claim, pipeline, group write); its outcome once the write landed."""
-        assert self._claim_wanted is not None, "start() the runtime first"
+        assert self._to_claim is not None, "start() the runtime first"
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._to_claim.append(_Handed(job_id, priority, future))
-        self._claim_wanted.set()
+        self._to_claim.add(_Handed(job_id, priority, future))
         return await future
 
     def submit_threadsafe(self, job_id: str, priority: str) -> concurrent.futures.Future[Outcome]:
@@ -160,17 +184,11 @@ class JobRuntime:
     # --- claims ----------------------------------------------------------------------------
 
     async def _claimer(self) -> None:
-        assert self._claim_wanted is not None
+        assert self._to_claim is not None
         while True:
-            await self._claim_wanted.wait()
-            if not any(h.priority == "interactive" for h in self._to_claim):
-                await asyncio.sleep(self.gather_s)
-            self._claim_wanted.clear()
-            group, self._to_claim = self._to_claim[:MAX_GROUP], self._to_claim[MAX_GROUP:]
-            if self._to_claim:
-                self._claim_wanted.set()
+            group = await self._to_claim.next_group()
             try:
-                claims, names, outcomes = await self._in_sql(self._claim_group, group)
+                claims, names, outcomes = await self._in_sql(self._claim_retrying, group)
             except Exception:
                 # The ids stay `queued` in SQL: the sweeper dispatches them again.
                 log.exception("claim_failed", jobs=len(group))
@@ -187,17 +205,24 @@ class JobRuntime:
         futures: dict[str, asyncio.Future[Outcome]] = {}
         won = {c.id for c in claims}
         for handed in group:
-            if handed.job_id in futures or handed.job_id not in won:
-                # A duplicate in this very group, or an id not claimed.
-                outcome = outcomes.get(handed.job_id, Outcome(OutcomeStatus.SKIPPED))
-                if handed.job_id in futures:
-                    outcome = Outcome(OutcomeStatus.SKIPPED)
-                handed.future.set_result(outcome)
-                continue
-            futures[handed.job_id] = handed.future
+            if handed.job_id in futures:  # a duplicate in this very group
+                handed.future.set_result(Outcome(OutcomeStatus.SKIPPED))
+            elif handed.job_id not in won:
+                handed.future.set_result(outcomes.get(handed.job_id, Outcome(OutcomeStatus.SKIPPED)))
+            else:
+                futures[handed.job_id] = handed.future
         for claim in claims:
             self._active[claim.id] = claim
             self._spawn(self._run(claim, futures[claim.id]), name=f"job-{claim.id}")
+
+    def _claim_retrying(
+        self, group: list[_Handed]
+    ) -> tuple[list[store.Claim], dict[str, str], dict[str, Outcome]]:
+        """`_claim_group`, tried again on a lost connection: the pool does not ping a connection
+        before handing it out (a round trip per checkout), so a claim is the first to find one
+        the server closed. A retry after a COMMIT that landed with its answer lost claims
+        nothing; those jobs wait out their lease for the reaper."""
+        return retrying_on_disconnect(self.lease_s, sleep=self.sleep)(lambda: self._claim_group(group))
 
     def _claim_group(
         self, group: list[_Handed]
@@ -244,23 +269,15 @@ class JobRuntime:
             self._active.pop(claim.id, None)
             future.set_exception(exc)
             return
-        assert self._write_wanted is not None
-        self._to_write.append(_Finished(claim, verdict, future))
-        self._write_wanted.set()
+        assert self._to_write is not None
+        self._to_write.add(_Finished(claim, verdict, future))
 
     # --- writes ----------------------------------------------------------------------------
 
     async def _writer(self) -> None:
-        assert self._write_wanted is not None
+        assert self._to_write is not None
         while True:
-            await self._write_wanted.wait()
-            if not any(f.claim.priority == "interactive" for f in self._to_write):
-                await asyncio.sleep(self.gather_s)
-            self._write_wanted.clear()
-            group, self._to_write = self._to_write[:MAX_GROUP], self._to_write[MAX_GROUP:]
-            if self._to_write:
-                self._write_wanted.set()
-            self._spawn(self._write(group), name="jobgate-write")
+            self._spawn(self._write(await self._to_write.next_group()), name="jobgate-write")
 
     async def _write(self, group: list[_Finished]) -> None:
         try:

@@ -433,6 +433,40 @@ def lose_one_commit_answer(worker: InlineWorker) -> list[str]:
     return fired
 
 
+async def test_claim_that_finds_its_connection_gone_is_tried_again_not_left_to_the_sweeper(
+    api_client: httpx.AsyncClient,
+    inline_worker: InlineWorker,
+    sim: SimHandle,
+    primary: str,
+    sleeps: list[float],
+) -> None:
+    # The pool does not ping connections before handing them out: a claim is the first to meet
+    # one the server closed, and must not drop its jobs for the sweeper to find 30-60 s later.
+    job_id = await submit(api_client, "Claimed on the second try.", cache=False)
+    lost: list[str] = []
+
+    class ClosedByServer(Session):
+        def execute(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
+            if getattr(statement, "table", None) is Job.__table__ and statement.is_update and not lost:
+                lost.append("connection gone")
+                raise OperationalError(
+                    "UPDATE jobs", None, ConnectionResetError("server closed the connection")
+                )
+            return super().execute(statement, *args, **kwargs)
+
+    inline_worker.runtime.sessions = sessionmaker(
+        inline_worker.engine, class_=ClosedByServer, expire_on_commit=False
+    )
+
+    outcome = await run(inline_worker, job_id)
+
+    assert lost and len(sleeps) == 1  # one backoff, then the claim again
+    assert outcome.status == "succeeded"
+    job = await read_job(api_client, job_id)
+    assert (job["status"], job["attempts"]) == ("succeeded", 1)
+    assert requests_seen(sim, primary) == 1
+
+
 async def test_final_write_whose_commit_landed_before_the_connection_dropped_is_kept_once(
     api_client: httpx.AsyncClient,
     inline_worker: InlineWorker,
