@@ -200,13 +200,14 @@ class JobRunner:
         busy_for_s: list[float] = []
         last_error: UpstreamError | None = None
         fleet_updates: list[FleetOp] = []
+        bucket = self._tenant_bucket(tenant)
         for target in targets:
             try:
                 completion = await self.caller.call(
                     target,
                     request,
                     interactive=claim.priority == "interactive",
-                    tenant_bucket=self._tenant_bucket(tenant),
+                    tenant_bucket=bucket,
                     records=records,
                     deferred=fleet_updates,
                 )

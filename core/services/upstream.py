@@ -35,7 +35,7 @@ from core.providers.base import Provider
 from core.redis.breaker import CircuitBreaker, Permit
 from core.redis.gate import Gate
 from core.redis.rate_limit import Bucket, RateLimiter, Reservation, provider_bucket
-from core.redis.scripts import FleetOp, run_calls
+from core.redis.scripts import FleetOp
 from core.services.estimate import estimate_tokens
 
 log = structlog.get_logger("jobgate.upstream")
@@ -126,13 +126,12 @@ class UpstreamCaller:
         interactive: bool,
         tenant_bucket: Bucket | None,
         records: list[CallRecord],
-        deferred: list[FleetOp] | None = None,
+        deferred: list[FleetOp],
     ) -> Completion:
         """The completion, or UpstreamError (after retries), or TargetUnavailable.
 
-        With `deferred`, the fleet-state updates a success leaves (the breaker's success, the
-        limiter's reconciliation) are appended there for the caller to run later in one
-        pipeline; without it they run before this returns.
+        The fleet-state updates a success leaves (the breaker's success, the limiter's
+        reconciliation) are appended to `deferred`, for the caller to run later in one pipeline.
 
         A retry refused because the first try's own failure opened the breaker still raises
         that failure: the target failed this job, which must cost it an attempt. Only a
@@ -175,12 +174,14 @@ class UpstreamCaller:
         estimate: int,
         interactive: bool,
         records: list[CallRecord],
-        deferred: list[FleetOp] | None,
+        deferred: list[FleetOp],
     ) -> Completion:
         cfg = self.config.providers[target.provider]
         name = target_name(target)
         started_at = self.utcnow()
-        permit, reservation = await self._pass_gate(target, buckets, estimate, interactive, records)
+        permit, reservation = await self._pass_gate(
+            target, buckets, estimate, interactive, records, started_at
+        )
         t0 = self.monotonic()
         try:
             completion = await self.providers[target.provider].complete(request, target.model)
@@ -209,16 +210,12 @@ class UpstreamCaller:
         # What the provider charges: OpenAI (and the sim) count `max_tokens` when it is set,
         # whatever the answer used; reconciling to less would overdraw its per-second bucket.
         charged = completion.input_tokens + (request.max_output_tokens or completion.output_tokens)
-        # Nothing waits on these two: they ride in the group's after-commit pipeline when the
-        # caller collects them (`deferred`), so a successful call costs no round trip after it.
-        updates: list[FleetOp] = [self.breaker.call("success", name, cfg.breaker, probe=permit.probe)]
+        # Nothing waits on these two: they ride in the group's after-commit pipeline, so a
+        # successful call costs no round trip after it.
+        deferred.append(self.breaker.call("success", name, cfg.breaker, probe=permit.probe))
         reconcile = self.limiter.reconcile_call(reservation, charged)
         if reconcile is not None:
-            updates.append(reconcile)
-        if deferred is not None:
-            deferred += updates
-        else:
-            await run_calls(self.limiter.client, updates)
+            deferred.append(reconcile)
         await self._apply_provider_limits(target.provider, completion)
         records.append(CallRecord(target, "succeeded", None, latency_ms, started_at))
         return completion
@@ -230,11 +227,11 @@ class UpstreamCaller:
         estimate: int,
         interactive: bool,
         records: list[CallRecord],
+        started_at: datetime,
     ) -> tuple[Permit, Reservation]:
         """Breaker, pause and reservation in one round trip, then the reserved wait; raises
         `TargetUnavailable` when the call may not go out now."""
         cfg = self.config.providers[target.provider]
-        started_at = self.utcnow()
         # Batch jobs refused budget queue up in the limiter's waiting line; an interactive job
         # books up to 10 s ahead instead, and when refused comes back as soon as budget frees.
         answer = await self.gate.open(
