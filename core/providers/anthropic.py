@@ -54,14 +54,12 @@ class AnthropicProvider:
         self.name = name
         self._now = now
         self._timeout_s = config.timeout_s
-        base_url, api_key = config.base_url or DEFAULT_BASE_URL, config.api_key()
-        self.shards = ClientShards(
+        self.shards = ClientShards.for_sdk(
+            anthropic.AsyncAnthropic,
             anthropic.DefaultAsyncHttpxClient,
-            lambda http_client, timeout: anthropic.AsyncAnthropic(
-                base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0, http_client=http_client
-            ),
             config,
             max_connections,
+            default_base_url=DEFAULT_BASE_URL,
         )
 
     async def complete(self, request: ChatRequest, model: str) -> Completion:

@@ -117,6 +117,28 @@ class ClientShards(Generic[SdkClient]):
         self._in_flight = [0] * count
         self.connections_per_shard = per_shard
 
+    @classmethod
+    def for_sdk(
+        cls,
+        sdk_client: Callable[..., SdkClient],
+        http_client_factory: Callable[..., httpx2.AsyncClient],
+        config: ProviderConfig,
+        max_connections: int,
+        *,
+        default_base_url: str,
+    ) -> ClientShards[SdkClient]:
+        """Shards of an official SDK client (`openai.AsyncOpenAI`, `anthropic.AsyncAnthropic`)
+        on the provider's base URL and key, with the SDK's own retries off (jobgate decides)."""
+        base_url, api_key = config.base_url or default_base_url, config.api_key()
+        return cls(
+            http_client_factory,
+            lambda http_client, timeout: sdk_client(
+                base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0, http_client=http_client
+            ),
+            config,
+            max_connections,
+        )
+
     @property
     def in_flight(self) -> tuple[int, ...]:
         """How many calls each shard has in flight now."""
