@@ -17,13 +17,14 @@ import openai
 
 
 def async_client(base_url: str, concurrency: int, *, api_key: str = "bench") -> openai.AsyncOpenAI:
-    """An async SDK client whose pool holds `concurrency` connections (and a few more)."""
+    """An async SDK client whose pool holds `concurrency` connections (and a few more), on the
+    SDK's aiohttp transport as jobgate's adapters use it."""
     return openai.AsyncOpenAI(
         base_url=base_url,
         api_key=api_key,
         max_retries=0,
         timeout=60,
-        http_client=openai.DefaultAsyncHttpxClient(
+        http_client=openai.DefaultAioHttpClient(
             limits=httpx2.Limits(
                 max_connections=concurrency + 16, max_keepalive_connections=concurrency + 16
             ),

@@ -1,7 +1,7 @@
 """The upstream provider adapters and the registry that builds them from the config.
 
-`build_providers` makes one adapter (a few small connection pools, `base.ClientShards`) per
-configured provider, choosing the adapter class by the provider's `kind`; a process's
+`build_providers` makes one adapter (one SDK client over one connection pool,
+`base.sdk_client`) per configured provider, choosing the adapter class by its `kind`; a process's
 composition root calls it once and awaits `close_providers` on shutdown, on the event loop
 that ran the calls. Adding a provider kind means one new module with an adapter class plus one
 line in `ADAPTERS` (and the kind in `ProviderConfig.kind`).

@@ -1,12 +1,13 @@
 """The adapter for Anthropic's Messages API (`POST {base_url}/v1/messages`).
 
-It owns a few `anthropic.AsyncAnthropic` clients (`base.ClientShards`: one small connection
-pool each, shared by every call in flight on the process's event loop) with the SDK's own
-retries off, since jobgate decides retries. Requests and answers are translated to and from
-the OpenAI shape by `core.providers.anthropic_messages`, the answer straight from the raw JSON
-message (the SDK's `Message` model is never built); this module does the call, the error
-boundary, and reads the `anthropic-ratelimit-*` headers (whose reset values are RFC 3339
-timestamps) into `RateLimitHeaders` as seconds from now.
+It owns one `anthropic.AsyncAnthropic` client (`base.sdk_client`: one aiohttp connection pool
+shared by every call in flight on the process's event loop) with the SDK's own retries off,
+since jobgate decides retries; calls go through the SDK's generic `post` (`base.post_raw`).
+Requests and answers are translated to and from the OpenAI shape by
+`core.providers.anthropic_messages`, the answer straight from the raw JSON message (the SDK's
+`Message` model is never built); this module does the call, the error boundary, and reads the
+`anthropic-ratelimit-*` headers (whose reset values are RFC 3339 timestamps) into
+`RateLimitHeaders` as seconds from now.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ import anthropic
 from core.config import ProviderConfig
 from core.domain.chat import ChatRequest, Completion, RateLimitHeaders
 from core.errors import Truncated
-from core.providers.anthropic_messages import SAMPLING_PARAMS, anthropic_request, openai_body
+from core.providers.anthropic_messages import anthropic_request, openai_body
 from core.providers.base import (
-    ClientShards,
+    call_timeout,
     completion_from_openai_body,
     header_int,
     json_object_body,
+    post_raw,
+    sdk_client,
     utc_now,
 )
 from core.providers.errors import SdkErrorTypes, translate_sdk_error
@@ -54,40 +57,32 @@ class AnthropicProvider:
         self.name = name
         self._now = now
         self._timeout_s = config.timeout_s
-        self.shards = ClientShards.for_sdk(
+        self._timeout = call_timeout(config)
+        self.client = sdk_client(
             anthropic.AsyncAnthropic,
-            anthropic.DefaultAsyncHttpxClient,
+            anthropic.DefaultAioHttpClient,
             config,
             max_connections,
             default_base_url=DEFAULT_BASE_URL,
         )
 
     async def complete(self, request: ChatRequest, model: str) -> Completion:
+        # Sent as the API takes it: the sampling parameters the SDK's `create` no longer takes
+        # as arguments are plain body fields, and no SDK-side check refuses a large `max_tokens`
+        # without streaming before anything is sent.
         arguments = anthropic_request(request, model, provider=self.name)
-        # The SDK (since 1.0) no longer takes the sampling parameters as arguments, though the
-        # API still accepts them on models that support sampling; they travel in `extra_body`.
-        sampling = {key: arguments.pop(key) for key in SAMPLING_PARAMS if key in arguments}
         try:
-            # The timeout is repeated per call because, when it equals the SDK's default, the
-            # SDK refuses large `max_tokens` without streaming before sending anything. The raw
-            # response has its body read already; only its parse is left undone.
-            timeout = self.shards.timeout
-            raw = await self.shards.call(
-                lambda client: client.messages.with_raw_response.create(
-                    **arguments, extra_body=sampling or None, timeout=timeout
-                )
-            )
+            response = await post_raw(self.client, "/v1/messages", arguments, self._timeout)
         except anthropic.AnthropicError as exc:
             raise translate_sdk_error(
                 exc, SDK_ERRORS, provider=self.name, now=self._now(), timeout_s=self._timeout_s
             ) from exc
         except ValueError as exc:
-            # Raised by the SDK itself before anything is sent (a non-streaming call it judges too long,
-            # for one); it stays the Truncated it has always been counted as here.
+            # Raised by the SDK itself before anything is sent (an API key that cannot go in a
+            # header, for one); it stays the Truncated it has always been counted as here.
             raise Truncated(
                 f"{self.name}: the SDK could not make the call: {exc}", provider=self.name
             ) from exc
-        response = raw.http_response
         message = json_object_body(response, provider=self.name)
         now = self._now()
         return completion_from_openai_body(
@@ -98,7 +93,7 @@ class AnthropicProvider:
         )
 
     async def close(self) -> None:
-        await self.shards.aclose()
+        await self.client.close()
 
 
 def anthropic_rate_limits(headers: Mapping[str, str], now: datetime) -> RateLimitHeaders | None:

@@ -25,8 +25,6 @@ from core.domain.chat import ChatRequest
 from core.errors import BadRequest, ContentFiltered, Truncated
 
 DEFAULT_MAX_TOKENS = 4096
-# The request fields that are sampling parameters (the adapter sends them apart, see anthropic.py).
-SAMPLING_PARAMS = ("temperature", "top_p")
 
 _SYSTEM_ROLES = frozenset({"system", "developer"})
 _DATA_URL = re.compile(r"data:(?P<media_type>[^;,]+);base64,(?P<data>.*)", re.DOTALL)

@@ -10,38 +10,24 @@ answer's raw JSON body as a dict; no SDK model is built and dumped back to a dic
 the one place that decides whether an OpenAI-shaped body is a finished answer, so both adapters
 judge bodies alike; `header_int` reads the counts in their rate-limit headers alike.
 
-`ClientShards` gives an adapter `ceil(max_connections / 48)` SDK clients, each over its own
-pool of about 48 connections, instead of one client over one pool of `max_connections`:
-httpcore2's pool (`_assign_requests_to_connections`) scans every connection and queued request
-at the start and end of each request, O(n) a call and O(n^2) in all. Client CPU a call, one
-pool of 1,016 connections, against the sim at 5 s latency, 30 s closed loops on this shared
-2-core machine (OpenAI adapter; Anthropic alike): 1.4-2.0 ms at 100 in flight, 1.8-2.6 ms at
-300, 3.4-3.9 ms at 1,000 (where the client saturated a core and finished 3,400-3,900 of the
-6,000 calls the sim could answer). Sharded: 1.35-1.56, 1.65-1.92 and 1.57-1.70 ms, flat, with
-5,100-6,000 answered (Anthropic: 1.2, 1.5, 3.4 ms before; 1.2, 1.2, 1.6 ms after). Between 16
-and 128 connections a shard the cost at 1,000 in flight was the same within this machine's
-noise (1.67-1.96 ms, one reading of 2.27 in a load spike), so 48 sits in the middle; at 10 in
-flight the shards and the gate below cost nothing measurable (1.36-1.43 ms a call either way).
-
-`ConnectGate` lets an adapter open at most 32 connections at once, and starts a connection's
-5 s connect timeout only when its turn comes, one loop pass later. A cold burst of 1,000 calls
-is otherwise started in one pass of the event loop, holding it for the CPU of all of them
-while the connect timeouts of the first ones run: on this machine with 8 extra busy processes,
-all 1,000 calls failed with connect timeouts (connect steps lasting up to 9.4 s), and 945 and
-257 of 1,000 in two runs under other engineers' load alone. Sharded, none failed, the slowest
-connect taking 2-2.7 s; with the gate too, none failed, the slowest took 0.25-1 s and nine in
-ten under 0.11 s. 8 turns did as well locally but would open a remote TLS upstream's
-connections slowly; at 64 and 128, nine in ten connects took 0.24 and 0.87 s.
+`sdk_client` builds an adapter's one SDK client over the SDK's own aiohttp transport
+(`DefaultAioHttpClient`, the `aiohttp` extra the SDKs document "for improved concurrency
+performance"), and `post_raw` sends a call through the SDK's generic `post`: the SDK's headers,
+auth, error classes and timeouts, but not its typed-parameter transform, and the body comes back
+unparsed. Client CPU a call against the sim on this 2-core machine (side-by-side runs, 3,000 calls
+each): 64 in flight at 0 ms, httpx2 transport with `with_raw_response.create`
+1.65 ms, aiohttp with it 1.2 ms, httpx2 with `post` 1.2 ms, aiohttp with `post` 0.7 ms; 1,000
+in flight at 5 s, one client: httpx2 4.1 ms (httpcore2's pool scans every connection at each
+request's start and end, which is why earlier versions split the pool into shards), aiohttp
+0.93 ms at 176 calls/s of the 200 the latency allows. aiohttp's pool needs no sharding.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx2
 
@@ -50,22 +36,8 @@ from core.domain.chat import TERMINAL_FINISH_REASONS, ChatRequest, Completion, R
 from core.errors import ContentFiltered, Truncated
 
 SdkClient = TypeVar("SdkClient")
-T = TypeVar("T")
 
-# Connections a shard, and connections one adapter opens at once: measured, see the docstring.
-SHARD_CONNECTIONS = 48
-CONCURRENT_CONNECTS = 32
 CONNECT_TIMEOUT_S = 5.0
-# httpcore's `trace` extension names each step of a request; these open a connection.
-_OPENING_STARTED = frozenset({"connection.connect_tcp.started", "connection.start_tls.started"})
-_OPENING_ENDED = frozenset(
-    {
-        "connection.connect_tcp.complete",
-        "connection.connect_tcp.failed",
-        "connection.start_tls.complete",
-        "connection.start_tls.failed",
-    }
-)
 
 
 class Provider(Protocol):
@@ -83,118 +55,46 @@ class Provider(Protocol):
         ...
 
 
-class ClientShards(Generic[SdkClient]):
-    """`count` SDK clients over one upstream, each with its own small connection pool.
-
-    A call borrows the least busy shard (fewest calls in flight; the first on ties, so calls
-    one at a time reuse one shard's warm connections). A shard's count only grows while it is
-    the lowest, so no shard ever holds more than `ceil(in_flight / count)` calls, which is
-    within its pool while the adapter's calls in flight stay within `max_connections`: no call
-    waits for a connection that another shard has idle.
-    """
-
-    def __init__(
-        self,
-        http_client_factory: Callable[..., httpx2.AsyncClient],
-        make_client: Callable[[httpx2.AsyncClient, httpx2.Timeout], SdkClient],
-        config: ProviderConfig,
-        max_connections: int,
-        *,
-        shard_connections: int = SHARD_CONNECTIONS,
-        concurrent_connects: int = CONCURRENT_CONNECTS,
-    ) -> None:
-        count = max(1, math.ceil(max_connections / shard_connections))
-        # Spread evenly: 1,016 connections make 22 pools of 47, not 21 of 48 and one of 8.
-        per_shard = max(1, math.ceil(max_connections / count))
-        self.timeout = httpx2.Timeout(config.timeout_s, connect=min(CONNECT_TIMEOUT_S, config.timeout_s))
-        limits = httpx2.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
-        gate = ConnectGate(concurrent_connects, wait_s=config.timeout_s)
-        hooks = {"request": [gate.trace_request]}
-        self._http_clients = [
-            http_client_factory(timeout=self.timeout, limits=limits, event_hooks=hooks) for _ in range(count)
-        ]
-        self._clients = [make_client(http_client, self.timeout) for http_client in self._http_clients]
-        self._in_flight = [0] * count
-        self.connections_per_shard = per_shard
-
-    @classmethod
-    def for_sdk(
-        cls,
-        sdk_client: Callable[..., SdkClient],
-        http_client_factory: Callable[..., httpx2.AsyncClient],
-        config: ProviderConfig,
-        max_connections: int,
-        *,
-        default_base_url: str,
-    ) -> ClientShards[SdkClient]:
-        """Shards of an official SDK client (`openai.AsyncOpenAI`, `anthropic.AsyncAnthropic`)
-        on the provider's base URL and key, with the SDK's own retries off (jobgate decides)."""
-        base_url, api_key = config.base_url or default_base_url, config.api_key()
-        return cls(
-            http_client_factory,
-            lambda http_client, timeout: sdk_client(
-                base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0, http_client=http_client
-            ),
-            config,
-            max_connections,
-        )
-
-    @property
-    def in_flight(self) -> tuple[int, ...]:
-        """How many calls each shard has in flight now."""
-        return tuple(self._in_flight)
-
-    async def call(self, send: Callable[[SdkClient], Awaitable[T]]) -> T:
-        """Await `send(client)` on the least busy shard's client."""
-        in_flight = self._in_flight
-        shard = in_flight.index(min(in_flight))
-        in_flight[shard] += 1
-        try:
-            return await send(self._clients[shard])
-        finally:
-            in_flight[shard] -= 1
-
-    async def aclose(self) -> None:
-        """Close every shard's pool (an SDK client holds nothing else to close)."""
-        for http_client in self._http_clients:
-            await http_client.aclose()
+def sdk_client(
+    sdk_client: Callable[..., SdkClient],
+    http_client_factory: Callable[..., httpx2.AsyncClient],
+    config: ProviderConfig,
+    max_connections: int,
+    *,
+    default_base_url: str,
+) -> SdkClient:
+    """An official SDK client (`openai.AsyncOpenAI`, `anthropic.AsyncAnthropic`) on the
+    provider's base URL and key, over one pool of `max_connections`, with the SDK's own retries
+    off (jobgate decides)."""
+    timeout = call_timeout(config)
+    limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    return sdk_client(
+        base_url=config.base_url or default_base_url,
+        api_key=config.api_key(),
+        timeout=timeout,
+        max_retries=0,
+        http_client=http_client_factory(timeout=timeout, limits=limits),
+    )
 
 
-class ConnectGate:
-    """Lets at most `limit` connections be opened at once; the others wait their turn, and a
-    connection's connect timeout starts only when its turn has come.
+def call_timeout(config: ProviderConfig) -> httpx2.Timeout:
+    """The provider's timeout, with a connect step bounded by `CONNECT_TIMEOUT_S`."""
+    return httpx2.Timeout(config.timeout_s, connect=min(CONNECT_TIMEOUT_S, config.timeout_s))
 
-    Installed on each request as httpcore's `trace` extension (the SDKs set none of their own),
-    whose callback httpcore awaits before and after every step of a request. A turn is used one
-    pass of the event loop after it is granted, so a burst of calls started in one pass (which
-    holds the loop for the CPU of all of them) does not run down the connect timeout of the
-    first ones. A wait for a turn is bounded by `wait_s` (the pool timeout: waiting for a turn
-    is waiting for a connection), then fails as `httpx2.PoolTimeout`, which the SDKs report as
-    their timeout error. It only works on asyncio, the one event loop jobgate runs.
-    """
 
-    def __init__(self, limit: int, *, wait_s: float) -> None:
-        self._turns = asyncio.Semaphore(limit)
-        self._wait_s = wait_s
+class _PostingClient(Protocol):
+    async def post(self, path: str, *, cast_to: Any, body: Any, options: Any) -> Any: ...
 
-    async def trace_request(self, request: httpx2.Request) -> None:
-        """The `request` event hook of an `httpx2.AsyncClient`."""
-        request.extensions["trace"] = self._on_step
 
-    async def _on_step(self, step: str, info: dict[str, Any]) -> None:
-        if step in _OPENING_STARTED:
-            try:
-                async with asyncio.timeout(self._wait_s):
-                    await self._turns.acquire()
-            except TimeoutError as exc:
-                raise httpx2.PoolTimeout(f"no turn to open a connection within {self._wait_s} s") from exc
-            try:
-                await asyncio.sleep(0)
-            except BaseException:
-                self._turns.release()
-                raise
-        elif step in _OPENING_ENDED:
-            self._turns.release()
+async def post_raw(
+    client: _PostingClient, path: str, body: dict[str, Any], timeout: httpx2.Timeout
+) -> httpx2.Response:
+    """POST `body` to `path` through the SDK client; the response with its body read. A non-2xx
+    answer raises the SDK's status error, a lost connection or timeout its own errors."""
+    response: httpx2.Response = await client.post(
+        path, cast_to=httpx2.Response, body=body, options={"timeout": timeout}
+    )
+    return response
 
 
 def json_object_body(response: httpx2.Response, *, provider: str) -> dict[str, Any]:

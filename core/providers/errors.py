@@ -58,6 +58,9 @@ def translate_sdk_error(
     timeout_s: float | None = None,
 ) -> UpstreamError:
     """The named error for an exception raised by an SDK call (the caller raises it `from exc`)."""
+    refused = _refused_connection(exc)
+    if refused is not None:
+        return ConnectionFailed(f"cannot reach {provider}: {refused}", provider=provider)
     if isinstance(exc, sdk.timeout):
         within = f" within {timeout_s:g} s" if timeout_s is not None else ""
         return UpstreamTimeout(f"{provider} did not answer{within}", provider=provider)
@@ -77,6 +80,18 @@ def translate_sdk_error(
     # Anything else the SDK raises (a response it could not decode, a middleware failure) still
     # gets a name; it is retryable because nothing says the request itself was wrong.
     return ServerError(f"{provider}: {type(exc).__name__}: {exc}", provider=provider)
+
+
+def _refused_connection(exc: BaseException) -> OSError | None:
+    """The OS error (refused, unreachable, no such host) behind an SDK error, if one is. The
+    SDKs' aiohttp transport reports every failed connect as a connect *timeout*; a connection
+    the peer refused is a connection failure, and its message must not speak of waiting."""
+    cause = exc.__cause__
+    while cause is not None:
+        if isinstance(cause, OSError) and not isinstance(cause, TimeoutError):
+            return cause
+        cause = cause.__cause__
+    return None
 
 
 def error_for_status(

@@ -1,8 +1,8 @@
 """The adapter for OpenAI and every server that speaks its chat-completions wire format.
 
-It owns a few `openai.AsyncOpenAI` clients (`base.ClientShards`: one small connection pool
-each, shared by every call in flight on the process's event loop) with the SDK's own retries
-off, since jobgate decides retries.
+It owns one `openai.AsyncOpenAI` client (`base.sdk_client`: one aiohttp connection pool shared
+by every call in flight on the process's event loop) with the SDK's own retries off, since
+jobgate decides retries; calls go through the SDK's generic `post` (`base.post_raw`).
 The request is forwarded as the client sent it, minus unset parameters; the answer is the
 response body exactly as the upstream sent it, read as a plain dict (the SDK's
 `ChatCompletion` model is never built), plus the `x-ratelimit-*` headers read into
@@ -23,10 +23,12 @@ from core.config import ProviderConfig
 from core.domain.chat import CHAT_FIELDS, ChatRequest, Completion, RateLimitHeaders
 from core.errors import Truncated
 from core.providers.base import (
-    ClientShards,
+    call_timeout,
     completion_from_openai_body,
     header_int,
     json_object_body,
+    post_raw,
+    sdk_client,
     utc_now,
 )
 from core.providers.errors import SdkErrorTypes, translate_sdk_error
@@ -58,9 +60,10 @@ class OpenAIProvider:
         self.name = name
         self._now = now
         self._timeout_s = config.timeout_s
-        self.shards = ClientShards.for_sdk(
+        self._timeout = call_timeout(config)
+        self.client = sdk_client(
             openai.AsyncOpenAI,
-            openai.DefaultAsyncHttpxClient,
+            openai.DefaultAioHttpClient,
             config,
             max_connections,
             default_base_url=DEFAULT_BASE_URL,
@@ -75,10 +78,7 @@ class OpenAIProvider:
             },
         }
         try:
-            # The raw response has its body read already; only its parse is left undone.
-            raw = await self.shards.call(
-                lambda client: client.chat.completions.with_raw_response.create(**arguments)
-            )
+            response = await post_raw(self.client, "/chat/completions", arguments, self._timeout)
         except openai.OpenAIError as exc:
             raise translate_sdk_error(
                 exc, SDK_ERRORS, provider=self.name, now=self._now(), timeout_s=self._timeout_s
@@ -89,7 +89,6 @@ class OpenAIProvider:
             raise Truncated(
                 f"{self.name}: the SDK could not make the call: {exc}", provider=self.name
             ) from exc
-        response = raw.http_response
         return completion_from_openai_body(
             json_object_body(response, provider=self.name),
             provider=self.name,
@@ -98,7 +97,7 @@ class OpenAIProvider:
         )
 
     async def close(self) -> None:
-        await self.shards.aclose()
+        await self.client.close()
 
 
 def openai_rate_limits(headers: Mapping[str, str]) -> RateLimitHeaders | None:
