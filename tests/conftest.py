@@ -31,6 +31,7 @@ from core.config import load_config
 from core.providers import build_providers, close_providers
 from core.redis.keys import Keys
 from core.services.execute import Outcome
+from core.services.job_engine import build_runner
 from core.services.lifecycle import Effects, job_done_message
 from core.services.runtime import JobRuntime, LoopThread
 from core.settings import Settings
@@ -42,7 +43,6 @@ from core.store.models import Job
 from tests.fleet import delete_prefix
 from tests.processes import ServiceProcess, jobgate_env, start_worker, stop_all
 from tests.sim_process import SimHandle, run_sim
-from workers.composition import build_runner
 
 REDIS_URL = os.environ.get("JOBGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_ADMIN_URL = os.environ.get("JOBGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")

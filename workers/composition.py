@@ -1,35 +1,25 @@
 """The worker process's composition root: everything a worker needs, built once.
 
-Two SQL engines with fixed, small pools (the job runtime's SQL threads; the webhook threads
-and the sweeper), the broker, an asyncio Redis pool for fleet state (limiter, breaker, cache,
-single-flight) used only on the runtime's event loop, the providers' async SDK clients, the
-job runtime and the webhook deliverer. A process holds `JOB_SQL_CONNECTIONS +
-AUX_SQL_CONNECTIONS` (7) Postgres connections whatever its load.
+The job engine (`core.services.job_engine`: the job runtime with its own small SQL pool, the
+fleet-state Redis pools and the providers' async SDK clients), a second SQL engine for the
+webhook threads and the sweeper, the broker, and the webhook deliverer. A process holds
+`JOB_SQL_CONNECTIONS + AUX_SQL_CONNECTIONS` (7) Postgres connections whatever its load.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-import redis.asyncio as aioredis
 import structlog
 from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import queue
-from core.config import GatewayConfig, load_config
-from core.providers import Provider, build_providers
-from core.redis.breaker import CircuitBreaker
-from core.redis.cache import ResponseCache
+from core.config import load_config
 from core.redis.keys import Keys
-from core.redis.rate_limit import RateLimiter
-from core.redis.single_flight import SingleFlight
-from core.services.execute import JobRunner
+from core.services.job_engine import JOB_SQL_CONNECTIONS, JobEngine, build_job_engine, longest_timeout_s
 from core.services.lifecycle import Effects, apply_effects
-from core.services.runtime import SQL_THREADS, JobRuntime
-from core.services.upstream import UpstreamCaller
 from core.settings import Settings
 from core.store.clock import SqlClock
 from core.store.db import make_sync_engine, make_sync_sessions
@@ -39,80 +29,22 @@ from core.webhooks.ssrf import UrlPolicy
 
 log = structlog.get_logger("jobgate.worker")
 
-JOB_SQL_CONNECTIONS = SQL_THREADS
 AUX_SQL_CONNECTIONS = 4
+__all__ = ["AUX_SQL_CONNECTIONS", "JOB_SQL_CONNECTIONS", "WorkerComponents", "compose"]
 
 
 @dataclass
 class WorkerComponents:
     settings: Settings
     keys: Keys
-    engines: list[Engine]
+    engine: Engine
     sessions: sessionmaker[Session]
     clock: SqlClock
     broker: RedisBroker
-    state: aioredis.Redis
-    waits: aioredis.Redis
-    providers: dict[str, Provider]
-    runtime: JobRuntime
+    jobs: JobEngine
     deliverer: WebhookDeliverer
     sender: WebhookSender
     longest_timeout_s: float
-
-
-# The event loop's short commands share this many connections: a command holds one for a
-# round trip, so a thousand jobs in flight need a few dozen, not one each (opening one costs
-# round trips of its own, which a burst of jobs starting together paid a connection each).
-FLEET_STATE_CONNECTIONS = 128
-# How long a command may wait for one of them before it fails (it fails the job's run; the
-# reaper hands the job on): far beyond any real wait, which is milliseconds.
-FLEET_STATE_WAIT_S = 30.0
-
-
-def fleet_state_client(settings: Settings, *, max_connections: int, blocking: bool) -> aioredis.Redis:
-    """An asyncio Redis pool for the event loop. `blocking`: a task waits for a free
-    connection; else connections are opened as needed up to `max_connections`."""
-    assert settings.redis_url is not None
-    timeout = settings.redis_timeout_s
-    options: dict[str, Any] = {
-        "max_connections": max_connections,
-        "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
-        # No CLIENT SETINFO on connect: two more commands per new connection, for a label.
-        "driver_info": None,
-    }
-    if blocking:
-        pool: aioredis.ConnectionPool = aioredis.BlockingConnectionPool.from_url(
-            settings.redis_url, timeout=FLEET_STATE_WAIT_S, **options
-        )
-    else:
-        pool = aioredis.ConnectionPool.from_url(settings.redis_url, **options)
-    return aioredis.Redis(connection_pool=pool)
-
-
-def build_runner(
-    config: GatewayConfig,
-    state: aioredis.Redis,
-    keys: Keys,
-    providers: dict[str, Provider],
-    clock: SqlClock,
-    *,
-    waits: aioredis.Redis | None = None,
-) -> JobRunner:
-    longest_timeout_s = max((p.timeout_s for p in config.providers.values()), default=60)
-    return JobRunner(
-        config=config,
-        caller=UpstreamCaller(
-            config=config,
-            providers=providers,
-            limiter=RateLimiter(state, keys),
-            breaker=CircuitBreaker(state, keys),
-            utcnow=clock.utcnow,
-        ),
-        cache=ResponseCache(state, keys),
-        single_flight=SingleFlight(state, keys, lock_ttl_s=longest_timeout_s + 30, wait_client=waits),
-        utcnow=clock.utcnow,
-    )
 
 
 def compose(
@@ -121,9 +53,8 @@ def compose(
     assert settings.redis_url is not None
     keys = Keys(settings.redis_prefix)
     config = load_config(settings.config_path())
-    job_engine = make_sync_engine(settings, pool_size=JOB_SQL_CONNECTIONS, pre_ping=False)
     aux_engine = make_sync_engine(settings, pool_size=AUX_SQL_CONNECTIONS)
-    clock = SqlClock(job_engine.dialect.name)
+    clock = SqlClock(aux_engine.dialect.name)
     broker = queue.build_broker(
         settings.redis_url,
         keys,
@@ -131,22 +62,11 @@ def compose(
         timeout_s=settings.redis_timeout_s,
         heartbeat_timeout_ms=queue.heartbeat_timeout_ms(settings.lease_s),
     )
-    state = fleet_state_client(settings, max_connections=FLEET_STATE_CONNECTIONS, blocking=True)
-    # A single-flight follower holds a connection while it waits: up to one per job in flight.
-    waits = fleet_state_client(settings, max_connections=max_in_flight + 16, blocking=False)
-    providers = build_providers(config, max_connections=max_in_flight + 16)
 
     def after_commit(effects: Effects) -> None:
         apply_effects(effects, broker, keys)
 
-    runtime = JobRuntime(
-        runner=build_runner(config, state, keys, providers, clock, waits=waits),
-        fleet_state=state,
-        sessions=make_sync_sessions(job_engine),
-        clock=clock,
-        lease_s=settings.lease_s,
-        apply_effects=after_commit,
-    )
+    jobs = build_job_engine(settings, config, keys, max_in_flight=max_in_flight, apply_effects=after_commit)
     sessions = make_sync_sessions(aux_engine)
     sender = WebhookSender(
         UrlPolicy.from_settings(settings),
@@ -164,15 +84,12 @@ def compose(
     return WorkerComponents(
         settings=settings,
         keys=keys,
-        engines=[job_engine, aux_engine],
+        engine=aux_engine,
         sessions=sessions,
         clock=clock,
         broker=broker,
-        state=state,
-        waits=waits,
-        providers=providers,
-        runtime=runtime,
+        jobs=jobs,
         deliverer=deliverer,
         sender=sender,
-        longest_timeout_s=max((p.timeout_s for p in config.providers.values()), default=60),
+        longest_timeout_s=longest_timeout_s(config),
     )

@@ -27,7 +27,6 @@ import structlog
 
 from core import queue
 from core.logging import configure_logging
-from core.providers import close_providers
 from core.services.runtime import LoopThread
 from core.settings import Settings
 from workers.actors import declare_actors, hand_offs
@@ -102,10 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         settings, threads=threads, webhook_threads=args.webhook_threads, max_in_flight=max_in_flight
     )
     loop = LoopThread()
-    loop.run(parts.runtime.start())
+    loop.run(parts.jobs.runtime.start())
     declare_actors(
         parts.broker,
-        hand_offs(parts.runtime, max_in_flight),
+        hand_offs(parts.jobs.runtime, max_in_flight),
         parts.deliverer,
         time_limit_s=parts.longest_timeout_s * 3 + 30,
     )
@@ -134,19 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         worker.stop(timeout=int(args.grace_s * 1000))
     # Only now: the jobs still in flight keep their leases (the runtime renews them) and the
     # broker heartbeat until they are written or the grace period ends.
-    loop.run(parts.runtime.stop(grace_s=args.grace_s))
+    loop.run(parts.jobs.runtime.stop(grace_s=args.grace_s))
     heartbeat.stopping.set()
-    loop.run(_close(parts))
+    loop.run(parts.jobs.aclose())
     loop.stop()
     parts.sender.close()
     parts.broker.close()
-    for engine in parts.engines:
-        engine.dispose()
+    parts.engine.dispose()
     log.info("worker_stopped")
     return 0
-
-
-async def _close(parts: WorkerComponents) -> None:
-    await close_providers(parts.providers)
-    await parts.state.aclose()
-    await parts.waits.aclose()

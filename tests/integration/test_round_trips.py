@@ -33,7 +33,6 @@ from core.settings import Settings
 from tests.sim_process import SimHandle
 from workers.actors import declare_actors, hand_offs
 from workers.composition import WorkerComponents, compose
-from workers.process import _close
 
 JOBS = 5_000
 MAX_SQL_PER_JOB = 3.0
@@ -102,21 +101,20 @@ def round_trips(monkeypatch: pytest.MonkeyPatch) -> RoundTrips:
 def worker(settings: Settings, round_trips: RoundTrips) -> Iterator[WorkerComponents]:
     """A worker process's parts, in this process, with its engines counted."""
     parts = compose(settings, threads=8, webhook_threads=2, max_in_flight=1000)
-    for engine in parts.engines:
+    for engine in (parts.engine, parts.jobs.engine):
         event.listen(engine, "before_cursor_execute", round_trips.count_sql)
         event.listen(engine, "commit", round_trips.count_sql)
     loop = LoopThread("round-trips")
-    loop.run(parts.runtime.start())
-    declare_actors(parts.broker, hand_offs(parts.runtime, 1000), parts.deliverer, time_limit_s=60)
+    loop.run(parts.jobs.runtime.start())
+    declare_actors(parts.broker, hand_offs(parts.jobs.runtime, 1000), parts.deliverer, time_limit_s=60)
     try:
         yield parts
     finally:
-        loop.run(parts.runtime.stop(grace_s=5))
-        loop.run(_close(parts))
+        loop.run(parts.jobs.runtime.stop(grace_s=5))
+        loop.run(parts.jobs.aclose())
         loop.stop()
         parts.broker.close()
-        for engine in parts.engines:
-            engine.dispose()
+        parts.engine.dispose()
 
 
 def batch_lines(jobs: int) -> bytes:
