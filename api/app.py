@@ -1,7 +1,8 @@
 """The API's composition root: `create_app(settings)` builds everything once, in the lifespan.
 
 SQL engine (async driver), Redis clients (one for commands with bounded timeouts, one for
-the long-lived pub/sub of the notifier), the broker, the config. Nothing is module-global.
+the long-lived pub/sub of the notifier), the broker, the config, and the job runtime the sync
+path makes its calls on (api/inline_calls.py). Nothing is module-global.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from api.body_limit import BodyLimitMiddleware
 from api.deps import AppState
 from api.documentation import ERROR_RESPONSES
 from api.errors import install_error_handlers
+from api.inline_calls import InlineCalls
 from api.key_cache import KeyCache
 from api.key_gate import KeyGateMiddleware
 from api.notifier import JobNotifier
@@ -61,6 +63,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         notifier = JobNotifier(pubsub, keys.job_done_channel)
         await notifier.start()
+        inline = InlineCalls.build(settings, config, keys, broker)
+        if inline is not None:
+            await inline.start()
         app.state.jobgate = AppState(
             settings=settings,
             config=config,
@@ -71,10 +76,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             broker=broker,
             notifier=notifier,
             principals=KeyCache(settings.key_cache_ttl_s),
+            inline=inline,
         )
         try:
             yield
         finally:
+            if inline is not None:
+                await inline.stop()
             await notifier.stop()
             await commands.aclose()
             await pubsub.aclose()

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from api.inline_calls import InlineCalls
 from api.key_cache import KeyCache
 from api.key_gate import MISSING_KEY, bearer_token
 from api.notifier import JobNotifier
@@ -41,6 +42,8 @@ class AppState:
     broker: RedisBroker
     notifier: JobNotifier
     principals: KeyCache[Principal]
+    # The sync path's own calls (api/inline_calls.py); None: every sync request takes the queue.
+    inline: InlineCalls | None = None
 
 
 @dataclass(frozen=True)

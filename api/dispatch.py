@@ -25,12 +25,17 @@ from core.webhooks.outbox import commit_final
 log = structlog.get_logger("jobgate.dispatch")
 
 
+def exit_if_faulted(fault_exit_after_commit: bool, jobs: int) -> None:
+    """The test-only fault `JOBGATE_FAULT_EXIT_AFTER_COMMIT`: die right after a commit."""
+    if fault_exit_after_commit:
+        log.warning("fault_injection_exit_after_commit", jobs=jobs)
+        os._exit(137)
+
+
 async def dispatch_committed(
     broker: RedisBroker, jobs: Sequence[tuple[str, str]], *, fault_exit_after_commit: bool = False
 ) -> bool:
-    if fault_exit_after_commit:
-        log.warning("fault_injection_exit_after_commit", jobs=len(jobs))
-        os._exit(137)
+    exit_if_faulted(fault_exit_after_commit, len(jobs))
     try:
         await to_thread.run_sync(lambda: queue.dispatch_jobs(broker, jobs))
     except redis.RedisError as exc:

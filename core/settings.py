@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     redispatch_after_s: float = 30
     max_attempts: int = 3
     sync_timeout_s: float = 300
+    # Calls an API process makes itself for `POST /v1/chat/completions` (api/inline_calls.py);
+    # more at once take the queue to the workers. 0: only workers call providers.
+    sync_max_in_flight: int = 256
     # How long an API process trusts a key it has checked: a revoked key is refused
     # everywhere within this time; 0 checks SQL on every request.
     key_cache_ttl_s: float = 5

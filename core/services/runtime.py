@@ -181,6 +181,19 @@ class JobRuntime:
         assert self._loop is not None, "start() the runtime first"
         return asyncio.run_coroutine_threadsafe(self.submit(job_id, priority), self._loop)
 
+    async def run_claimed(self, claim: store.Claim, tenant_name: str) -> tuple[Outcome, Verdict | None]:
+        """Run a job whose claim was made elsewhere (the API's sync path inserts its job
+        claimed) as a claimed one: the same pipeline, group write and lease renewal. Returns
+        the outcome once written, with the verdict (None if the run crashed). The run is a task
+        of its own: a caller that stops waiting leaves it to finish and be written."""
+        assert self._to_write is not None, "start() the runtime first"
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._tenant_names[claim.tenant_id] = tenant_name
+        self._active[claim.id] = claim
+        run = self._spawn(self._run(claim, future), name=f"job-{claim.id}")
+        outcome = await asyncio.shield(future)
+        return outcome, run.result()
+
     # --- claims ----------------------------------------------------------------------------
 
     async def _claimer(self) -> None:
@@ -258,7 +271,7 @@ class JobRuntime:
 
     # --- running ---------------------------------------------------------------------------
 
-    async def _run(self, claim: store.Claim, future: asyncio.Future[Outcome]) -> None:
+    async def _run(self, claim: store.Claim, future: asyncio.Future[Outcome]) -> Verdict | None:
         tenant = self._tenant_names.get(claim.tenant_id, claim.tenant_id)
         try:
             with structlog.contextvars.bound_contextvars(job_id=claim.id, request_id=claim.request_id):
@@ -268,9 +281,10 @@ class JobRuntime:
             log.exception("run_job_crashed", job_id=claim.id)
             self._active.pop(claim.id, None)
             future.set_exception(exc)
-            return
+            return None
         assert self._to_write is not None
         self._to_write.add(_Finished(claim, verdict, future))
+        return verdict
 
     # --- writes ----------------------------------------------------------------------------
 
@@ -425,10 +439,11 @@ class JobRuntime:
     async def _in_sql(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._sql, fn, *args)
 
-    def _spawn(self, coro: Any, *, name: str) -> None:
+    def _spawn(self, coro: Any, *, name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
 
 def _outcome(verdict: Verdict) -> Outcome:

@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import insert, select
@@ -23,6 +23,7 @@ from core import metrics
 from core.errors import Conflict
 from core.ids import new_id
 from core.store import jobs as store
+from core.store.clock import SqlClock
 from core.store.models import Batch, Job
 
 
@@ -142,6 +143,44 @@ async def submit_job(
     job = (await session.execute(select(Job).where(Job.id == row["id"]))).scalars().one()
     metrics.JOBS_SUBMITTED.labels(priority=spec.priority).inc()
     return job, True
+
+
+async def submit_claimed(
+    session: AsyncSession,
+    spec: JobSpec,
+    *,
+    tenant_id: str,
+    clock: SqlClock,
+    lease_s: float,
+    max_attempts: int,
+    request_id: str | None = None,
+) -> store.Claim:
+    """Insert and commit one job already claimed by the caller (running, attempt 1, leased for
+    `lease_s` by the SQL clock), for a process that runs it at once itself (the API's sync
+    path). From here it is any claimed job: its runtime renews the lease and writes the result
+    fenced by this claim, and if the process dies first the reaper hands it to the queue."""
+    now = clock.utcnow()
+    row = job_row(spec, tenant_id=tenant_id, now=now, max_attempts=max_attempts, request_id=request_id)
+    sql_now = clock.now()
+    row.update(
+        status=store.RUNNING, attempts=1, started_at=sql_now, lease_until=sql_now + timedelta(seconds=lease_s)
+    )
+    await session.execute(insert(Job).values(**row))
+    await session.commit()
+    metrics.JOBS_SUBMITTED.labels(priority=spec.priority).inc()
+    return store.Claim(
+        id=row["id"],
+        attempt=1,
+        tenant_id=tenant_id,
+        model=row["model"],
+        priority=spec.priority,
+        request=spec.body,
+        use_cache=spec.use_cache,
+        max_attempts=max_attempts,
+        deadline=spec.deadline,
+        request_id=request_id,
+        created_at=now,
+    )
 
 
 async def submit_batch(

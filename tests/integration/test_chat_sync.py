@@ -1,8 +1,11 @@
-"""`POST /v1/chat/completions`, the synchronous path, against real Redis, SQL and the sim.
+"""`POST /v1/chat/completions` through the queue, against real Redis, SQL and the sim.
 
-The request waits in the API (in this process) while the test runs its job: through the real
-executor (`inline_worker`), or by writing the failure a worker would have written, to see how
-each final state is answered. Each test routes the `fast` alias to its own upstream model.
+The path a sync request takes when its API process makes no calls itself
+(`JOBGATE_SYNC_MAX_IN_FLIGHT=0`, or that many already in flight), and the one its retries take:
+the request waits in the API (in this process) while the test runs its job through the real
+executor (`inline_worker`), or writes the failure a worker would have written, to see how each
+final state is answered. Each test routes the `fast` alias to its own upstream model.
+(`test_chat_here.py`: the calls the API process makes itself.)
 """
 
 from __future__ import annotations
@@ -29,6 +32,12 @@ from tests.conftest import IN_PROCESS_URL, InlineWorker, in_process_api
 from tests.processes import wait_until
 
 T = TypeVar("T")
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The API hands every sync request to the queue."""
+    return settings.model_copy(update={"sync_max_in_flight": 0})
 
 
 def queued_job_id(worker: InlineWorker) -> str:

@@ -1,0 +1,169 @@
+"""`POST /v1/chat/completions` called by the API process itself (api/inline_calls.py), against
+real Redis, SQL and the sim.
+
+The job row is inserted claimed and the call runs on the API's own job runtime: no worker takes
+part unless the first attempt ends in a retry or the API's calls in flight are at their cap.
+Each test routes the `fast` alias to its own upstream model, whose faults it sets in the sim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from core.errors import http_status_for
+from core.settings import Settings
+from core.store import jobs as store
+from core.store.models import Job, JobAttempt
+from tests.api_calls import job_body
+from tests.conftest import InlineWorker, in_process_api, sim_calls
+from tests.processes import wait_until
+from tests.sim_process import SimHandle
+
+
+def job_row(worker: InlineWorker, job_id: str) -> Job:
+    with worker.sessions() as session:
+        return session.execute(select(Job).where(Job.id == job_id)).scalars().one()
+
+
+def attempts_of(worker: InlineWorker, job_id: str) -> list[tuple[int, str]]:
+    with worker.sessions() as session:
+        rows = session.execute(
+            select(JobAttempt.attempt, JobAttempt.outcome).where(JobAttempt.job_id == job_id)
+        )
+        return sorted((attempt, outcome) for attempt, outcome in rows)
+
+
+def model_faults(sim: SimHandle, model: str, **knobs: Any) -> None:
+    sim.configure(models={model: knobs})
+
+
+async def ask(client: httpx.AsyncClient, prompt: str = "Hello?") -> httpx.Response:
+    return await client.post("/v1/chat/completions", json=job_body(prompt))
+
+
+async def test_the_api_makes_the_call_and_records_the_job_as_a_worker_would(
+    api_client: httpx.AsyncClient, inline_worker: InlineWorker, sim: SimHandle, upstream_model: str
+) -> None:
+    response = await ask(api_client)
+
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == "echo: Hello?"
+    job_id = response.headers["x-jobgate-job-id"]
+    job = job_row(inline_worker, job_id)
+    assert (job.status, job.attempts, job.priority) == (store.SUCCEEDED, 1, "interactive")
+    assert job.result == response.json()
+    assert job.lease_until is None and job.finished_at is not None
+    assert attempts_of(inline_worker, job_id) == [(1, "succeeded")]
+    assert sim_calls(sim, upstream_model) == 1
+
+
+async def test_a_final_upstream_error_is_answered_in_openais_shape_and_recorded(
+    api_client: httpx.AsyncClient, inline_worker: InlineWorker, sim: SimHandle, upstream_model: str
+) -> None:
+    model_faults(sim, upstream_model, fail_rate=1.0, fail_status=400)
+
+    response = await ask(api_client)
+
+    job = job_row(inline_worker, response.headers["x-jobgate-job-id"])
+    assert (job.status, job.attempts) == (store.FAILED, 1)
+    assert job.error is not None
+    assert response.status_code == http_status_for(job.error["type"])
+    assert response.json()["error"]["code"] == job.error["type"]
+
+
+async def test_a_first_attempt_that_must_be_retried_finishes_through_the_queue(
+    api_client: httpx.AsyncClient, inline_worker: InlineWorker, sim: SimHandle, upstream_model: str
+) -> None:
+    model_faults(sim, upstream_model, fail_rate=1.0, fail_status=500)
+    waiting = asyncio.create_task(ask(api_client, "again"))
+
+    def requeued() -> bool:
+        with inline_worker.sessions() as session:
+            rows = session.execute(select(Job.status, Job.attempts)).all()
+        return [tuple(row) for row in rows] == [(store.QUEUED, 1)]
+
+    await asyncio.to_thread(
+        wait_until, requeued, timeout_s=15, what="the job requeued after its first attempt"
+    )
+    assert not waiting.done()
+    model_faults(sim, upstream_model, fail_rate=0.0)
+
+    def ran_once_due() -> bool:  # the retry waits out its backoff (`not_before`) first
+        return [str(o.status) for o in inline_worker.run_queued().values()] == ["succeeded"]
+
+    await asyncio.to_thread(wait_until, ran_once_due, timeout_s=15, what="the retry run by a worker")
+    response = await asyncio.wait_for(waiting, timeout=30)
+
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == "echo: again"
+    job_id = response.headers["x-jobgate-job-id"]
+    assert job_row(inline_worker, job_id).attempts == 2
+    calls = attempts_of(inline_worker, job_id)
+    assert calls[-1] == (2, "succeeded")
+    assert {outcome for attempt, outcome in calls[:-1]} == {"server_error"}
+
+
+@pytest.fixture
+def one_call_here(settings: Settings) -> Settings:
+    return settings.model_copy(update={"sync_max_in_flight": 1})
+
+
+async def test_requests_beyond_the_calls_in_flight_cap_take_the_queue(
+    one_call_here: Settings,
+    api_key: str,
+    inline_worker: InlineWorker,
+    sim: SimHandle,
+    upstream_model: str,
+) -> None:
+    model_faults(sim, upstream_model, latency_ms=1500)
+    async with in_process_api(one_call_here, api_key) as client:
+        first = asyncio.create_task(ask(client, "first"))
+
+        def one_running() -> bool:
+            with inline_worker.sessions() as session:
+                return session.execute(select(Job.status)).scalars().all() == [store.RUNNING]
+
+        await asyncio.to_thread(wait_until, one_running, timeout_s=10, what="the first call under way")
+        second = asyncio.create_task(ask(client, "second"))
+
+        def second_queued() -> bool:
+            with inline_worker.sessions() as session:
+                return store.QUEUED in session.execute(select(Job.status)).scalars().all()
+
+        await asyncio.to_thread(wait_until, second_queued, timeout_s=10, what="the second job queued")
+        outcomes = await asyncio.to_thread(inline_worker.run_queued)
+        answers = await asyncio.wait_for(asyncio.gather(first, second), timeout=30)
+
+    assert [a.status_code for a in answers] == [200, 200]
+    assert [a.json()["choices"][0]["message"]["content"] for a in answers] == ["echo: first", "echo: second"]
+    assert list(outcomes) == [answers[1].headers["x-jobgate-job-id"]]
+    assert sim_calls(sim, upstream_model) == 2
+
+
+@pytest.fixture
+def short_wait(settings: Settings) -> Settings:
+    return settings.model_copy(update={"sync_timeout_s": 0.3})
+
+
+async def test_a_call_longer_than_the_sync_timeout_answers_504_and_still_lands(
+    short_wait: Settings, api_key: str, inline_worker: InlineWorker, sim: SimHandle, upstream_model: str
+) -> None:
+    model_faults(sim, upstream_model, latency_ms=1500)
+    async with in_process_api(short_wait, api_key) as client:
+        response = await ask(client, "slow")
+        job_id = response.headers["x-jobgate-job-id"]
+        assert response.status_code == 504
+        assert response.json()["error"]["job_id"] == job_id
+
+        def succeeded() -> bool:
+            return job_row(inline_worker, job_id).status == store.SUCCEEDED
+
+        await asyncio.to_thread(wait_until, succeeded, timeout_s=15, what="the slow job written")
+
+    assert job_row(inline_worker, job_id).attempts == 1
+    assert sim_calls(sim, upstream_model) == 1
