@@ -20,14 +20,14 @@ credentials on workers only: every sync request then takes the queue.
 from __future__ import annotations
 
 from dramatiq.brokers.redis import RedisBroker
-from sqlalchemy.ext.asyncio import AsyncSession
 
+from core import metrics
 from core.config import GatewayConfig
 from core.redis.keys import Keys
 from core.services.execute import Outcome, Verdict
 from core.services.job_engine import JobEngine, build_job_engine
 from core.services.lifecycle import Effects, apply_effects
-from core.services.submit import JobSpec, submit_claimed
+from core.services.submit import JobSpec, claimed_job
 from core.settings import Settings
 from core.store import jobs as store
 
@@ -61,21 +61,18 @@ class InlineCalls:
     def has_room(self) -> bool:
         return self.in_flight < self.max_in_flight
 
-    async def submit(
-        self, session: AsyncSession, spec: JobSpec, *, tenant_id: str, request_id: str | None
-    ) -> store.Claim:
-        """Insert and commit the job claimed by this process, then free the session's
-        connection for the call's duration."""
-        claim = await submit_claimed(
-            session,
+    async def submit(self, spec: JobSpec, *, tenant_id: str, request_id: str | None) -> store.Claim:
+        """Record the job, claimed by this process (on the runtime's own SQL connections: no
+        pre-ping, a lost connection retried)."""
+        row, claim = claimed_job(
             spec,
             tenant_id=tenant_id,
-            clock=self.engine.clock,
-            lease_s=self.settings.lease_s,
+            now=self.engine.clock.utcnow(),
             max_attempts=self.settings.max_attempts,
             request_id=request_id,
         )
-        await session.close()
+        await self.engine.runtime.insert_claimed(row)
+        metrics.JOBS_SUBMITTED.labels(priority=spec.priority).inc()
         return claim
 
     async def run(self, claim: store.Claim, tenant_name: str) -> tuple[Outcome, Verdict | None]:

@@ -102,9 +102,7 @@ async def _call_here(
     first attempt did not finish (requeued for a retry) is waited for like a queued one."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + state.settings.sync_timeout_s
-    claim = await inline.submit(
-        session, spec, tenant_id=principal.tenant_id, request_id=request_id_of(request)
-    )
+    claim = await inline.submit(spec, tenant_id=principal.tenant_id, request_id=request_id_of(request))
     exit_if_faulted(state.settings.fault_exit_after_commit, 1)
     try:
         outcome, verdict = await asyncio.wait_for(

@@ -48,7 +48,7 @@ from core.store import jobs as store
 from core.store.clock import SqlClock
 from core.store.models import Tenant
 from core.store.retry import is_connection_error, retrying_on_disconnect
-from core.webhooks.outbox import commit_final
+from core.webhooks.outbox import JobRoute, commit_final
 
 log = structlog.get_logger("jobgate.runtime")
 
@@ -180,6 +180,18 @@ class JobRuntime:
         """`submit` from another thread (a Dramatiq actor)."""
         assert self._loop is not None, "start() the runtime first"
         return asyncio.run_coroutine_threadsafe(self.submit(job_id, priority), self._loop)
+
+    async def insert_claimed(self, row: dict[str, Any]) -> None:
+        """Record a new job claimed by this runtime (`store.insert_claimed`), for `run_claimed`;
+        retried on a lost connection like a claim."""
+        await self._in_sql(self._insert_claimed_retrying, row)
+
+    def _insert_claimed_retrying(self, row: dict[str, Any]) -> None:
+        def once() -> None:
+            with self.sessions() as session:
+                store.insert_claimed(session, self.clock, row, lease_s=self.lease_s)
+
+        retrying_on_disconnect(self.lease_s, sleep=self.sleep)(once)
 
     async def run_claimed(self, claim: store.Claim, tenant_name: str) -> tuple[Outcome, Verdict | None]:
         """Run a job whose claim was made elsewhere (the API's sync path inserts its job
@@ -398,7 +410,7 @@ class JobRuntime:
                 effects.dispatch.append((claim.id, claim.priority, max(1, int(verdict.delay_s * 1000))))
             outcomes[claim.id] = _outcome(verdict)
         store.record_attempts(session, attempt_rows)
-        effects.deliveries = commit_final(session, final_ids, self.clock.utcnow())
+        effects.deliveries = commit_final(session, final_ids, self.clock.utcnow(), routes=_routes(group))
         effects.finished = final_ids
         return _Written(outcomes, effects)
 
@@ -450,6 +462,20 @@ def _outcome(verdict: Verdict) -> Outcome:
     if verdict.is_final:
         return Outcome(verdict.status)
     return Outcome(OutcomeStatus.REQUEUED, delay_s=verdict.delay_s)
+
+
+def _routes(group: list[_Finished]) -> dict[str, JobRoute]:
+    """Where each final job's event goes, from its claim (no read of the rows just written)."""
+    return {
+        item.claim.id: JobRoute(
+            tenant_id=item.claim.tenant_id,
+            status=str(item.verdict.values["status"]),
+            webhook_url=item.claim.webhook_url,
+            batch_id=item.claim.batch_id,
+        )
+        for item in group
+        if item.verdict.is_final
+    }
 
 
 def _expected_state(item: _Finished) -> tuple[str, int]:

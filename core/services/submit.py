@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, select
@@ -23,7 +23,6 @@ from core import metrics
 from core.errors import Conflict
 from core.ids import new_id
 from core.store import jobs as store
-from core.store.clock import SqlClock
 from core.store.models import Batch, Job
 
 
@@ -145,30 +144,14 @@ async def submit_job(
     return job, True
 
 
-async def submit_claimed(
-    session: AsyncSession,
-    spec: JobSpec,
-    *,
-    tenant_id: str,
-    clock: SqlClock,
-    lease_s: float,
-    max_attempts: int,
-    request_id: str | None = None,
-) -> store.Claim:
-    """Insert and commit one job already claimed by the caller (running, attempt 1, leased for
-    `lease_s` by the SQL clock), for a process that runs it at once itself (the API's sync
-    path). From here it is any claimed job: its runtime renews the lease and writes the result
-    fenced by this claim, and if the process dies first the reaper hands it to the queue."""
-    now = clock.utcnow()
+def claimed_job(
+    spec: JobSpec, *, tenant_id: str, now: datetime, max_attempts: int, request_id: str | None = None
+) -> tuple[dict[str, Any], store.Claim]:
+    """A new job's `jobs` row and its first claim, for a process that runs the job at once
+    itself (the API's sync path): `store.insert_claimed` records both."""
     row = job_row(spec, tenant_id=tenant_id, now=now, max_attempts=max_attempts, request_id=request_id)
-    sql_now = clock.now()
-    row.update(
-        status=store.RUNNING, attempts=1, started_at=sql_now, lease_until=sql_now + timedelta(seconds=lease_s)
-    )
-    await session.execute(insert(Job).values(**row))
-    await session.commit()
-    metrics.JOBS_SUBMITTED.labels(priority=spec.priority).inc()
-    return store.Claim(
+    row["metadata"] = row.pop("metadata_")  # the column's name (the ORM attribute's differs)
+    claim = store.Claim(
         id=row["id"],
         attempt=1,
         tenant_id=tenant_id,
@@ -180,7 +163,9 @@ async def submit_claimed(
         deadline=spec.deadline,
         request_id=request_id,
         created_at=now,
+        webhook_url=spec.webhook_url,
     )
+    return row, claim
 
 
 async def submit_batch(

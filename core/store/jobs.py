@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any, cast
 
 from sqlalchemy import Select, Table, Update, and_, bindparam, case, func, insert, or_, select, tuple_, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.store.clock import SqlClock
@@ -146,6 +147,9 @@ class Claim:
     deadline: datetime | None
     request_id: str | None
     created_at: datetime | None
+    # Where its final event goes (with the batch's own URL and the tenant's endpoints).
+    batch_id: str | None = None
+    webhook_url: str | None = None
 
 
 # Only what running a job needs: no ORM hydration of the whole row (DESIGN.md, claim in batches).
@@ -161,6 +165,8 @@ _CLAIM_COLUMNS = (
     Job.deadline,
     Job.request_id,
     Job.created_at,
+    Job.batch_id,
+    Job.webhook_url,
 )
 
 
@@ -186,7 +192,7 @@ def claim_jobs(session: Session, clock: SqlClock, job_ids: Sequence[str], *, lea
         )
         .returning(*_CLAIM_COLUMNS)
     )
-    rows = session.execute(stmt).all()
+    rows = session.connection().execute(stmt).all()
     session.commit()
     return [
         Claim(
@@ -201,9 +207,28 @@ def claim_jobs(session: Session, clock: SqlClock, job_ids: Sequence[str], *, lea
             deadline=as_utc(row[8]),
             request_id=row[9],
             created_at=as_utc(row[10]),
+            batch_id=row[11],
+            webhook_url=row[12],
         )
         for row in rows
     ]
+
+
+def insert_claimed(session: Session, clock: SqlClock, row: dict[str, Any], *, lease_s: float) -> None:
+    """Insert a new job (`row`: `jobs` column values) already claimed by the caller: running,
+    attempt 1, leased for `lease_s` by the SQL clock; commits. Run again after a commit whose
+    answer was lost, it finds its own row (same id) and is done."""
+    now = clock.now()
+    table = cast(Table, Job.__table__)
+    stmt = insert(table).values(started_at=now, lease_until=now + timedelta(seconds=lease_s))
+    try:
+        session.connection().execute(stmt, [{**row, "status": RUNNING, "attempts": 1}])
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        own = select(Job.id).where(Job.id == row["id"], Job.tenant_id == row["tenant_id"], Job.attempts == 1)
+        if session.connection().execute(own).first() is None:
+            raise
 
 
 def not_due(session: Session, job_ids: Sequence[str]) -> dict[str, datetime]:
@@ -213,7 +238,7 @@ def not_due(session: Session, job_ids: Sequence[str]) -> dict[str, datetime]:
     stmt = select(Job.id, Job.not_before).where(
         Job.id.in_(list(job_ids)), Job.status == QUEUED, Job.not_before.is_not(None)
     )
-    due_at = {job_id: as_utc(due) for job_id, due in session.execute(stmt)}
+    due_at = {job_id: as_utc(due) for job_id, due in session.connection().execute(stmt)}
     return {job_id: due for job_id, due in due_at.items() if due is not None}
 
 
@@ -270,10 +295,10 @@ def finish_jobs(
         }
         for claim, values in finals
     ]
-    if rowcount(session.execute(stmt, rows)) == len(rows):
+    if rowcount(session.connection().execute(stmt, rows)) == len(rows):
         return {claim.id for claim, _ in finals}
     wanted = {claim.id: (claim.attempt, values["status"], values.get("error")) for claim, values in finals}
-    held = session.execute(
+    held = session.connection().execute(
         select(Job.id, Job.attempts, Job.status, Job.error).where(Job.id.in_(list(wanted)))
     )
     return {job_id for job_id, attempts, status, error in held if wanted[job_id] == (attempts, status, error)}
@@ -288,7 +313,7 @@ def holds(session: Session, claim: Claim, *, status: str, attempts: int) -> bool
     stmt = select(Job.id).where(
         Job.id == claim.id, Job.status == status, Job.attempts == attempts, own_rows.exists()
     )
-    return session.execute(stmt).first() is not None
+    return session.connection().execute(stmt).first() is not None
 
 
 def requeue_job(
@@ -309,7 +334,7 @@ def requeue_job(
         )
         .execution_options(synchronize_session=False)
     )
-    return rowcount(session.execute(stmt)) == 1
+    return rowcount(session.connection().execute(stmt)) == 1
 
 
 def renew_leases(session: Session, clock: SqlClock, claims: list[Claim], *, lease_s: float) -> int:
@@ -327,7 +352,7 @@ def renew_leases(session: Session, clock: SqlClock, claims: list[Claim], *, leas
     stmt = (
         update(cast(Table, Job.__table__)).where(owned).values(lease_until=now + timedelta(seconds=lease_s))
     )
-    count = rowcount(session.execute(stmt))
+    count = rowcount(session.connection().execute(stmt))
     session.commit()
     return int(count)
 
@@ -336,7 +361,7 @@ def record_attempts(session: Session, rows: list[dict[str, Any]]) -> None:
     """Inserts attempt rows (`JobAttempt` columns) in one statement; the caller commits with
     the state change."""
     if rows:
-        session.execute(insert(cast(Table, JobAttempt.__table__)), rows)
+        session.connection().execute(insert(cast(Table, JobAttempt.__table__)), rows)
 
 
 def select_attempts(job_id: str) -> Select[JobAttempt]:

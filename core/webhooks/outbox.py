@@ -11,6 +11,7 @@ as GET returns it; a result over 256 KB is replaced by a link to the job.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -72,7 +73,7 @@ def _endpoints(session: Session, tenant_id: str, event_type: str) -> list[Destin
     )
     return [
         Destination(url, endpoint_id)
-        for endpoint_id, url, events in session.execute(stmt)
+        for endpoint_id, url, events in session.connection().execute(stmt)
         if not events or event_type in events
     ]
 
@@ -111,11 +112,25 @@ def _delivery_rows(
 
 def _insert_deliveries(session: Session, rows: list[dict[str, Any]]) -> list[str]:
     if rows:
-        session.execute(insert(WebhookDelivery), rows)
+        session.connection().execute(insert(WebhookDelivery), rows)
     return [row["id"] for row in rows]
 
 
-def commit_final(session: Session, job_ids: list[str], now: datetime) -> list[str]:
+@dataclass(frozen=True)
+class JobRoute:
+    """What decides where a final job's event goes, when the caller knows it already (a
+    worker's claim carries it): the routing read is then skipped, or cut to the batches'
+    URLs."""
+
+    tenant_id: str
+    status: str
+    webhook_url: str | None
+    batch_id: str | None
+
+
+def commit_final(
+    session: Session, job_ids: list[str], now: datetime, *, routes: Mapping[str, JobRoute] | None = None
+) -> list[str]:
     """Commit the transaction that made `job_ids` final, with their webhook outbox rows; then
     announce the batches they completed. Returns the new delivery ids, to dispatch.
 
@@ -126,7 +141,7 @@ def commit_final(session: Session, job_ids: list[str], now: datetime) -> list[st
     (the throughput benchmark's bottleneck). A crash between the two leaves the batch for
     the sweeper (`mark_batches_completed` over `store.unannounced_batches_stmt`).
     """
-    deliveries, batch_ids = record_jobs_final(session, job_ids, now)
+    deliveries, batch_ids = record_jobs_final(session, job_ids, now, routes=routes)
     session.commit()
     if not batch_ids:
         return deliveries
@@ -143,7 +158,9 @@ def commit_final(session: Session, job_ids: list[str], now: datetime) -> list[st
     return deliveries
 
 
-def record_jobs_final(session: Session, job_ids: list[str], now: datetime) -> tuple[list[str], list[str]]:
+def record_jobs_final(
+    session: Session, job_ids: list[str], now: datetime, *, routes: Mapping[str, JobRoute] | None = None
+) -> tuple[list[str], list[str]]:
     """In the transaction that made the jobs final: their deliveries, with endpoints read once
     per tenant and event. Returns the delivery ids and the ids of the batches they belong to.
 
@@ -154,13 +171,8 @@ def record_jobs_final(session: Session, job_ids: list[str], now: datetime) -> tu
     ids: list[str] = []
     for start in range(0, len(job_ids), 1_000):
         chunk = job_ids[start : start + 1_000]
-        routes = session.execute(
-            select(Job.id, Job.tenant_id, Job.status, Job.webhook_url, Batch.id, Batch.webhook_url)
-            .outerjoin(Batch, Batch.id == Job.batch_id)
-            .where(Job.id.in_(chunk))
-        ).all()
         sends: dict[str, tuple[str, list[Destination]]] = {}  # job id -> event, destinations
-        for job_id, tenant_id, status, job_url, batch_id, batch_url in routes:
+        for job_id, tenant_id, status, job_url, batch_id, batch_url in _routes(session, chunk, routes):
             if status not in store.FINAL_STATES:
                 continue
             if batch_id is not None:
@@ -195,6 +207,30 @@ def record_jobs_final(session: Session, job_ids: list[str], now: datetime) -> tu
             )
         ids += _insert_deliveries(session, rows)
     return ids, list(batch_ids)
+
+
+def _routes(
+    session: Session, job_ids: list[str], known: Mapping[str, JobRoute] | None
+) -> list[tuple[str, str, str, str | None, str | None, str | None]]:
+    """(job id, tenant, status, job URL, batch id, batch URL) for each job: read, or from
+    `known` with only the batches' URLs read (nothing when no job is in a batch)."""
+    if known is None:
+        stmt = (
+            select(Job.id, Job.tenant_id, Job.status, Job.webhook_url, Batch.id, Batch.webhook_url)
+            .outerjoin(Batch, Batch.id == Job.batch_id)
+            .where(Job.id.in_(job_ids))
+        )
+        return [(a, b, c, d, e, f) for a, b, c, d, e, f in session.connection().execute(stmt)]
+    batch_ids = {known[job_id].batch_id for job_id in job_ids} - {None}
+    batch_urls: dict[str | None, str | None] = {}
+    if batch_ids:
+        urls = select(Batch.id, Batch.webhook_url).where(Batch.id.in_(batch_ids))
+        batch_urls = {batch_id: url for batch_id, url in session.connection().execute(urls)}
+    routes = [(job_id, known[job_id]) for job_id in job_ids]
+    return [
+        (job_id, r.tenant_id, r.status, r.webhook_url, r.batch_id, batch_urls.get(r.batch_id))
+        for job_id, r in routes
+    ]
 
 
 def announce_completed_batches(session: Session, batch_ids: list[str], now: datetime) -> list[str]:

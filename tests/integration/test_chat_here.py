@@ -14,11 +14,13 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from core.errors import http_status_for
+from core.services.submit import JobSpec, claimed_job
 from core.settings import Settings
 from core.store import jobs as store
-from core.store.models import Job, JobAttempt
+from core.store.models import Job, JobAttempt, Tenant
 from tests.api_calls import job_body
 from tests.conftest import InlineWorker, in_process_api, sim_calls
 from tests.processes import wait_until
@@ -51,7 +53,7 @@ async def test_the_api_makes_the_call_and_records_the_job_as_a_worker_would(
 ) -> None:
     response = await ask(api_client)
 
-    assert response.status_code == 200
+    assert response.status_code == 200, response.text
     assert response.json()["choices"][0]["message"]["content"] == "echo: Hello?"
     job_id = response.headers["x-jobgate-job-id"]
     job = job_row(inline_worker, job_id)
@@ -167,3 +169,24 @@ async def test_a_call_longer_than_the_sync_timeout_answers_504_and_still_lands(
 
     assert job_row(inline_worker, job_id).attempts == 1
     assert sim_calls(sim, upstream_model) == 1
+
+
+def test_recording_a_claimed_job_again_after_a_lost_answer_finds_its_own_row(
+    inline_worker: InlineWorker, api_key: str
+) -> None:
+    # A retry after a COMMIT that landed with its answer lost: the same row, so nothing to do;
+    # the same id under another tenant is not this job's row, and the retry must not pass it.
+    clock = inline_worker.runtime.clock
+    with inline_worker.sessions() as session:
+        tenant_id = session.execute(select(Tenant.id).where(Tenant.name == "tenant-a")).scalar_one()
+    spec = JobSpec(body=job_body("hi"), priority="interactive")
+    row, claim = claimed_job(spec, tenant_id=tenant_id, now=clock.utcnow(), max_attempts=3)
+    for _ in range(2):
+        with inline_worker.sessions() as session:
+            store.insert_claimed(session, clock, dict(row), lease_s=60)
+
+    job = job_row(inline_worker, claim.id)
+    assert (job.status, job.attempts, job.tenant_id) == (store.RUNNING, 1, tenant_id)
+    assert job.lease_until is not None
+    with inline_worker.sessions() as session, pytest.raises(IntegrityError):
+        store.insert_claimed(session, clock, {**row, "tenant_id": "no-such-tenant"}, lease_s=60)
