@@ -19,7 +19,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 import yaml
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -416,15 +416,17 @@ def lose_one_commit_answer(worker: InlineWorker) -> list[str]:
     session raises it. Returns the list the fault appends to when it fires."""
     fired: list[str] = []
 
-    class AnswerLost(Session):
-        def execute(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
-            if getattr(statement, "table", None) is JobAttempt.__table__ and statement.is_insert:
-                self.info["carries_attempts"] = True
-            return super().execute(statement, *args, **kwargs)
+    def mark_attempts(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO JOB_ATTEMPTS"):
+            conn.info["carries_attempts"] = True
 
+    event.listen(worker.engine, "before_cursor_execute", mark_attempts)
+
+    class AnswerLost(Session):
         def commit(self) -> None:
+            carries = self.connection().info.pop("carries_attempts", False)
             super().commit()
-            if self.info.pop("carries_attempts", False) and not fired:
+            if carries and not fired:
                 fired.append("commit answer lost")
                 reset = ConnectionResetError("server closed the connection unexpectedly")
                 raise OperationalError("COMMIT", None, reset)
@@ -445,18 +447,12 @@ async def test_claim_that_finds_its_connection_gone_is_tried_again_not_left_to_t
     job_id = await submit(api_client, "Claimed on the second try.", cache=False)
     lost: list[str] = []
 
-    class ClosedByServer(Session):
-        def execute(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
-            if getattr(statement, "table", None) is Job.__table__ and statement.is_update and not lost:
-                lost.append("connection gone")
-                raise OperationalError(
-                    "UPDATE jobs", None, ConnectionResetError("server closed the connection")
-                )
-            return super().execute(statement, *args, **kwargs)
+    def close_once(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE JOBS") and not lost:
+            lost.append("connection gone")
+            raise OperationalError("UPDATE jobs", None, ConnectionResetError("server closed the connection"))
 
-    inline_worker.runtime.sessions = sessionmaker(
-        inline_worker.engine, class_=ClosedByServer, expire_on_commit=False
-    )
+    event.listen(inline_worker.engine, "before_cursor_execute", close_once)
 
     outcome = await run(inline_worker, job_id)
 
