@@ -1,14 +1,20 @@
 """Upstream calls in flight from one worker process at 5 s upstream latency, time-averaged.
 
 One `python -m workers` with the product's defaults (8 consumer threads per queue, up to
-1,000 jobs in flight on its event loop) drains a batch of 4,000 jobs while the simulated
-upstream takes 5 s per call: ideally 1,000 calls stay in flight for the whole run and four
-waves of them finish in about 20 s. The figure is the sim's own: its in-flight gauge
-integrated over time (`in_flight_s` of `/sim/stats`) divided by the span from the first
-call's arrival to the last call's answer, so it is the average over the run, ramp-up and
-tail included, not a peak. Beside it, in the same run, the same number of calls from a plain
-async SDK client holding 1,000 at a time (`bench/direct_calls.py`): what this machine gives
-with no queue, SQL or limiter in the way. Also checked, from SQL and the sim: every job
+1,000 batch jobs in flight on its event loop) drains a batch of 6,000 jobs while the simulated
+upstream takes 5 s per call: ideally 1,000 calls stay in flight while jobs wait in the queue,
+and six waves of them finish in about 30 s. Two figures, both the sim's own, neither a peak:
+- over the run: its in-flight gauge integrated over time (`in_flight_s` of `/sim/stats`)
+  divided by the span from the first call's arrival to the last call's answer, ramp-up and
+  tail included (the first wave starting and the last one draining count against it, for any
+  client);
+- while jobs wait (the issue's figure): from the arrival times (`/sim/calls`) and the fixed
+  latency, the calls in flight time-averaged from the end of the first call to the start of
+  the last, when the queue still held work for every slot that came free.
+
+Beside them, in the same run, the same number of calls from a plain async SDK client holding
+1,000 at a time (`bench/direct_calls.py`): what this machine gives with no queue, SQL or
+limiter in the way. Also checked, from SQL and the sim: every job
 succeeded within its upstream latency + 2 s (`finished_at - started_at`, both on the
 database's clock) and the sim answered exactly one call per job.
 """
@@ -39,6 +45,7 @@ def upstream_figures(sim: SimHandle) -> dict[str, Any]:
     arrivals = [call["t"] for call in sim.calls(model=UPSTREAM_MODEL)]
     span_s = stats["last_call_at"] - min(arrivals) if arrivals and stats["last_call_at"] else None
     return {
+        "avg_in_flight_while_waiting": in_flight_while_waiting(arrivals, LATENCY_MS / 1000),
         "requests": stats["requests"],
         "calls": stats["calls"],
         "failed": sum(int(n) for status, n in stats["responses"].items() if status != "200"),
@@ -48,6 +55,18 @@ def upstream_figures(sim: SimHandle) -> dict[str, Any]:
         "avg_in_flight": None if not span_s else round(stats["in_flight_s"] / span_s, 1),
         "calls_per_s": None if not span_s else round(stats["calls"] / span_s, 1),
     }
+
+
+def in_flight_while_waiting(arrivals: list[float], latency_s: float) -> float | None:
+    """Calls in flight, time-averaged from the first call's end to the last call's start,
+    each call taken as `[arrival, arrival + latency_s]` (the sim's latency has no jitter)."""
+    if not arrivals:
+        return None
+    start, end = min(arrivals) + latency_s, max(arrivals)
+    if end <= start:
+        return None
+    covered = sum(max(0.0, min(t + latency_s, end) - max(t, start)) for t in arrivals)
+    return round(covered / (end - start), 1)
 
 
 def job_times(database_url: str) -> dict[str, Any]:
@@ -107,7 +126,7 @@ def _seconds(value: Any) -> float | None:
 
 
 def run(quick: bool) -> dict[str, Any]:
-    jobs = 1_000 if quick else 4_000
+    jobs = 1_000 if quick else 6_000
     with run_sim(latency_ms=LATENCY_MS) as sim:
         progress.step(f"baseline: {jobs:,} direct calls, {MAX_IN_FLIGHT:,} at a time, {LATENCY_MS} ms each")
         failures = call_directly(sim.openai_base_url, UPSTREAM_MODEL, calls=jobs, concurrency=MAX_IN_FLIGHT)
@@ -134,8 +153,10 @@ def run(quick: bool) -> dict[str, Any]:
     )
     limit_s = LATENCY_MS / 1000 + SLACK_S
     average, direct_average = gate["avg_in_flight"], direct["avg_in_flight"]
+    waiting, direct_waiting = gate["avg_in_flight_while_waiting"], direct["avg_in_flight_while_waiting"]
     progress.end(
-        f"time-averaged in flight {average} (direct {direct_average}), peak {gate['max_in_flight']};"
+        f"in flight while jobs wait {waiting} (direct {direct_waiting}), over the run {average}"
+        f" (direct {direct_average}), peak {gate['max_in_flight']};"
         f" slowest job {times['slowest_s']} s; {gate['calls']:,} calls for {jobs:,} jobs"
     )
     label = f"1 worker (defaults), {LATENCY_MS / 1000:g} s upstream, {jobs:,} jobs"
@@ -153,13 +174,19 @@ def run(quick: bool) -> dict[str, Any]:
         "ratio_avg_in_flight_to_max": round(average / MAX_IN_FLIGHT, 3),
         "summary": [
             summary_row(
-                f"calls in flight, time-averaged over the run, {label}"
+                f"calls in flight while jobs wait, time-averaged, {label}"
                 f" (vs a direct async client, {MAX_IN_FLIGHT:,} at a time)",
+                waiting,
+                direct_waiting,
+                None if not (waiting and direct_waiting) else waiting / direct_waiting,
+                target=">= 1,000",
+                met=waiting is not None and waiting >= 1000,
+            ),
+            summary_row(
+                "calls in flight, time-averaged over the whole run, ramp-up and tail included (vs direct)",
                 average,
                 direct_average,
                 average / direct_average,
-                target=">= 1,000",
-                met=average >= 1000,
             ),
             summary_row(
                 f"time-averaged in flight (vs the configured max in flight, {MAX_IN_FLIGHT:,})",

@@ -1,8 +1,9 @@
 """The Dramatiq actors. Thin: `run_job` hands a job id to the process's job runtime and
 returns; `deliver_webhook` delivers one webhook on its own thread.
 
-The hand-off blocks while the process already holds `WORKER_MAX_IN_FLIGHT` jobs (the
-back-pressure: the message stays unacked in Redis and the queue holds the rest). Acking at
+The hand-off blocks while the process already holds `WORKER_MAX_IN_FLIGHT` batch jobs, or
+that and a tenth more with interactive ones (the back-pressure: the message stays unacked in
+Redis and the queue holds the rest). Acking at
 hand-off loses nothing, since the SQL claim and its lease own the job (core/services/runtime.py).
 Actors take `max_retries=0` (jobgate counts attempts in SQL; Dramatiq's retries would fight it).
 """
@@ -50,13 +51,18 @@ class HandOff:
             slot.release()
 
 
+def interactive_reserve(max_in_flight: int) -> int:
+    """The slots interactive jobs have on top of `max_in_flight`: a tenth, at least one."""
+    return max(max_in_flight // 10, 1)
+
+
 def hand_offs(runtime: JobRuntime, max_in_flight: int) -> dict[str, HandOff]:
-    """One hand-off per priority. Every job holds a slot of `max_in_flight`; batch jobs may
-    hold all but a reserve of them, so a process full of batch work still takes a chatbot's
-    interactive job at once (the interactive queue has its own consumer threads)."""
-    total = threading.BoundedSemaphore(max_in_flight)
-    reserve = min(max(max_in_flight // 10, 1), max_in_flight - 1) if max_in_flight > 1 else 0
-    batch = threading.BoundedSemaphore(max_in_flight - reserve)
+    """One hand-off per priority. Batch jobs hold up to `max_in_flight` slots; interactive
+    jobs share them and have `interactive_reserve` more, so a process full of batch work still
+    takes a chatbot's interactive job at once (the interactive queue has its own consumer
+    threads), and batch work alone can use the whole bound."""
+    total = threading.BoundedSemaphore(max_in_flight + interactive_reserve(max_in_flight))
+    batch = threading.BoundedSemaphore(max_in_flight)
     return {queue.INTERACTIVE: HandOff(runtime, [total]), queue.BATCH: HandOff(runtime, [batch, total])}
 
 

@@ -26,6 +26,7 @@ from core.store.db import make_sync_engine, make_sync_sessions
 from core.webhooks.delivery import WebhookDeliverer
 from core.webhooks.sender import WebhookSender
 from core.webhooks.ssrf import UrlPolicy
+from workers.actors import interactive_reserve
 
 log = structlog.get_logger("jobgate.worker")
 
@@ -66,7 +67,13 @@ def compose(
     def after_commit(effects: Effects) -> None:
         apply_effects(effects, broker, keys)
 
-    jobs = build_job_engine(settings, config, keys, max_in_flight=max_in_flight, apply_effects=after_commit)
+    jobs = build_job_engine(
+        settings,
+        config,
+        keys,
+        max_in_flight=max_in_flight + interactive_reserve(max_in_flight),
+        apply_effects=after_commit,
+    )
     sessions = make_sync_sessions(aux_engine)
     sender = WebhookSender(
         UrlPolicy.from_settings(settings),

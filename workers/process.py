@@ -29,7 +29,7 @@ from core import queue
 from core.logging import configure_logging
 from core.services.runtime import LoopThread
 from core.settings import Settings
-from workers.actors import declare_actors, hand_offs
+from workers.actors import declare_actors, hand_offs, interactive_reserve
 from workers.composition import WorkerComponents, compose
 from workers.maintenance import BrokerHeartbeat, FleetSweeper
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("JOBGATE_REDIS_URL is not set (jobgate dev sets it for you)")
     threads = args.threads or settings.worker_threads
     max_in_flight = args.max_in_flight or settings.worker_max_in_flight
-    fd_limit = raise_fd_limit(2 * max_in_flight + 100)
+    fd_limit = raise_fd_limit(2 * (max_in_flight + interactive_reserve(max_in_flight)) + 100)
     parts = compose(
         settings, threads=threads, webhook_threads=args.webhook_threads, max_in_flight=max_in_flight
     )
