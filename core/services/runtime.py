@@ -285,9 +285,11 @@ class JobRuntime:
 
     async def _run(self, claim: store.Claim, future: asyncio.Future[Outcome]) -> Verdict | None:
         tenant = self._tenant_names.get(claim.tenant_id, claim.tenant_id)
+        # Bound for this task's own context (each job runs as a task of its own), so nothing
+        # needs unbinding; `bound_contextvars` copied the whole context twice a job.
+        structlog.contextvars.bind_contextvars(job_id=claim.id, request_id=claim.request_id)
         try:
-            with structlog.contextvars.bound_contextvars(job_id=claim.id, request_id=claim.request_id):
-                verdict = await self.runner.run(claim, tenant)
+            verdict = await self.runner.run(claim, tenant)
         except Exception as exc:
             # Its lease lapses and the reaper re-queues the job: nothing is lost.
             log.exception("run_job_crashed", job_id=claim.id)

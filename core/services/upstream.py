@@ -4,28 +4,23 @@ Before each call: the target's circuit breaker (fleet-wide, `core/redis/breaker.
 rate-limit reservation in every bucket the call counts against (`core/redis/rate_limit.py`):
 the provider, and the tenant when it has limits. After: reconcile the reservation with the
 real usage, report the outcome to the breaker, and feed the provider's own signals back
-(`Retry-After`, `x-ratelimit-remaining-* = 0`) as a fleet-wide pause. Retryable failures are
-retried a few times with tenacity (exponential backoff with jitter, honouring a short
-Retry-After); a target that is busy or broken raises `TargetUnavailable`, so the caller can
+(`Retry-After`, `x-ratelimit-remaining-* = 0`) as a fleet-wide pause. A retryable failure is
+tried again once (`retry_wait_s`: exponential backoff with jitter, honouring a short
+Retry-After; a plain loop, as tenacity's machinery cost more CPU a call than the rest of this
+module); a target that is busy or broken raises `TargetUnavailable`, so the caller can
 fall back to the next target or put the job back on the queue without holding a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
 
 from core import metrics
 from core.config import GatewayConfig, Target
@@ -75,22 +70,18 @@ def target_name(target: Target) -> str:
     return f"{target.provider}/{target.model}"
 
 
-def _wait_for(retry_state: RetryCallState) -> float:
-    exc = retry_state.outcome.exception() if retry_state.outcome else None
-    if isinstance(exc, UpstreamError) and exc.retry_after_s:
-        return min(exc.retry_after_s, MAX_INLINE_RETRY_WAIT_S)
-    return float(
-        wait_exponential_jitter(multiplier=0.2, max=MAX_INLINE_RETRY_WAIT_S, jitter=0.2)(retry_state)
-    )
+def retry_wait_s(failure: UpstreamError, tries: int) -> float:
+    """The wait before the next try at a target, after `tries` tries: a short Retry-After as
+    asked, else exponential backoff (0.2 s doubling) with up to 0.2 s of jitter; at most
+    `MAX_INLINE_RETRY_WAIT_S`."""
+    if failure.retry_after_s:
+        return min(failure.retry_after_s, MAX_INLINE_RETRY_WAIT_S)
+    return min(0.2 * 2 ** (tries - 1) + random.uniform(0, 0.2), MAX_INLINE_RETRY_WAIT_S)
 
 
 def _asks_to_wait(exc: UpstreamError) -> bool:
     """A rate limit, or an overload that names a Retry-After: the provider pauses, nothing broke."""
     return bool(exc.retry_after_s) and (isinstance(exc, RateLimited) or exc.error_type == "overloaded")
-
-
-def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, UpstreamError) and exc.retryable
 
 
 class UpstreamCaller:
@@ -142,29 +133,22 @@ class UpstreamCaller:
         if tenant_bucket is not None:
             buckets.append(tenant_bucket)
         estimate = estimate_tokens(request)
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(TRIES_PER_TARGET),
-            wait=_wait_for,
-            retry=retry_if_exception(_retryable),
-            sleep=self.sleep,
-            reraise=True,
-        )
         failure: UpstreamError | None = None
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    try:
-                        return await self._call_once(
-                            target, request, buckets, estimate, interactive, records, deferred
-                        )
-                    except UpstreamError as exc:
-                        failure = exc
-                        raise
-        except TargetUnavailable as busy:
-            if failure is not None and not _asks_to_wait(failure):
-                raise failure from busy
-            raise
-        raise AssertionError("unreachable: tenacity reraises the last error")
+        for tries in range(1, TRIES_PER_TARGET + 1):
+            try:
+                return await self._call_once(
+                    target, request, buckets, estimate, interactive, records, deferred
+                )
+            except UpstreamError as exc:
+                failure = exc
+                if not exc.retryable or tries == TRIES_PER_TARGET:
+                    raise
+            except TargetUnavailable as busy:
+                if failure is not None and not _asks_to_wait(failure):
+                    raise failure from busy
+                raise
+            await self.sleep(retry_wait_s(failure, tries))
+        raise AssertionError("unreachable: the last try returns or raises")
 
     async def _call_once(
         self,

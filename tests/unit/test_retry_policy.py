@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from core.errors import ServerError
 from core.services.retry_policy import GiveUp, Requeue, RetryPolicy, after_all_targets
+from core.services.upstream import MAX_INLINE_RETRY_WAIT_S, retry_wait_s
 
 POLICY = RetryPolicy(retry_delay_s=2.0)
 
@@ -44,3 +46,20 @@ def test_a_busy_target_beside_a_failure_shortens_the_backoff_to_its_wait() -> No
 
 def test_the_last_attempt_failing_gives_up_with_the_failure() -> None:
     assert decide(attempt=3) == GiveUp(deadline=False)
+
+
+# --- the wait before a second try at the same target (core/services/upstream.py) ---------------
+
+
+def test_a_short_retry_after_is_waited_as_asked_and_a_long_one_capped() -> None:
+    assert retry_wait_s(ServerError("busy", retry_after_s=0.7), 1) == 0.7
+    assert retry_wait_s(ServerError("busy", retry_after_s=30), 1) == MAX_INLINE_RETRY_WAIT_S
+
+
+def test_without_retry_after_the_wait_backs_off_with_jitter_within_the_cap() -> None:
+    first = [retry_wait_s(ServerError("boom"), 1) for _ in range(200)]
+    third = [retry_wait_s(ServerError("boom"), 3) for _ in range(200)]
+    assert all(0.2 <= wait <= 0.4 for wait in first)
+    assert len(set(first)) > 1  # jittered
+    assert all(0.8 <= wait <= 1.0 for wait in third)
+    assert retry_wait_s(ServerError("boom"), 10) == MAX_INLINE_RETRY_WAIT_S
