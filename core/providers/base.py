@@ -24,8 +24,10 @@ request's start and end, which is why earlier versions split the pool into shard
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
@@ -91,10 +93,20 @@ async def post_raw(
 ) -> httpx2.Response:
     """POST `body` to `path` through the SDK client; the response with its body read. A non-2xx
     answer raises the SDK's status error, a lost connection or timeout its own errors."""
-    response: httpx2.Response = await client.post(
-        path, cast_to=httpx2.Response, body=body, options={"timeout": timeout}
-    )
+    options = {"timeout": timeout, "idempotency_key": next(_idempotency_keys)}
+    response: httpx2.Response = await client.post(path, cast_to=httpx2.Response, body=body, options=options)
     return response
+
+
+def _keys() -> Iterator[str]:
+    """The SDKs send an `Idempotency-Key` with every POST, by default a fresh `uuid4` (an
+    `os.urandom` system call a call); a per-process prefix and a counter are as unique."""
+    prefix = f"jobgate-{uuid.uuid4().hex}"
+    for n in itertools.count():
+        yield f"{prefix}-{n}"
+
+
+_idempotency_keys = _keys()
 
 
 def json_object_body(response: httpx2.Response, *, provider: str) -> dict[str, Any]:
