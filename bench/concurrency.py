@@ -8,9 +8,9 @@ and six waves of them finish in about 30 s. Two figures, both the sim's own, nei
   divided by the span from the first call's arrival to the last call's answer, ramp-up and
   tail included (the first wave starting and the last one draining count against it, for any
   client);
-- while jobs wait (the issue's figure): from the arrival times (`/sim/calls`) and the fixed
-  latency, the calls in flight time-averaged from the end of the first call to the start of
-  the last, when the queue still held work for every slot that came free.
+- while jobs wait (the issue's figure): from each call's arrival and end (`/sim/calls`), the
+  calls in flight time-averaged from the end of the first call to the start of the last, when
+  the queue still held work for every slot that came free.
 
 Beside them, in the same run, the same number of calls from a plain async SDK client holding
 1,000 at a time (`bench/direct_calls.py`): what this machine gives with no queue, SQL or
@@ -42,10 +42,11 @@ TIMEOUT_S = 240.0
 def upstream_figures(sim: SimHandle) -> dict[str, Any]:
     """The sim's view since its last reset: calls, peak and time-averaged in flight, calls/s."""
     stats = sim.stats()
-    arrivals = [call["t"] for call in sim.calls(model=UPSTREAM_MODEL)]
+    calls = sim.calls(model=UPSTREAM_MODEL)
+    arrivals = [call["t"] for call in calls]
     span_s = stats["last_call_at"] - min(arrivals) if arrivals and stats["last_call_at"] else None
     return {
-        "avg_in_flight_while_waiting": in_flight_while_waiting(arrivals, LATENCY_MS / 1000),
+        "avg_in_flight_while_waiting": in_flight_while_waiting(calls),
         "requests": stats["requests"],
         "calls": stats["calls"],
         "failed": sum(int(n) for status, n in stats["responses"].items() if status != "200"),
@@ -57,15 +58,15 @@ def upstream_figures(sim: SimHandle) -> dict[str, Any]:
     }
 
 
-def in_flight_while_waiting(arrivals: list[float], latency_s: float) -> float | None:
-    """Calls in flight, time-averaged from the first call's end to the last call's start,
-    each call taken as `[arrival, arrival + latency_s]` (the sim's latency has no jitter)."""
-    if not arrivals:
+def in_flight_while_waiting(calls: list[dict[str, Any]]) -> float | None:
+    """Calls in flight, time-averaged from the first call's end to the last call's start
+    (each call from its arrival `t` to its `end`, as the sim recorded them)."""
+    if not calls:
         return None
-    start, end = min(arrivals) + latency_s, max(arrivals)
+    start, end = min(call["end"] for call in calls), max(call["t"] for call in calls)
     if end <= start:
         return None
-    covered = sum(max(0.0, min(t + latency_s, end) - max(t, start)) for t in arrivals)
+    covered = sum(max(0.0, min(call["end"], end) - max(call["t"], start)) for call in calls)
     return round(covered / (end - start), 1)
 
 

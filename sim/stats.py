@@ -1,7 +1,8 @@
 """What the simulator saw: counters in total, per model and per API key, plus recent call times.
 
 `GET /sim/stats` serves `Stats.snapshot()`; `GET /sim/calls` serves `Stats.calls()`, a bounded
-ring (the last 100,000 per model) of `{"t": arrival unix time, "status": HTTP status}` entries,
+ring (the last 100,000 per model) of `{"t": arrival unix time, "status": HTTP status, "end":
+unix time it ended}` entries,
 where status 0 means the connection was closed without an answer (the "timeout" failure). A
 request counts in `requests` when it arrives, in its model and key when its body names the model,
 and in exactly one outcome when it ends: `calls` (answered 200), `rate_limited` (429 for a
@@ -84,7 +85,7 @@ class Stats:
         self.max_in_flight = self.in_flight
         self.first_call_at: float | None = None
         self.last_call_at: float | None = None
-        self._rings: dict[str, deque[tuple[float, int]]] = {}
+        self._rings: dict[str, deque[tuple[float, int, float]]] = {}
         self._in_flight_s = 0.0
         self._gauge_changed_at = self._monotonic()
 
@@ -132,7 +133,7 @@ class Stats:
             ring = self._rings.get(model)
             if ring is None:
                 ring = self._rings[model] = deque(maxlen=self._ring_size)
-            ring.append((arrived_at, status))
+            ring.append((arrived_at, status, self._clock()))
         if key is not None:
             self._counters(self.keys, key).count(outcome, failure, input_tokens, output_tokens)
         if outcome is Outcome.OK:
@@ -145,14 +146,14 @@ class Stats:
         """Recent calls of one model (or of all, each naming its model), by arrival time."""
         rings = self._rings if model is None else {model: self._rings.get(model, deque())}
         found = sorted(
-            (t, status, name)
+            (t, status, end, name)
             for name, ring in rings.items()
-            for t, status in ring
+            for t, status, end in ring
             if since is None or t >= since
         )
         if model is not None:
-            return [{"t": t, "status": status} for t, status, _ in found]
-        return [{"t": t, "status": status, "model": name} for t, status, name in found]
+            return [{"t": t, "status": status, "end": end} for t, status, end, _ in found]
+        return [{"t": t, "status": status, "end": end, "model": name} for t, status, end, name in found]
 
     def snapshot(self) -> dict[str, Any]:
         self._integrate()

@@ -421,17 +421,19 @@ def test_stats_count_calls_and_tokens_and_reset_zeroes_them(sim: SimHandle) -> N
     assert sim.calls() == []
 
 
-def test_calls_endpoint_lists_arrival_times_and_statuses_per_model(sim: SimHandle) -> None:
+def test_calls_endpoint_lists_arrival_and_end_times_and_statuses_per_model(sim: SimHandle) -> None:
     client = openai_client(sim)
     before = time.time()
     ask_openai(client, "one", model="watched")
     with pytest.raises(openai.InternalServerError):
         ask_openai(client, "two", model="watched", extra_headers={"x-sim-fail-status": "500"})
-    ask_openai(client, "three", model="other")
+    ask_openai(client, "three", model="other", extra_headers={"x-sim-latency-ms": "300"})
 
+    [slow] = sim.calls("other")
+    assert slow["end"] - slow["t"] >= 0.3
     calls = sim.calls("watched")
     assert [call["status"] for call in calls] == [200, 500]
-    assert all(before <= call["t"] <= time.time() for call in calls)
+    assert all(before <= call["t"] <= call["end"] <= time.time() for call in calls)
     assert sim.calls("watched", since=calls[1]["t"]) == [calls[1]]
     assert [call["model"] for call in sim.calls()] == ["watched", "watched", "other"]
 
