@@ -48,7 +48,7 @@ POSTGRES_ADMIN_URL = os.environ.get("JOBGATE_TEST_POSTGRES_URL", "postgresql://p
 ECHO_PREFIX = "echo: "
 
 
-# --- The sim's token rule (sim/__init__.py), mirrored by core/services/estimate.py ---------------
+# --- The sim's token rule (sim/__init__.py), mirrored by core/ratelimit/estimate.py ---------------
 
 
 def text_tokens(text: str) -> int:

@@ -32,7 +32,7 @@ from api.request_id import request_id_of
 from api.schemas import JobRequest
 from api.waiting import wait_for_job
 from core.errors import http_status_for
-from core.redis.rate_limit import RateLimiter
+from core.ratelimit.limiter import RateLimiter
 from core.services.submit import JobSpec, submit_job
 from core.store import jobs as store
 

@@ -12,8 +12,8 @@ from typing import Any
 from fastapi import APIRouter
 
 from api.deps import AppState, PrincipalDep, StateDep
+from core.ratelimit.limiter import RateLimiter, provider_bucket
 from core.redis.breaker import CircuitBreaker
-from core.redis.rate_limit import RateLimiter, provider_bucket
 from core.representation import rfc3339
 
 router = APIRouter(prefix="/v1/providers", tags=["operators"])

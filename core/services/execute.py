@@ -33,8 +33,8 @@ from core.domain.chat import ChatRequest, Completion
 from core.errors import UpstreamError
 from core.fingerprint import SHARED_SCOPE, request_fingerprint
 from core.pricing import cost_usd
+from core.ratelimit.limiter import Bucket, tenant_bucket
 from core.redis.cache import ResponseCache
-from core.redis.rate_limit import Bucket, tenant_bucket
 from core.redis.scripts import FleetOp, run_calls
 from core.redis.single_flight import Flight, SingleFlight
 from core.services.retry_policy import GiveUp, RetryPolicy, after_all_targets

@@ -19,10 +19,10 @@ from sqlalchemy.engine import Engine
 
 from core.config import GatewayConfig
 from core.providers import Provider, build_providers, close_providers
+from core.ratelimit.limiter import RateLimiter
 from core.redis.breaker import CircuitBreaker
 from core.redis.cache import ResponseCache
 from core.redis.keys import Keys
-from core.redis.rate_limit import RateLimiter
 from core.redis.single_flight import SingleFlight
 from core.services.execute import JobRunner
 from core.services.lifecycle import Effects

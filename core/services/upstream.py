@@ -1,7 +1,7 @@
 """Calling one target as a well-mannered member of the fleet.
 
 Before each call: the target's circuit breaker (fleet-wide, `core/redis/breaker.py`) and a
-rate-limit reservation in every bucket the call counts against (`core/redis/rate_limit.py`):
+rate-limit reservation in every bucket the call counts against (`core/ratelimit/limiter.py`):
 the provider, and the tenant when it has limits. After: reconcile the reservation with the
 real usage, report the outcome to the breaker, and feed the provider's own signals back
 (`Retry-After`, `x-ratelimit-remaining-* = 0`) as a fleet-wide pause. A retryable failure is
@@ -27,19 +27,18 @@ from core.config import GatewayConfig, Target
 from core.domain.chat import ChatRequest, Completion
 from core.errors import RateLimited, UpstreamError
 from core.providers.base import Provider
+from core.ratelimit import wait
+from core.ratelimit.estimate import estimate_tokens
+from core.ratelimit.gate import Gate
+from core.ratelimit.limiter import Bucket, RateLimiter, Reservation, provider_bucket
 from core.redis.breaker import CircuitBreaker, Permit
-from core.redis.gate import Gate
-from core.redis.rate_limit import Bucket, RateLimiter, Reservation, provider_bucket
 from core.redis.scripts import FleetOp
-from core.services.estimate import estimate_tokens
 
 log = structlog.get_logger("jobgate.upstream")
 
 TRIES_PER_TARGET = 2
 # Waits a thread may spend inline; longer ones become a fleet pause and a re-queue instead.
 MAX_INLINE_RETRY_WAIT_S = 2.0
-INTERACTIVE_MAX_WAIT_S = 10.0
-BATCH_MAX_WAIT_S = 0.5
 # Outcomes that say the target is unhealthy (a bad request or a 429 says nothing of its health).
 # Failures the provider did not count against its limits (refused before it ran the call).
 NOT_CHARGED = frozenset({"rate_limited", "connection_error", "bad_request", "auth"})
@@ -216,16 +215,14 @@ class UpstreamCaller:
         """Breaker, pause and reservation in one round trip, then the reserved wait; raises
         `TargetUnavailable` when the call may not go out now."""
         cfg = self.config.providers[target.provider]
-        # Batch jobs refused budget queue up in the limiter's waiting line; an interactive job
-        # books up to 10 s ahead instead, and when refused comes back as soon as budget frees.
         answer = await self.gate.open(
             target_name(target),
             cfg.breaker,
             buckets,
             estimate,
             probe_timeout_s=cfg.timeout_s + 5,
-            max_wait_s=INTERACTIVE_MAX_WAIT_S if interactive else BATCH_MAX_WAIT_S,
-            line=not interactive,
+            max_wait_s=wait.max_wait_s(interactive),
+            line=wait.joins_line(interactive),
         )
         permit, reservation = answer.permit, answer.reservation
         if reservation is None:

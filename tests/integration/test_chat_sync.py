@@ -22,8 +22,8 @@ import pytest
 import redis.asyncio as aioredis
 from sqlalchemy import select, update
 
+from core.ratelimit.limiter import RateLimiter
 from core.redis.keys import Keys
-from core.redis.rate_limit import RateLimiter
 from core.settings import Settings
 from core.store import jobs as store
 from core.store.models import Job

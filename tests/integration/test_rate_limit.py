@@ -13,8 +13,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 import redis.asyncio as aioredis
 
-from core.redis.keys import Keys
-from core.redis.rate_limit import (
+from core.ratelimit.limiter import (
     Bucket,
     Headroom,
     RateLimiter,
@@ -23,6 +22,7 @@ from core.redis.rate_limit import (
     provider_bucket,
     tenant_bucket,
 )
+from core.redis.keys import Keys
 
 T0_MS = 1_800_000_000_000  # a fake "now": Redis time is never consulted where it is passed
 

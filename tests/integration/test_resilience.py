@@ -24,9 +24,9 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import BreakerConfig
+from core.ratelimit.limiter import RateLimiter, provider_bucket
 from core.redis.breaker import CircuitBreaker
 from core.redis.keys import Keys
-from core.redis.rate_limit import RateLimiter, provider_bucket
 from core.services.execute import Outcome
 from core.settings import Settings
 from core.store.db import make_sync_engine

@@ -1,6 +1,6 @@
 """The one Redis step before an upstream call: the target's breaker, the provider's pause and
-the rate-limit reservation, in one script (`gate.lua`, which runs `breaker.lua` and
-`rate_limit.lua` as functions), so a call costs one round trip before it goes out.
+the rate-limit reservation, in one script (`gate.lua`, which runs `breaker.lua` and the
+limiter's reserve script as functions), so a call costs one round trip before it goes out.
 
 A breaker that refuses books nothing; a probe whose reservation is refused is handed back in
 the same step. What each part decides is exactly what `CircuitBreaker.allow` and
@@ -15,15 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import BreakerConfig
-from core.redis import breaker, rate_limit
+from core.ratelimit.limiter import Bucket, RateLimiter, Reservation, reservation_from, script_source
+from core.redis import breaker
 from core.redis.breaker import CircuitBreaker, Permit, permit_from
-from core.redis.rate_limit import Bucket, RateLimiter, Reservation, reservation_from
 from core.redis.scripts import FleetScript, run_call
 
 
 def _assemble() -> str:
     glue = Path(__file__).with_name("gate.lua").read_text(encoding="utf-8")
-    return glue.replace("--@breaker", breaker.SOURCE).replace("--@rate_limit", rate_limit.SOURCE)
+    return glue.replace("--@breaker", breaker.SOURCE).replace("--@reserve", script_source("reserve"))
 
 
 SCRIPT = FleetScript(_assemble())

@@ -14,9 +14,11 @@ accepts. After the call, `reconcile` replaces the estimate with what the provide
 unused budget returns at once, as far as a provider's own bucket can have regained it. A
 provider's 429 / Retry-After pauses it fleet-wide (`pause`), and `reserve` refuses
 every bucket of a paused provider until the deadline; a pause set while a granted caller
-sleeps its wait is caught by `longest_pause_left_s` just before the call. The script is
-`rate_limit.lua` beside this module; its header documents the keys and arguments. Every
-method is a coroutine on a `redis.asyncio` client: callers run on one event loop per process.
+sleeps its wait is caught by `longest_pause_left_s` just before the call. Each operation is
+one script: `common.lua` beside this module (the state, documented in its header) followed by
+the operation's own file (`reserve.lua`, `reconcile.lua`, `headroom.lua`, `pause.lua`, each
+documenting its keys and arguments). Every method is a coroutine on a `redis.asyncio` client:
+callers run on one event loop per process.
 """
 
 from __future__ import annotations
@@ -31,8 +33,17 @@ import redis.asyncio as aioredis
 from core.redis.keys import Keys
 from core.redis.scripts import FleetScript, ScriptCall, run_call
 
-SOURCE = Path(__file__).with_name("rate_limit.lua").read_text(encoding="utf-8")
-SCRIPT = FleetScript(SOURCE)
+OPERATIONS = ("reserve", "reconcile", "headroom", "pause")
+
+
+def script_source(operation: str) -> str:
+    """One operation's script: `common.lua` (the state and shared helpers), then its own file."""
+    here = Path(__file__).parent
+    common = (here / "common.lua").read_text(encoding="utf-8")
+    return common + "\n" + (here / f"{operation}.lua").read_text(encoding="utf-8")
+
+
+SCRIPTS = {operation: FleetScript(script_source(operation)) for operation in OPERATIONS}
 _US_PER_MINUTE = 60_000_000
 
 
@@ -192,7 +203,7 @@ class RateLimiter:
         keys = [self._keys.rate_limit(b.name) for b in limited]
         keys += [self._keys.rate_limit_ahead(b.name) for b in limited]
         keys += [self._keys.provider_pause(p) for p in providers]
-        return SCRIPT.call(keys, args)
+        return SCRIPTS["reserve"].call(keys, args)
 
     async def reconcile(
         self, reservation: Reservation, actual_tokens: int, *, now_ms: int | None = None
@@ -232,14 +243,15 @@ class RateLimiter:
         args += [_interval_us(b.tpm) for b in token_buckets]
         keys = [self._keys.rate_limit(b.name) for b in token_buckets]
         keys += [self._keys.rate_limit_ahead(b.name) for b in token_buckets]
-        return SCRIPT.call(keys, args)
+        return SCRIPTS["reconcile"].call(keys, args)
 
     async def headroom(self, bucket: Bucket, *, now_ms: int | None = None) -> Headroom:
         """The bucket's unused per-minute budget; see `Headroom` for the exact meaning."""
         if bucket.rpm is None and bucket.tpm is None:
             return Headroom(None, None)
         used_requests, used_tokens = await run_call(
-            self.client, SCRIPT.call([self._keys.rate_limit(bucket.name)], ["headroom", _now_arg(now_ms)])
+            self.client,
+            SCRIPTS["headroom"].call([self._keys.rate_limit(bucket.name)], ["headroom", _now_arg(now_ms)]),
         )
         return Headroom(
             rpm_available=None if bucket.rpm is None else max(bucket.rpm - used_requests, 0),
@@ -256,7 +268,7 @@ class RateLimiter:
             raise ValueError(f"for_s must be >= 0, not {for_s}")
         deadline_ms = await run_call(
             self.client,
-            SCRIPT.call(
+            SCRIPTS["pause"].call(
                 [self._keys.provider_pause(provider)], ["pause", _now_arg(now_ms), round(for_s * 1000)]
             ),
         )

@@ -1,15 +1,16 @@
 -- gate.lua: may this call go out? The target's breaker, then the provider pause and the
 -- rate-limit reservation, in one step (one round trip before every upstream call).
 --
--- Assembled by core/redis/gate.py: the bodies of breaker.lua and rate_limit.lua are pasted
--- in as the functions `breaker(KEYS, ARGV)` and `limiter(KEYS, ARGV)` where the markers stand;
--- their headers document their own keys and arguments.
+-- Assembled by core/ratelimit/gate.py: the bodies of core/redis/breaker.lua and of the
+-- limiter's reserve script (common.lua + reserve.lua) are pasted in as the functions
+-- `breaker(KEYS, ARGV)` and `limiter(KEYS, ARGV)` where the markers stand; their headers
+-- document their own keys and arguments.
 --
 -- KEYS[1..2]   the breaker's keys (breaker.lua)      KEYS[3..]  the reservation's keys
 -- ARGV[1]      the number of the reservation's keys, m
 -- ARGV[2..8]   the breaker's arguments for "allow"   ARGV[9..]  the reservation's arguments
 --
--- Returns {permit, reservation}: breaker.lua's reply, and rate_limit.lua's "reserve" reply or
+-- Returns {permit, reservation}: breaker.lua's reply, and reserve.lua's reply or
 -- {-1} when the breaker refused (then nothing was booked). A probe whose reservation is refused
 -- is handed back at once ("release"), so another caller can probe now.
 --
@@ -21,7 +22,7 @@ local function breaker(KEYS, ARGV)
 end
 
 local function limiter(KEYS, ARGV)
---@rate_limit
+--@reserve
 end
 
 local m = tonumber(ARGV[1])

@@ -1,0 +1,93 @@
+-- reserve.lua: book 1 request and ARGV[4] tokens in every bucket, or nothing.
+--   KEYS[1..n] bucket hashes;  KEYS[n+1..2n] their sorted sets;  KEYS[2n+1..] pause keys
+--   ARGV[3] n, ARGV[4] tokens, ARGV[5] max_wait_us, ARGV[6] burst_us,
+--   ARGV[5+2i], ARGV[6+2i]  bucket i's µs per request and µs per token ("" = no such limit)
+--   ARGV[7+2n] "1": a refused caller takes a place in the buckets' waiting line (`line_us`,
+--   the end of the line, in every bucket hash) and its retry_after is its slot in the line
+--   returns {granted 0|1, wait_us, retry_after_us, paused 0|1}
+--   Atomic because the earliest conforming time is a maximum over all buckets: reading them
+--   and moving every TAT must not interleave with another worker's booking.
+
+local n = tonumber(ARGV[3])
+local tokens = tonumber(ARGV[4])
+local max_wait = tonumber(ARGV[5])
+local burst = tonumber(ARGV[6])
+local now = clock_us()
+
+local paused_until = 0
+for k = 2 * n + 1, #KEYS do
+  local deadline_ms = tonumber(redis.call('GET', KEYS[k]))
+  if deadline_ms and deadline_ms * 1000 > paused_until then
+    paused_until = deadline_ms * 1000
+  end
+end
+
+local buckets = {}
+local at = now
+for i = 1, n do
+  local req_iv, tok_iv = tonumber(ARGV[5 + 2 * i]), tonumber(ARGV[6 + 2 * i])
+  local f = redis.call('HMGET', KEYS[i], 'req_tat_us', 'tok_tat_us', 'tok_ahead_us')
+  local b = {req_iv = req_iv, tok_iv = tok_iv, req_tat = tonumber(f[1]) or 0,
+    tok_tat = tonumber(f[2]) or 0, tok_ahead = tonumber(f[3]) or 0}
+  if req_iv then
+    at = math.max(at, conform_at(b.req_tat, req_iv, burst))
+  end
+  if tok_iv then
+    b.tok_cost = math.floor(tokens * tok_iv + 0.5)
+    at = math.max(at, conform_at(b.tok_tat, b.tok_cost, burst))
+  end
+  buckets[i] = b
+end
+at = math.ceil(at)
+
+if paused_until > now then
+  return {0, 0, math.ceil(math.max(paused_until, at) - now), 1}
+end
+local wait = at - now
+if wait > max_wait then
+  if ARGV[7 + 2 * n] ~= '1' then
+    return {0, 0, wait, 0}
+  end
+  -- The waiting line: refused callers are handed slots one cost apart from the end of the
+  -- line (or from `at`, if the line is behind it), so a backlog comes back spread at the
+  -- bucket's rate instead of all at `at`, where all but a few would be refused again.
+  local line, step = 0, 0
+  for i = 1, n do
+    line = math.max(line, tonumber(redis.call('HGET', KEYS[i], 'line_us')) or 0)
+    step = math.max(step, buckets[i].req_iv or 0, buckets[i].tok_cost or 0)
+  end
+  local slot = math.ceil(math.max(at, line))
+  for i = 1, n do
+    redis.call('HSET', KEYS[i], 'line_us', int(slot + step))
+    redis.call('PEXPIRE', KEYS[i], math.ceil((slot + step - now) / 1000) + KEEP_MS)
+  end
+  return {0, 0, slot - now, 0}
+end
+
+-- Book at `at`, the moment the call may go out, in every bucket: a bucket that alone would
+-- have allowed it earlier still sees it at `at`, so no bucket ever undercounts.
+local now_ms = math.floor(now / 1000)
+for i = 1, n do
+  local b, hash, ahead = buckets[i], KEYS[i], KEYS[n + i]
+  local req_tat, tok_tat = b.req_tat, b.tok_tat
+  if b.req_iv then
+    req_tat = math.floor(math.max(req_tat, at) + b.req_iv + 0.5)
+    redis.call('HSET', hash, 'req_tat_us', int(req_tat))
+  end
+  if b.tok_iv then
+    tok_tat = math.max(tok_tat, at) + b.tok_cost
+    local tok_ahead = settle_ahead(ahead, b.tok_ahead, now)
+    if at > now and b.tok_cost > 0 then
+      local seq = redis.call('HINCRBY', hash, 'seq', 1)
+      redis.call('ZADD', ahead, int(at), seq .. ':' .. int(b.tok_cost))
+      tok_ahead = tok_ahead + b.tok_cost
+    end
+    redis.call('HSET', hash, 'tok_tat_us', int(tok_tat), 'tok_ahead_us', int(tok_ahead))
+  end
+  local w = read_window(hash, now_ms)
+  w.req = w.req + 1
+  w.tok = w.tok + tokens
+  write_window(hash, w)
+  expire_after(hash, ahead, math.max(req_tat, tok_tat), now)
+end
+return {1, wait, 0, 0}
