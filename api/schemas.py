@@ -110,6 +110,23 @@ class JobRequest(CheckedBody):
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     n: Literal[1] | None = None
     stream: bool | None = None
+    # Sent by OpenAI's SDKs for streamed calls; a call answered whole has no use for it.
+    stream_options: dict[str, Any] | None = None
+    # Forwarded as given to OpenAI-compatible upstreams (an Anthropic target drops them).
+    parallel_tool_calls: bool | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    logit_bias: dict[str, int] | None = Field(default=None, max_length=300)
+    reasoning_effort: str | None = Field(default=None, max_length=32)
+    verbosity: str | None = Field(default=None, max_length=32)
+    service_tier: str | None = Field(default=None, max_length=32)
+    store: bool | None = None
+    modalities: list[str] | None = Field(default=None, max_length=8)
+    prediction: dict[str, Any] | None = None
+    audio: dict[str, Any] | None = None
+    prompt_cache_key: str | None = Field(default=None, max_length=256)
+    safety_identifier: str | None = Field(default=None, max_length=256)
+    web_search_options: dict[str, Any] | None = None
 
     priority: Literal["interactive", "batch"] | None = None
     webhook_url: str | None = Field(default=None, max_length=2048)
@@ -128,6 +145,14 @@ class JobRequest(CheckedBody):
     @classmethod
     def _metadata_limits(cls, value: dict[str, str] | None) -> dict[str, str] | None:
         return check_metadata(value)
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_range(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        for token, bias in (value or {}).items():
+            if not -100 <= bias <= 100:
+                raise ValueError(f"biases are between -100 and 100 (token {token!r}: {bias})")
+        return value
 
     @field_validator("deadline")
     @classmethod

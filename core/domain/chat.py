@@ -28,6 +28,20 @@ CHAT_FIELDS: frozenset[str] = frozenset(
         "presence_penalty",
         "frequency_penalty",
         "n",
+        "parallel_tool_calls",
+        "logprobs",
+        "top_logprobs",
+        "logit_bias",
+        "reasoning_effort",
+        "verbosity",
+        "service_tier",
+        "store",
+        "modalities",
+        "prediction",
+        "audio",
+        "prompt_cache_key",
+        "safety_identifier",
+        "web_search_options",
     }
 )
 

@@ -12,6 +12,8 @@ import asyncio
 from typing import Any
 
 import httpx
+import httpx2
+import openai
 import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -22,7 +24,7 @@ from core.settings import Settings
 from core.store import jobs as store
 from core.store.models import Job, JobAttempt, Tenant
 from tests.api_calls import job_body
-from tests.conftest import InlineWorker, in_process_api, sim_calls
+from tests.conftest import IN_PROCESS_URL, InlineWorker, in_process_api, sim_calls
 from tests.processes import wait_until
 from tests.sim_process import SimHandle
 
@@ -190,3 +192,41 @@ def test_recording_a_claimed_job_again_after_a_lost_answer_finds_its_own_row(
     assert job.lease_until is not None
     with inline_worker.sessions() as session, pytest.raises(IntegrityError):
         store.insert_claimed(session, clock, {**row, "tenant_id": "no-such-tenant"}, lease_s=60)
+
+
+async def test_the_openai_sdk_may_send_the_newer_chat_parameters(
+    settings: Settings, api_key: str, inline_worker: InlineWorker
+) -> None:
+    # What current SDK users send besides the classic fields: accepted, stored with the job and
+    # forwarded upstream (stream_options only matters to a streamed call and is not kept).
+    async with in_process_api(settings, http=httpx2) as http:
+        client = openai.AsyncOpenAI(
+            base_url=f"{IN_PROCESS_URL}/v1", api_key=api_key, http_client=http, max_retries=0
+        )
+        raw = await client.chat.completions.with_raw_response.create(
+            model="fast",
+            messages=[{"role": "user", "content": "newer"}],
+            parallel_tool_calls=False,
+            logprobs=True,
+            top_logprobs=2,
+            logit_bias={"50256": -100},
+            reasoning_effort="low",
+            verbosity="low",
+            service_tier="auto",
+            store=False,
+            modalities=["text"],
+            prediction={"type": "content", "content": "echo"},
+            stream_options={"include_usage": True},
+        )
+
+    assert raw.parse().choices[0].message.content == "echo: newer"
+    request = job_row(inline_worker, raw.headers["x-jobgate-job-id"]).request
+    assert request["logit_bias"] == {"50256": -100} and request["reasoning_effort"] == "low"
+    assert request["parallel_tool_calls"] is False and "stream_options" not in request
+
+
+async def test_a_logit_bias_out_of_range_is_refused_naming_it(api_client: httpx.AsyncClient) -> None:
+    response = await api_client.post("/v1/chat/completions", json=job_body("x", logit_bias={"1": 200}))
+
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "logit_bias"
