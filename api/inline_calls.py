@@ -20,6 +20,7 @@ credentials on workers only: every sync request then takes the queue.
 from __future__ import annotations
 
 from dramatiq.brokers.redis import RedisBroker
+from sqlalchemy.exc import IntegrityError
 
 from core import metrics
 from core.config import GatewayConfig
@@ -61,17 +62,33 @@ class InlineCalls:
     def has_room(self) -> bool:
         return self.in_flight < self.max_in_flight
 
-    async def submit(self, spec: JobSpec, *, tenant_id: str, request_id: str | None) -> store.Claim:
+    async def submit(
+        self,
+        spec: JobSpec,
+        *,
+        tenant_id: str,
+        request_id: str | None,
+        idempotency_key: str | None = None,
+        body_hash: str | None = None,
+    ) -> store.Claim | None:
         """Record the job, claimed by this process (on the runtime's own SQL connections: no
-        pre-ping, a lost connection retried)."""
+        pre-ping, a lost connection retried). None when a concurrent request with the same
+        Idempotency-Key recorded its job first."""
         row, claim = claimed_job(
             spec,
             tenant_id=tenant_id,
             now=self.engine.clock.utcnow(),
             max_attempts=self.settings.max_attempts,
             request_id=request_id,
+            idempotency_key=idempotency_key,
+            body_hash=body_hash,
         )
-        await self.engine.runtime.insert_claimed(row)
+        try:
+            await self.engine.runtime.insert_claimed(row)
+        except IntegrityError:
+            if idempotency_key is None:
+                raise
+            return None
         metrics.JOBS_SUBMITTED.labels(priority=spec.priority).inc()
         return claim
 

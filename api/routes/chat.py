@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import redis
 import structlog
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -33,7 +34,7 @@ from api.schemas import JobRequest
 from api.waiting import wait_for_job
 from core.errors import http_status_for
 from core.ratelimit.limiter import RateLimiter
-from core.services.submit import JobSpec, submit_job
+from core.services.submit import JobSpec, existing_for_key, request_hash, submit_job
 from core.store import jobs as store
 
 router = APIRouter(prefix="/v1/chat", tags=["openai-compatible"])
@@ -61,7 +62,11 @@ async def _retry_after_s(state: AppState, model: str) -> int:
     "/completions",
     response_model=None,
     responses={
-        200: {"description": "The chat.completion body; header x-jobgate-job-id names the job."},
+        200: {
+            "description": "The chat.completion body; header x-jobgate-job-id names the job. A repeat"
+            " with the same Idempotency-Key and body answers the first request's job (no second call).",
+        },
+        409: answer(ErrorBody, "This Idempotency-Key was used with another body."),
         429: {
             **answer(ErrorBody, "The job failed rate-limited; retry after `Retry-After` seconds."),
             "headers": {"Retry-After": {"description": "seconds", "schema": {"type": "integer"}}},
@@ -71,23 +76,51 @@ async def _retry_after_s(state: AppState, model: str) -> int:
     },
 )
 async def chat_completions(
-    request: Request, body: JobRequest, state: StateDep, session: SessionDep, principal: PrincipalDep
+    request: Request,
+    body: JobRequest,
+    state: StateDep,
+    session: SessionDep,
+    principal: PrincipalDep,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
+    ] = None,
 ) -> JSONResponse:
     spec = job_spec(body, config=state.config, settings=state.settings, default_priority="interactive")
+    key = None
+    if idempotency_key is not None:
+        key = _Key(idempotency_key, request_hash(body.model_dump(mode="json", exclude_unset=True)))
+        earlier = await existing_for_key(session, principal.tenant_id, key.key, key.body_hash)
+        if earlier is not None:  # a retry: the first request's job, not a second call
+            return await _answer_when_final(
+                state, session, principal, earlier.id, state.settings.sync_timeout_s
+            )
     if state.inline is not None and state.inline.has_room():
-        return await _call_here(state.inline, request, spec, state, session, principal)
-    job, _ = await submit_job(
+        return await _call_here(state.inline, request, spec, state, session, principal, key)
+    job, created = await submit_job(
         session,
         spec,
         tenant_id=principal.tenant_id,
         now=state.clock.utcnow(),
         max_attempts=state.settings.max_attempts,
+        idempotency_key=key.key if key else None,
+        body_hash=key.body_hash if key else None,
         request_id=request_id_of(request),
     )
-    await dispatch_committed(
-        state.broker, [(job.id, job.priority)], fault_exit_after_commit=state.settings.fault_exit_after_commit
-    )
+    if created:
+        await dispatch_committed(
+            state.broker,
+            [(job.id, job.priority)],
+            fault_exit_after_commit=state.settings.fault_exit_after_commit,
+        )
     return await _answer_when_final(state, session, principal, job.id, state.settings.sync_timeout_s)
+
+
+@dataclass(frozen=True)
+class _Key:
+    """A request's Idempotency-Key and the fingerprint of the body it came with."""
+
+    key: str
+    body_hash: str
 
 
 async def _call_here(
@@ -97,12 +130,25 @@ async def _call_here(
     state: AppState,
     session: AsyncSession,
     principal: Principal,
+    key: _Key | None,
 ) -> JSONResponse:
     """The job inserted claimed and called by this process (api/inline_calls.py); a job its
     first attempt did not finish (requeued for a retry) is waited for like a queued one."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + state.settings.sync_timeout_s
-    claim = await inline.submit(spec, tenant_id=principal.tenant_id, request_id=request_id_of(request))
+    claim = await inline.submit(
+        spec,
+        tenant_id=principal.tenant_id,
+        request_id=request_id_of(request),
+        idempotency_key=key.key if key else None,
+        body_hash=key.body_hash if key else None,
+    )
+    if claim is None:  # a concurrent request with the same key recorded its job first
+        assert key is not None
+        winner = await existing_for_key(session, principal.tenant_id, key.key, key.body_hash)
+        if winner is None:
+            raise RuntimeError("an Idempotency-Key's job was neither inserted nor found")
+        return await _answer_when_final(state, session, principal, winner.id, deadline - loop.time())
     exit_if_faulted(state.settings.fault_exit_after_commit, 1)
     try:
         outcome, verdict = await asyncio.wait_for(

@@ -89,7 +89,9 @@ def job_row(
     }
 
 
-async def _existing_for_key(session: AsyncSession, tenant_id: str, key: str, body_hash: str) -> Job | None:
+async def existing_for_key(session: AsyncSession, tenant_id: str, key: str, body_hash: str) -> Job | None:
+    """The tenant's job made with this Idempotency-Key, if any; a Conflict when that job was
+    made from another body."""
     stmt = select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key)
     existing = (await session.execute(stmt)).scalars().first()
     if existing is not None and existing.request_hash != body_hash:
@@ -115,7 +117,7 @@ async def submit_job(
     returns the first job with created=False; the same key with another body is a Conflict."""
     if idempotency_key is not None:
         assert body_hash is not None
-        existing = await _existing_for_key(session, tenant_id, idempotency_key, body_hash)
+        existing = await existing_for_key(session, tenant_id, idempotency_key, body_hash)
         if existing is not None:
             return existing, False
     row = job_row(
@@ -135,7 +137,7 @@ async def submit_job(
         await session.rollback()
         if idempotency_key is None:
             raise
-        existing = await _existing_for_key(session, tenant_id, idempotency_key, body_hash or "")
+        existing = await existing_for_key(session, tenant_id, idempotency_key, body_hash or "")
         if existing is None:
             raise
         return existing, False
@@ -145,11 +147,26 @@ async def submit_job(
 
 
 def claimed_job(
-    spec: JobSpec, *, tenant_id: str, now: datetime, max_attempts: int, request_id: str | None = None
+    spec: JobSpec,
+    *,
+    tenant_id: str,
+    now: datetime,
+    max_attempts: int,
+    request_id: str | None = None,
+    idempotency_key: str | None = None,
+    body_hash: str | None = None,
 ) -> tuple[dict[str, Any], store.Claim]:
     """A new job's `jobs` row and its first claim, for a process that runs the job at once
     itself (the API's sync path): `store.insert_claimed` records both."""
-    row = job_row(spec, tenant_id=tenant_id, now=now, max_attempts=max_attempts, request_id=request_id)
+    row = job_row(
+        spec,
+        tenant_id=tenant_id,
+        now=now,
+        max_attempts=max_attempts,
+        request_id=request_id,
+        idempotency_key=idempotency_key,
+        body_hash=body_hash,
+    )
     row["metadata"] = row.pop("metadata_")  # the column's name (the ORM attribute's differs)
     claim = store.Claim(
         id=row["id"],

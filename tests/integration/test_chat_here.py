@@ -230,3 +230,42 @@ async def test_a_logit_bias_out_of_range_is_refused_naming_it(api_client: httpx.
 
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "logit_bias"
+
+
+async def ask_with_key(client: httpx.AsyncClient, key: str, prompt: str) -> httpx.Response:
+    return await client.post("/v1/chat/completions", json=job_body(prompt), headers={"Idempotency-Key": key})
+
+
+async def test_a_retry_with_the_same_idempotency_key_answers_the_first_job_without_a_second_call(
+    api_client: httpx.AsyncClient, sim: SimHandle, upstream_model: str
+) -> None:
+    first = await ask_with_key(api_client, "retry-1", "once")
+    again = await ask_with_key(api_client, "retry-1", "once")
+
+    assert first.status_code == again.status_code == 200
+    assert first.headers["x-jobgate-job-id"] == again.headers["x-jobgate-job-id"]
+    assert again.json() == first.json()
+    assert sim_calls(sim, upstream_model) == 1
+
+
+async def test_concurrent_requests_with_one_idempotency_key_share_one_job_and_one_call(
+    api_client: httpx.AsyncClient, sim: SimHandle, upstream_model: str
+) -> None:
+    model_faults(sim, upstream_model, latency_ms=400)
+
+    answers = await asyncio.gather(*(ask_with_key(api_client, "raced", "together") for _ in range(4)))
+
+    assert [a.status_code for a in answers] == [200] * 4
+    assert len({a.headers["x-jobgate-job-id"] for a in answers}) == 1
+    assert sim_calls(sim, upstream_model) == 1
+
+
+async def test_an_idempotency_key_reused_with_another_body_is_a_conflict(
+    api_client: httpx.AsyncClient,
+) -> None:
+    assert (await ask_with_key(api_client, "reused", "first body")).status_code == 200
+
+    response = await ask_with_key(api_client, "reused", "another body")
+
+    assert response.status_code == 409
+    assert response.json()["error"]["param"] == "Idempotency-Key"
