@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.inline_calls import InlineCalls
 from api.key_cache import KeyCache
-from api.key_gate import MISSING_KEY, bearer_token
+from api.key_gate import MISSING_KEY, api_key_of
 from api.notifier import JobNotifier
 from core.auth import hash_key
 from core.config import GatewayConfig
@@ -78,7 +78,9 @@ async def get_session(state: Annotated[AppState, Depends(get_state)]) -> AsyncIt
 
 
 def _bearer(request: Request) -> str:
-    token = bearer_token(request.headers.get("authorization", ""))
+    token = api_key_of(
+        request.url.path, request.headers.get("authorization", ""), request.headers.get("x-api-key", "")
+    )
     if token is None:  # refused by KeyGateMiddleware already, unless this app runs without it
         raise Unauthenticated(MISSING_KEY)
     return token

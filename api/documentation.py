@@ -115,10 +115,46 @@ class ModelList(BaseModel):
     data: list[ModelObject]
 
 
+class AnthropicErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class AnthropicError(BaseModel):
+    """Anthropic's error shape, on every answer of the `/anthropic/v1` surface that is not a 2xx."""
+
+    type: Literal["error"]
+    error: AnthropicErrorDetail
+
+
+class AnthropicUsage(BaseModel):
+    input_tokens: int
+    output_tokens: int
+
+
+class AnthropicMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    type: Literal["message"]
+    role: Literal["assistant"]
+    model: str
+    content: list[dict[str, Any]]
+    stop_reason: str | None
+    stop_sequence: str | None
+    usage: AnthropicUsage
+
+
 def answer(model: type[BaseModel], description: str) -> dict[str, Any]:
     """One entry of a route's `responses=`."""
     return {"model": model, "description": description}
 
+
+# The Anthropic surface's errors, declared on its routes (they replace the app's below).
+ANTHROPIC_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: answer(AnthropicError, "Anthropic's error shape; `error.type` as Anthropic names it.")
+    for code in ("4XX", "5XX", 503)
+}
 
 # Every route, declared once on the app: any 4xx has the one error shape (this also keeps
 # FastAPI from documenting the 422 that jobgate never sends), and 503 means "retry later".

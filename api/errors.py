@@ -21,6 +21,7 @@ from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api import anthropic_wire
 from core.errors import ApiError
 
 log = structlog.get_logger("jobgate.api")
@@ -33,10 +34,22 @@ def error_body(error_type: str, message: str, param: str | None = None) -> dict[
 
 
 def error_response(
-    status: int, error_type: str, message: str, param: str | None = None, retry_after_s: int | None = None
+    status: int,
+    error_type: str,
+    message: str,
+    param: str | None = None,
+    retry_after_s: int | None = None,
+    *,
+    path: str = "",
 ) -> JSONResponse:
+    """The error in the shape of the surface `path` belongs to: Anthropic's under
+    `/anthropic/`, OpenAI's (jobgate's own) everywhere else."""
     headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
-    return JSONResponse(error_body(error_type, message, param), status_code=status, headers=headers)
+    if path.startswith(anthropic_wire.PREFIX):
+        body = anthropic_wire.anthropic_error_body(status, error_type, message)
+    else:
+        body = error_body(error_type, message, param)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
@@ -92,32 +105,34 @@ def _refused_value(exc: Exception) -> str | None:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status_code, exc.error_type, exc.message, exc.param, exc.retry_after_s)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(
+            exc.status_code, exc.error_type, exc.message, exc.param, exc.retry_after_s, path=request.url.path
+        )
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI puts where the value came from ("body", "query", "header"...) first.
         errors = [{**e, "loc": tuple(e.get("loc", ()))[1:]} for e in exc.errors()]
         message, param = describe_validation_error(errors)
-        return error_response(400, "invalid_request_error", message, param)
+        return error_response(400, "invalid_request_error", message, param, path=request.url.path)
 
     @app.exception_handler(ValidationError)
-    async def _model_validation(_: Request, exc: ValidationError) -> JSONResponse:
+    async def _model_validation(request: Request, exc: ValidationError) -> JSONResponse:
         message, param = describe_validation_error([dict(e) for e in exc.errors()])
-        return error_response(400, "invalid_request_error", message, param)
+        return error_response(400, "invalid_request_error", message, param, path=request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400 and exc.__cause__ is not None:
             # FastAPI's own "There was an error parsing the body" (a number too long, nesting
             # too deep, bytes that are not UTF-8): say which.
             message = f"The body is not valid JSON: {describe_json_error(exc.__cause__)}."
-            return error_response(400, "invalid_request_error", message)
+            return error_response(400, "invalid_request_error", message, path=request.url.path)
         error_type = {404: "not_found_error", 405: "invalid_request_error", 413: "request_too_large"}.get(
             exc.status_code, "api_error"
         )
-        return error_response(exc.status_code, error_type, str(exc.detail))
+        return error_response(exc.status_code, error_type, str(exc.detail), path=request.url.path)
 
     async def _database_down(request: Request, exc: Exception) -> JSONResponse:
         refused = _refused_value(exc)
@@ -127,6 +142,7 @@ def install_error_handlers(app: FastAPI) -> None:
                 400,
                 "invalid_request_error",
                 f"The database refused a value of this request ({refused}); correct it and retry.",
+                path=request.url.path,
             )
         log.warning("database_unavailable", path=request.url.path, error=type(exc).__name__)
         return error_response(
@@ -134,6 +150,7 @@ def install_error_handlers(app: FastAPI) -> None:
             "service_unavailable",
             "The database is not reachable right now; retry shortly.",
             retry_after_s=DEPENDENCY_RETRY_AFTER_S,
+            path=request.url.path,
         )
 
     for exc_class in (OperationalError, DBAPIError, PoolTimeout, ConnectionError, OSError):
@@ -147,9 +164,10 @@ def install_error_handlers(app: FastAPI) -> None:
             "service_unavailable",
             "Redis is not reachable right now; retry shortly.",
             retry_after_s=DEPENDENCY_RETRY_AFTER_S,
+            path=request.url.path,
         )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled_error", path=request.url.path)
-        return error_response(500, "api_error", "Internal error; it has been logged.")
+        return error_response(500, "api_error", "Internal error; it has been logged.", path=request.url.path)

@@ -15,6 +15,10 @@ from api.errors import error_response
 from core.errors import Unauthenticated
 
 MISSING_KEY = "Missing API key: send 'Authorization: Bearer <key>' (create one with `jobgate keys create`)."
+# The surfaces whose every route needs a key; under /anthropic/ the key may come as `x-api-key`,
+# as Anthropic's API takes it (its SDK sends Bearer since 2.0, `x-api-key` before).
+KEYED_PREFIXES = ("/v1/", "/openai/v1/", "/anthropic/v1/")
+ANTHROPIC_PREFIX = "/anthropic/"
 
 
 def bearer_token(header: str) -> str | None:
@@ -25,16 +29,27 @@ def bearer_token(header: str) -> str | None:
     return token.strip()
 
 
+def api_key_of(path: str, authorization: str, x_api_key: str) -> str | None:
+    """The caller's key: the Bearer token, or under /anthropic/ the `x-api-key` header."""
+    token = bearer_token(authorization)
+    if token is None and path.startswith(ANTHROPIC_PREFIX) and x_api_key.strip():
+        return x_api_key.strip()
+    return token
+
+
 class KeyGateMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and (scope["path"] == "/v1" or scope["path"].startswith("/v1/")):
-            header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")
-            if bearer_token(header) is None:
+        path = scope["path"] if scope["type"] == "http" else ""
+        if path == "/v1" or path.startswith(KEYED_PREFIXES):
+            headers = {
+                k: v.decode("latin-1") for k, v in scope["headers"] if k in (b"authorization", b"x-api-key")
+            }
+            if api_key_of(path, headers.get(b"authorization", ""), headers.get(b"x-api-key", "")) is None:
                 refused = Unauthenticated(MISSING_KEY)
-                await error_response(refused.status_code, refused.error_type, refused.message)(
+                await error_response(refused.status_code, refused.error_type, refused.message, path=path)(
                     scope, receive, send
                 )
                 return

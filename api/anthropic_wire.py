@@ -1,0 +1,262 @@
+"""Anthropic's Messages wire format at jobgate's edge: a Messages request in, a Message out.
+
+jobgate's jobs hold OpenAI chat-completions requests (the shape every adapter translates
+from: core/providers/anthropic_messages.py turns one back into a Messages call when the target
+is Anthropic). So `openai_body` translates a Messages request into that shape, and
+`anthropic_message` the finished job's `chat.completion` into a Message. Errors on the
+Anthropic surface take Anthropic's shape (`anthropic_error_body`). Shapes follow
+`../shared/reference/wire-formats.md` §4.2 and the SDK's types (`anthropic/types/message.py`).
+
+What has no counterpart is refused with a 400 naming it rather than dropped without a word
+(`thinking`, documents, server tools, `stream`); `top_k` is dropped, as OpenAI-compatible
+upstreams have no such parameter.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import ConfigDict, Field
+
+from api.schemas import MAX_MESSAGES, MAX_OUTPUT_TOKENS, CheckedBody
+from core.errors import InvalidRequest
+
+PREFIX = "/anthropic/"
+DEFAULT_VERSION = "2023-06-01"
+
+# jobgate's error types (and HTTP statuses) in Anthropic's vocabulary.
+_ERROR_TYPES = {
+    "invalid_request_error": "invalid_request_error",
+    "bad_request": "invalid_request_error",
+    "authentication_error": "authentication_error",
+    "auth": "authentication_error",
+    "permission_denied": "permission_error",
+    "not_found_error": "not_found_error",
+    "not_found": "not_found_error",
+    "request_too_large": "request_too_large",
+    "rate_limited": "rate_limit_error",
+    "overloaded": "overloaded_error",
+    "timeout": "timeout_error",
+}
+_STATUS_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+_STOP_REASONS = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+}
+
+
+class MessagesRequest(CheckedBody):
+    """`POST /anthropic/v1/messages`: the fields of Anthropic's `MessageCreateParams` jobgate
+    can carry, plus its own `priority`-free sync semantics."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    model: str = Field(min_length=1, max_length=200)
+    max_tokens: int = Field(ge=1, le=MAX_OUTPUT_TOKENS)
+    messages: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_MESSAGES)
+    system: str | list[dict[str, Any]] | None = None
+    temperature: float | None = Field(default=None, ge=0, le=1)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    top_k: int | None = Field(default=None, ge=0)
+    stop_sequences: list[str] | None = Field(default=None, max_length=4)
+    tools: list[dict[str, Any]] | None = Field(default=None, max_length=128)
+    tool_choice: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+    stream: bool | None = None
+    thinking: dict[str, Any] | None = None
+    service_tier: str | None = Field(default=None, max_length=32)
+
+
+def openai_body(request: MessagesRequest) -> dict[str, Any]:
+    """The OpenAI chat-completions body that asks the same as `request`."""
+    if request.stream:
+        raise InvalidRequest(
+            "stream=true is not supported yet; omit it (jobgate answers when done).", param="stream"
+        )
+    if request.thinking is not None and request.thinking.get("type") != "disabled":
+        raise InvalidRequest("Extended thinking is not supported through jobgate yet.", param="thinking")
+    messages: list[dict[str, Any]] = []
+    if request.system:
+        messages.append({"role": "system", "content": _text_of(request.system, "system")})
+    for index, message in enumerate(request.messages):
+        messages += _openai_messages(message, f"messages.{index}")
+    body: dict[str, Any] = {"model": request.model, "messages": messages, "max_tokens": request.max_tokens}
+    for name in ("temperature", "top_p"):
+        if getattr(request, name) is not None:
+            body[name] = getattr(request, name)
+    if request.stop_sequences:
+        body["stop"] = request.stop_sequences
+    if request.tools:
+        body["tools"] = [_openai_tool(tool, f"tools.{i}") for i, tool in enumerate(request.tools)]
+    if request.tool_choice:
+        body.update(_openai_tool_choice(request.tool_choice))
+    user_id = (request.metadata or {}).get("user_id")
+    if user_id is not None:
+        body["user"] = str(user_id)
+    return body
+
+
+def _text_of(content: str | list[dict[str, Any]], param: str) -> str:
+    if isinstance(content, str):
+        return content
+    texts = []
+    for index, block in enumerate(content):
+        if block.get("type") != "text":
+            raise InvalidRequest(
+                f"Only text blocks are supported here, not {block.get('type')!r}.", param=f"{param}.{index}"
+            )
+        texts.append(str(block.get("text", "")))
+    return "\n\n".join(texts)
+
+
+def _openai_messages(message: dict[str, Any], param: str) -> list[dict[str, Any]]:
+    role, content = message.get("role"), message.get("content")
+    if role not in ("user", "assistant"):
+        raise InvalidRequest("A message's role is 'user' or 'assistant'.", param=f"{param}.role")
+    if isinstance(content, str):
+        return [{"role": role, "content": content}]
+    if not isinstance(content, list):
+        raise InvalidRequest(
+            "A message's content is a string or a list of content blocks.", param=f"{param}.content"
+        )
+    if role == "assistant":
+        return [_assistant_message(content, param)]
+    results = [b for b in content if isinstance(b, dict) and b.get("type") == "tool_result"]
+    parts = [_user_part(b, f"{param}.content.{i}") for i, b in enumerate(content) if b not in results]
+    # OpenAI wants each tool's answer right after the assistant turn that called it.
+    out = [_tool_message(block) for block in results]
+    if parts:
+        out.append({"role": "user", "content": parts})
+    return out
+
+
+def _assistant_message(content: list[dict[str, Any]], param: str) -> dict[str, Any]:
+    texts, calls = [], []
+    for index, block in enumerate(content):
+        kind = block.get("type")
+        if kind == "text":
+            texts.append(str(block.get("text", "")))
+        elif kind == "tool_use":
+            arguments = json.dumps(block.get("input") or {}, ensure_ascii=False)
+            calls.append(
+                {
+                    "id": block.get("id"),
+                    "type": "function",
+                    "function": {"name": block.get("name"), "arguments": arguments},
+                }
+            )
+        elif kind not in ("thinking", "redacted_thinking"):
+            raise InvalidRequest(
+                f"Unsupported block type {kind!r} in an assistant turn.", param=f"{param}.content.{index}"
+            )
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
+def _user_part(block: dict[str, Any], param: str) -> dict[str, Any]:
+    kind = block.get("type")
+    if kind == "text":
+        return {"type": "text", "text": str(block.get("text", ""))}
+    if kind == "image":
+        source = block.get("source") or {}
+        if source.get("type") == "base64":
+            url = f"data:{source.get('media_type')};base64,{source.get('data')}"
+        elif source.get("type") == "url":
+            url = str(source.get("url"))
+        else:
+            raise InvalidRequest("An image's source is base64 data or a URL.", param=f"{param}.source")
+        return {"type": "image_url", "image_url": {"url": url}}
+    raise InvalidRequest(f"Unsupported content block type {kind!r}.", param=f"{param}.type")
+
+
+def _tool_message(block: dict[str, Any]) -> dict[str, Any]:
+    content = block.get("content")
+    text = content if isinstance(content, str) else _text_of(content or [], "tool_result")
+    if block.get("is_error"):
+        text = f"Error: {text}"
+    return {"role": "tool", "tool_call_id": block.get("tool_use_id"), "content": text}
+
+
+def _openai_tool(tool: dict[str, Any], param: str) -> dict[str, Any]:
+    if tool.get("type") not in (None, "custom") or "name" not in tool:
+        raise InvalidRequest(
+            "Only custom tools (name, description, input_schema) are supported.", param=param
+        )
+    function = {"name": tool["name"], "parameters": tool.get("input_schema") or {"type": "object"}}
+    if tool.get("description"):
+        function["description"] = tool["description"]
+    return {"type": "function", "function": function}
+
+
+def _openai_tool_choice(choice: dict[str, Any]) -> dict[str, Any]:
+    kind = choice.get("type")
+    mapped: dict[str, Any]
+    if kind == "auto":
+        mapped = {"tool_choice": "auto"}
+    elif kind == "any":
+        mapped = {"tool_choice": "required"}
+    elif kind == "none":
+        mapped = {"tool_choice": "none"}
+    elif kind == "tool" and choice.get("name"):
+        mapped = {"tool_choice": {"type": "function", "function": {"name": choice["name"]}}}
+    else:
+        raise InvalidRequest(
+            "tool_choice.type is 'auto', 'any', 'tool' (with a name) or 'none'.", param="tool_choice"
+        )
+    if choice.get("disable_parallel_tool_use"):
+        mapped["parallel_tool_calls"] = False
+    return mapped
+
+
+def anthropic_message(completion: dict[str, Any], *, job_id: str, requested_model: str) -> dict[str, Any]:
+    """The Message a finished job's `chat.completion` body amounts to."""
+    choice = (completion.get("choices") or [{}])[0]
+    message = choice.get("message") or {}
+    content: list[dict[str, Any]] = []
+    if message.get("content"):
+        content.append({"type": "text", "text": message["content"]})
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") or {}
+        try:
+            arguments = json.loads(function.get("arguments") or "{}")
+        except ValueError:
+            arguments = {"_raw": function.get("arguments")}
+        content.append(
+            {"type": "tool_use", "id": call.get("id"), "name": function.get("name"), "input": arguments}
+        )
+    usage = completion.get("usage") or {}
+    return {
+        "id": f"msg_{job_id.removeprefix('job_')}",
+        "type": "message",
+        "role": "assistant",
+        "model": completion.get("model") or requested_model,
+        "content": content,
+        "stop_reason": _STOP_REASONS.get(str(choice.get("finish_reason")), "end_turn"),
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": int(usage.get("prompt_tokens") or 0),
+            "output_tokens": int(usage.get("completion_tokens") or 0),
+        },
+    }
+
+
+def anthropic_error_body(status: int, error_type: str, message: str) -> dict[str, Any]:
+    """Anthropic's error shape for one of jobgate's errors."""
+    kind = _ERROR_TYPES.get(error_type) or _STATUS_TYPES.get(status, "api_error")
+    return {"type": "error", "error": {"type": kind, "message": message}}
