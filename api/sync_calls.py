@@ -6,9 +6,13 @@ The job runs with priority `interactive` through the same limiter, cache, fallba
 records as every other job. Its first attempt runs in this API process (api/inline_calls.py)
 unless `JOBGATE_SYNC_MAX_IN_FLIGHT` calls already do; then, and for its retries, it goes
 through the queue to the workers. An `Idempotency-Key` makes a client's retry safe: the same
-key and body answer the first request's job (waiting for it if needed) with no second call.
+key and body answer the first request's job (waiting for it if needed) with no second call;
+an SDK's retry (`x-stainless-retry-count` > 0) of a request whose job is still running, or
+succeeded, attaches to that job the same way (same tenant, same body, within the sync
+timeout), cache or no cache.
 A job still running after `JOBGATE_SYNC_TIMEOUT_S` comes back unfinished (`status` None), for
-the surface to answer 504 with its id. A final job's 429/503 carries the `retry_after_s`
+the surface to answer 504 with its id and `Retry-After: 1` (`TIMED_OUT_RETRY_AFTER_S`): the
+SDK's retry then waits on the same job. A final job's 429/503 carries the `retry_after_s`
 until one of its model's providers ends its fleet-wide pause, or 1.
 """
 
@@ -22,6 +26,7 @@ from typing import Any
 import redis
 import structlog
 from fastapi import Request
+from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.deps import AppState, Principal
@@ -29,11 +34,18 @@ from api.dispatch import dispatch_committed, exit_if_faulted
 from api.inline_calls import InlineCalls
 from api.request_id import request_id_of
 from api.waiting import wait_for_job
+from core.ids import id_floor
 from core.ratelimit.limiter import RateLimiter
-from core.services.submit import JobSpec, existing_for_key, submit_job
+from core.services.submit import JobSpec, existing_for_key, request_hash, submit_job
 from core.store import jobs as store
 
 log = structlog.get_logger("jobgate.api")
+
+# How long before the sync timeout's start a job may have been made and still be what an
+# SDK's retry attaches to (the SDK's own back-off and the request's travel).
+RETRY_WINDOW_MARGIN_S = 60.0
+# The Retry-After of a 504: the job runs on, and the SDK's retry after this long waits on it.
+TIMED_OUT_RETRY_AFTER_S = 1
 
 # Retry-After when no target of the model is paused: the job used its attempts on a provider
 # that is busy, not one that named a time; OpenAI's clients back off from 1 s on their own.
@@ -41,11 +53,23 @@ DEFAULT_RETRY_AFTER_S = 1
 
 
 @dataclass(frozen=True)
-class IdempotencyKey:
-    """A request's Idempotency-Key and the fingerprint of the body it came with."""
+class SyncAsk:
+    """What tells a sync request's job apart beyond its body: the body's fingerprint (as sent),
+    the client's Idempotency-Key, and whether it is an SDK's retry (`x-stainless-retry-count`
+    above 0), which attaches to the job of the request it repeats."""
 
-    key: str
-    body_hash: str
+    fingerprint: str
+    idempotency_key: str | None = None
+    retry: bool = False
+
+    @classmethod
+    def of(cls, request: Request, body: BaseModel, idempotency_key: str | None) -> SyncAsk:
+        retries = request.headers.get("x-stainless-retry-count", "0").strip()
+        return cls(
+            fingerprint=request_hash(body.model_dump(mode="json", exclude_unset=True)),
+            idempotency_key=idempotency_key,
+            retry=retries.isdigit() and int(retries) > 0,
+        )
 
 
 @dataclass(frozen=True)
@@ -65,25 +89,24 @@ async def run_sync(
     state: AppState,
     session: AsyncSession,
     principal: Principal,
-    key: IdempotencyKey | None,
+    ask: SyncAsk,
 ) -> Finished:
-    """Submit the job (or find the one an earlier request with the key made), run it, and
-    return it once final or once `JOBGATE_SYNC_TIMEOUT_S` has passed."""
+    """Submit the job (or find the one the request it repeats made), run it, and return it
+    once final or once `JOBGATE_SYNC_TIMEOUT_S` has passed."""
     wait_s = state.settings.sync_timeout_s
-    if key is not None:
-        earlier = await existing_for_key(session, principal.tenant_id, key.key, key.body_hash)
-        if earlier is not None:  # a retry: the first request's job, not a second call
-            return await _when_final(state, session, principal, earlier.id, wait_s)
+    earlier = await _earlier_job(state, session, principal, ask)
+    if earlier is not None:  # a repeat: the first request's job, not a second call
+        return await _when_final(state, session, principal, earlier, wait_s)
     if state.inline is not None and state.inline.has_room():
-        return await _call_here(state.inline, request, spec, state, session, principal, key)
+        return await _call_here(state.inline, request, spec, state, session, principal, ask)
     job, created = await submit_job(
         session,
         spec,
         tenant_id=principal.tenant_id,
         now=state.clock.utcnow(),
         max_attempts=state.settings.max_attempts,
-        idempotency_key=key.key if key else None,
-        body_hash=key.body_hash if key else None,
+        idempotency_key=ask.idempotency_key,
+        body_hash=ask.fingerprint,
         request_id=request_id_of(request),
     )
     if created:
@@ -95,6 +118,23 @@ async def run_sync(
     return await _when_final(state, session, principal, job.id, wait_s)
 
 
+async def _earlier_job(
+    state: AppState, session: AsyncSession, principal: Principal, ask: SyncAsk
+) -> str | None:
+    """The job a repeat belongs to: the one made with its Idempotency-Key (a Conflict if that
+    came with another body), or for an SDK's retry the newest job from the same body within the
+    sync timeout (and a minute) that is still to finish or succeeded."""
+    if ask.idempotency_key is not None:
+        job = await existing_for_key(session, principal.tenant_id, ask.idempotency_key, ask.fingerprint)
+        return job.id if job is not None else None
+    if not ask.retry:
+        return None
+    window_s = state.settings.sync_timeout_s + RETRY_WINDOW_MARGIN_S
+    since = id_floor("job", int((state.clock.utcnow().timestamp() - window_s) * 1000))
+    stmt = store.select_recent_twin(principal.tenant_id, ask.fingerprint, since)
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
 async def _call_here(
     inline: InlineCalls,
     request: Request,
@@ -102,7 +142,7 @@ async def _call_here(
     state: AppState,
     session: AsyncSession,
     principal: Principal,
-    key: IdempotencyKey | None,
+    ask: SyncAsk,
 ) -> Finished:
     """The job inserted claimed and called by this process; a job its first attempt did not
     finish (requeued for a retry) is waited for like a queued one."""
@@ -112,12 +152,12 @@ async def _call_here(
         spec,
         tenant_id=principal.tenant_id,
         request_id=request_id_of(request),
-        idempotency_key=key.key if key else None,
-        body_hash=key.body_hash if key else None,
+        idempotency_key=ask.idempotency_key,
+        body_hash=ask.fingerprint,
     )
     if claim is None:  # a concurrent request with the same key recorded its job first
-        assert key is not None
-        winner = await existing_for_key(session, principal.tenant_id, key.key, key.body_hash)
+        assert ask.idempotency_key is not None
+        winner = await existing_for_key(session, principal.tenant_id, ask.idempotency_key, ask.fingerprint)
         if winner is None:
             raise RuntimeError("an Idempotency-Key's job was neither inserted nor found")
         return await _when_final(state, session, principal, winner.id, deadline - loop.time())

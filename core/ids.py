@@ -55,3 +55,9 @@ _default = IdFactory()
 def new_id(prefix: str) -> str:
     """A fresh id such as `job_01jc…`, increasing within this process."""
     return _default.new(prefix)
+
+
+def id_floor(prefix: str, at_ms: int) -> str:
+    """The lowest id any process can have made at or after the unix time `at_ms`: a bound for
+    "made since" ranges over an id index."""
+    return f"{prefix}_{_encode(at_ms, 10)}{_encode(0, 16)}"

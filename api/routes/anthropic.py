@@ -22,9 +22,8 @@ from api.documentation import ANTHROPIC_ERROR_RESPONSES, AnthropicMessage, answe
 from api.job_specs import job_spec
 from api.request_id import request_id_of
 from api.schemas import JobRequest
-from api.sync_calls import IdempotencyKey, retry_after_s, run_sync
+from api.sync_calls import TIMED_OUT_RETRY_AFTER_S, SyncAsk, retry_after_s, run_sync
 from core.errors import http_status_for
-from core.services.submit import request_hash
 from core.store import jobs as store
 
 router = APIRouter(prefix="/anthropic/v1", tags=["anthropic-compatible"])
@@ -50,16 +49,15 @@ async def create_message(
 ) -> JSONResponse:
     chat = JobRequest.model_validate(openai_body(body))
     spec = job_spec(chat, config=state.config, settings=state.settings, default_priority="interactive")
-    key = None
-    if idempotency_key is not None:
-        key = IdempotencyKey(idempotency_key, request_hash(body.model_dump(mode="json", exclude_unset=True)))
-    finished = await run_sync(request, spec, state, session, principal, key)
+    ask = SyncAsk.of(request, body, idempotency_key)
+    finished = await run_sync(request, spec, state, session, principal, ask)
     headers = {"x-jobgate-job-id": finished.job_id, "request-id": request_id_of(request) or finished.job_id}
     if finished.status is None:
         message = (
             f"The job did not finish within {state.settings.sync_timeout_s:g} s;"
             f" poll GET /v1/jobs/{finished.job_id}."
         )
+        headers["Retry-After"] = str(TIMED_OUT_RETRY_AFTER_S)
         return JSONResponse(anthropic_error_body(504, "timeout", message), status_code=504, headers=headers)
     if finished.status == store.SUCCEEDED:
         assert finished.result is not None

@@ -19,9 +19,8 @@ from api.documentation import ErrorBody, answer
 from api.errors import error_body
 from api.job_specs import job_spec
 from api.schemas import JobRequest
-from api.sync_calls import IdempotencyKey, retry_after_s, run_sync
+from api.sync_calls import TIMED_OUT_RETRY_AFTER_S, SyncAsk, retry_after_s, run_sync
 from core.errors import http_status_for
-from core.services.submit import request_hash
 from core.store import jobs as store
 
 router = APIRouter(prefix="/v1/chat", tags=["openai-compatible"])
@@ -55,10 +54,8 @@ async def chat_completions(
     ] = None,
 ) -> JSONResponse:
     spec = job_spec(body, config=state.config, settings=state.settings, default_priority="interactive")
-    key = None
-    if idempotency_key is not None:
-        key = IdempotencyKey(idempotency_key, request_hash(body.model_dump(mode="json", exclude_unset=True)))
-    finished = await run_sync(request, spec, state, session, principal, key)
+    ask = SyncAsk.of(request, body, idempotency_key)
+    finished = await run_sync(request, spec, state, session, principal, ask)
     headers = {"x-jobgate-job-id": finished.job_id}
     if finished.status is None:
         body_out = error_body(
@@ -67,6 +64,7 @@ async def chat_completions(
             f" poll GET /v1/jobs/{finished.job_id}.",
         )
         body_out["error"]["job_id"] = finished.job_id
+        headers["Retry-After"] = str(TIMED_OUT_RETRY_AFTER_S)
         return JSONResponse(body_out, status_code=504, headers=headers)
     if finished.status == store.SUCCEEDED:
         return JSONResponse(finished.result, headers=headers)

@@ -56,6 +56,22 @@ def select_batches_page(tenant_id: str, *, limit: int, after: str | None) -> Sel
     return stmt.order_by(Batch.id.desc()).limit(limit + 1)
 
 
+def select_recent_twin(tenant_id: str, fingerprint: str, since_id: str) -> Select[str]:
+    """The newest of the tenant's jobs made since `since_id` from the same request (same
+    fingerprint) that is still to finish or succeeded: what a client's retry attaches to."""
+    return (
+        select(Job.id)
+        .where(
+            Job.tenant_id == tenant_id,
+            Job.id >= since_id,
+            Job.request_hash == fingerprint,
+            Job.status.in_((QUEUED, RUNNING, SUCCEEDED)),
+        )
+        .order_by(Job.id.desc())
+        .limit(1)
+    )
+
+
 def cancel_job_stmt(tenant_id: str, job_id: str, now: Any) -> Update:
     return (
         update(Job)

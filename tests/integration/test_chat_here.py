@@ -163,6 +163,7 @@ async def test_a_call_longer_than_the_sync_timeout_answers_504_and_still_lands(
         job_id = response.headers["x-jobgate-job-id"]
         assert response.status_code == 504
         assert response.json()["error"]["job_id"] == job_id
+        assert response.headers["retry-after"] == "1"  # the SDK's retry then waits on this job
 
         def succeeded() -> bool:
             return job_row(inline_worker, job_id).status == store.SUCCEEDED
@@ -269,3 +270,41 @@ async def test_an_idempotency_key_reused_with_another_body_is_a_conflict(
 
     assert response.status_code == 409
     assert response.json()["error"]["param"] == "Idempotency-Key"
+
+
+@pytest.fixture
+def one_second_wait(settings: Settings) -> Settings:
+    return settings.model_copy(update={"sync_timeout_s": 1.0})
+
+
+def jobs_made(worker: InlineWorker) -> int:
+    with worker.sessions() as session:
+        return len(session.execute(select(Job.id)).all())
+
+
+async def test_the_sdks_own_retry_after_a_sync_timeout_waits_on_the_same_job(
+    one_second_wait: Settings, api_key: str, inline_worker: InlineWorker, sim: SimHandle, upstream_model: str
+) -> None:
+    # The call takes 2.5 s, the sync wait 1 s: the first answer is a 504 with Retry-After, and
+    # the SDK's retries (x-stainless-retry-count 1, 2) attach to the job instead of making more.
+    model_faults(sim, upstream_model, latency_ms=2500)
+    async with in_process_api(one_second_wait, http=httpx2) as http:
+        client = openai.AsyncOpenAI(
+            base_url=f"{IN_PROCESS_URL}/v1", api_key=api_key, http_client=http, max_retries=3
+        )
+        reply = await client.chat.completions.create(
+            model="fast", messages=[{"role": "user", "content": "slow"}]
+        )
+
+    assert reply.choices[0].message.content == "echo: slow"
+    assert jobs_made(inline_worker) == 1
+    assert sim_calls(sim, upstream_model) == 1
+
+
+async def test_the_same_body_sent_again_without_a_retry_header_is_a_new_job(
+    api_client: httpx.AsyncClient, inline_worker: InlineWorker, sim: SimHandle, upstream_model: str
+) -> None:
+    answers = [await ask(api_client, "twice") for _ in range(2)]
+
+    assert len({a.headers["x-jobgate-job-id"] for a in answers}) == 2
+    assert jobs_made(inline_worker) == 2 and sim_calls(sim, upstream_model) == 2
