@@ -173,10 +173,15 @@ class JobRequest(CheckedBody):
 
 
 class BatchLine(BaseModel):
+    """A batch line: jobgate's own (`custom_id`, `body`), or an OpenAI batch file's line, which
+    also names its `method` and `url` (only chat completions can be batched here)."""
+
     model_config = ConfigDict(extra="forbid")
 
     custom_id: str = Field(min_length=1, max_length=200)
     body: JobRequest
+    method: Literal["POST"] | None = None
+    url: Literal["/v1/chat/completions"] | None = None
 
     @field_validator("custom_id", mode="before")
     @classmethod

@@ -98,6 +98,29 @@ async def test_ndjson_upload_takes_its_options_from_the_query_string(api_client:
     assert {job["priority"] for job in jobs.values()} == {"interactive"}
 
 
+async def test_an_openai_batch_file_is_accepted_as_it_is(api_client: httpx.AsyncClient) -> None:
+    # Lines as OpenAI's Batch API takes them: method and url beside custom_id and body.
+    openai_lines = [{**line(name), "method": "POST", "url": "/v1/chat/completions"} for name in ("x", "y")]
+    response = await api_client.post(
+        "/v1/batches", content=ndjson(openai_lines), headers={"Content-Type": "application/x-ndjson"}
+    )
+
+    assert response.status_code == 201, response.text
+    assert set(await batch_jobs(api_client, response.json()["id"])) == {"x", "y"}
+
+
+@sqlite_only
+async def test_an_openai_batch_line_for_another_endpoint_is_refused_naming_it(
+    api_client: httpx.AsyncClient,
+) -> None:
+    other = {**line("e"), "method": "POST", "url": "/v1/embeddings"}
+    response = await api_client.post("/v1/batches", json={"requests": [line("a"), other]})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "requests.1.url"
+    await assert_nothing_stored(api_client)
+
+
 @sqlite_only
 async def test_ndjson_upload_with_an_unknown_query_option_is_refused(api_client: httpx.AsyncClient) -> None:
     response = await api_client.post(
