@@ -11,30 +11,28 @@ import structlog
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
-from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.background import BackgroundTask
 
+from api.batch_ops import cancel, final_job_pages, load_batch, summary
 from api.batch_upload import BatchParser, parse_json_requests, parse_ndjson_batch, split_json_batch
 from api.deps import AppState, PrincipalDep, SessionDep, StateDep
-from api.dispatch import apply_after_commit, commit_final_events, dispatch_committed
+from api.dispatch import dispatch_committed
 from api.documentation import BatchList, BatchObject, answer
 from api.errors import describe_validation_error
 from api.job_specs import check_webhook_url
 from api.request_id import request_id_of
 from api.schemas import MAX_ID_CHARS, BatchOptions
-from core import metrics
-from core.errors import InvalidRequest, NotFound, UnsupportedMediaType
+from core.errors import InvalidRequest, UnsupportedMediaType
 from core.representation import batch_object
 from core.services.submit import BatchSpec, submit_batch
 from core.store import jobs as store
-from core.store.models import Batch, Job
+from core.store.models import Batch
 
 log = structlog.get_logger("jobgate.api")
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
-RESULTS_PAGE = 1_000
 NDJSON_TYPES = ("application/x-ndjson", "application/jsonl", "application/ndjson", "application/json-lines")
 
 BATCH_BODY_DOC: dict[str, Any] = {
@@ -99,17 +97,8 @@ def _parser(state: AppState, options: BatchOptions) -> BatchParser:
     return BatchParser(config=state.config, settings=state.settings, default_priority=options.priority)
 
 
-async def _load_batch(session: AsyncSession, tenant_id: str, batch_id: str) -> Batch:
-    stmt = select(Batch).where(Batch.id == batch_id, Batch.tenant_id == tenant_id)
-    batch = (await session.execute(stmt)).scalars().first()
-    if batch is None:
-        raise NotFound(f"No batch with id {batch_id!r}.", param="batch_id")
-    return batch
-
-
 async def _batch_view(session: AsyncSession, batch: Batch) -> dict[str, Any]:
-    rows = list((await session.execute(store.batch_summary_stmt(batch.id))).all())
-    return batch_object(batch, store.summarise_batch(rows))
+    return batch_object(batch, await summary(session, batch))
 
 
 @router.post(
@@ -161,7 +150,7 @@ async def create_batch(
 
 @router.get("/{batch_id}", response_model=None, responses={200: answer(BatchObject, "The batch.")})
 async def get_batch(batch_id: str, session: SessionDep, principal: PrincipalDep) -> dict[str, Any]:
-    return await _batch_view(session, await _load_batch(session, principal.tenant_id, batch_id))
+    return await _batch_view(session, await load_batch(session, principal.tenant_id, batch_id))
 
 
 @router.get(
@@ -198,49 +187,26 @@ async def list_batches(
 async def cancel_batch(
     batch_id: str, state: StateDep, session: SessionDep, principal: PrincipalDep
 ) -> dict[str, Any]:
-    batch = await _load_batch(session, principal.tenant_id, batch_id)
-    now = state.clock.now()
-    if batch.cancelled_at is None:
-        # A batch whose every job is already final stays as it was (completed), as a final job does.
-        still_active = store.batch_active_jobs_stmt(batch.id).exists()
-        await session.execute(
-            update(Batch)
-            .where(Batch.id == batch.id, Batch.cancelled_at.is_(None), still_active)
-            .values(cancelled_at=now)
-        )
-    stmt = store.cancel_batch_jobs_stmt(batch.id, now).returning(Job.id)
-    cancelled = list((await session.execute(stmt)).scalars())
-    effects = await commit_final_events(session, cancelled, state.clock.utcnow())
-    metrics.record_jobs_finished("cancelled", len(cancelled))
-    await apply_after_commit(state.broker, state.keys, effects)
-    return await _batch_view(session, await _load_batch(session, principal.tenant_id, batch_id))
+    await cancel(state, session, await load_batch(session, principal.tenant_id, batch_id))
+    return await _batch_view(session, await load_batch(session, principal.tenant_id, batch_id))
 
 
 async def _result_lines(state: AppState, batch_id: str) -> AsyncIterator[bytes]:
-    after_seq = -1
-    while True:
-        async with state.sessions() as session:
-            rows = (
-                await session.execute(
-                    store.batch_results_stmt(batch_id, after_seq=after_seq, limit=RESULTS_PAGE)
-                )
-            ).all()
-        if not rows:
-            return
-        chunk = []
-        for seq, custom_id, job_id, status, result, error in rows:
-            line = {
-                "custom_id": custom_id,
-                "job_id": job_id,
-                "status": status,
-                "result": result,
-                "error": error,
-            }
-            chunk.append(json.dumps(line, separators=(",", ":")))
-            after_seq = seq
+    async for rows in final_job_pages(state, batch_id):
+        chunk = [
+            json.dumps(
+                {
+                    "custom_id": custom_id,
+                    "job_id": job_id,
+                    "status": status,
+                    "result": result,
+                    "error": error,
+                },
+                separators=(",", ":"),
+            )
+            for custom_id, job_id, status, result, error in rows
+        ]
         yield ("\n".join(chunk) + "\n").encode()
-        if len(rows) < RESULTS_PAGE:
-            return
 
 
 @router.get(
@@ -256,6 +222,6 @@ async def _result_lines(state: AppState, batch_id: str) -> AsyncIterator[bytes]:
 async def batch_results(
     batch_id: str, state: StateDep, session: SessionDep, principal: PrincipalDep
 ) -> StreamingResponse:
-    await _load_batch(session, principal.tenant_id, batch_id)
+    await load_batch(session, principal.tenant_id, batch_id)
     await session.close()
     return StreamingResponse(_result_lines(state, batch_id), media_type="application/x-ndjson")
