@@ -15,15 +15,22 @@ upstreams have no such parameter.
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.schemas import MAX_MESSAGES, MAX_OUTPUT_TOKENS, CheckedBody
-from core.errors import InvalidRequest
+from core.errors import InvalidRequest, http_status_for
+from core.representation import rfc3339
+from core.store import jobs as store
+from core.store.jobs import BatchSummary
+from core.store.models import Batch, as_utc
 
 PREFIX = "/anthropic/"
-DEFAULT_VERSION = "2023-06-01"
+BATCH_ID_PREFIX = "msgbatch"
+# When Anthropic would expire a batch's unfinished requests; jobgate runs them to the end.
+BATCH_EXPIRY = timedelta(hours=24)
 
 # jobgate's error types (and HTTP statuses) in Anthropic's vocabulary.
 _ERROR_TYPES = {
@@ -57,6 +64,21 @@ _STOP_REASONS = {
     "function_call": "tool_use",
     "content_filter": "refusal",
 }
+
+
+class BatchItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    custom_id: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")
+    params: dict[str, Any]
+
+
+class MessageBatchCreate(CheckedBody):
+    """`POST /anthropic/v1/messages/batches`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests: list[BatchItem] = Field(min_length=1)
 
 
 class MessagesRequest(CheckedBody):
@@ -254,6 +276,60 @@ def anthropic_message(completion: dict[str, Any], *, job_id: str, requested_mode
             "output_tokens": int(usage.get("completion_tokens") or 0),
         },
     }
+
+
+def message_batch(batch: Batch, summary: BatchSummary, *, base_url: str) -> dict[str, Any]:
+    """A `MessageBatch` (anthropic/types/messages/message_batch.py) for one of jobgate's
+    batches: every request counts as `processing` until the whole batch has ended, then as
+    succeeded, errored or canceled; `results_url` (absolute, as Anthropic's) once ended."""
+    ended = summary.active == 0
+    counts = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
+    if ended:
+        counts.update(
+            succeeded=summary.counts[store.SUCCEEDED],
+            errored=summary.counts[store.FAILED],
+            canceled=summary.counts[store.CANCELLED],
+        )
+    else:
+        counts["processing"] = batch.total
+    created = as_utc(batch.created_at)
+    assert created is not None
+    status = "ended" if ended else ("canceling" if batch.cancelled_at is not None else "in_progress")
+    return {
+        "id": batch.id,
+        "type": "message_batch",
+        "processing_status": status,
+        "request_counts": counts,
+        "created_at": rfc3339(created),
+        "expires_at": rfc3339(created + BATCH_EXPIRY),
+        "ended_at": rfc3339(summary.last_finished_at or batch.cancelled_at) if ended else None,
+        "cancel_initiated_at": rfc3339(batch.cancelled_at),
+        "archived_at": None,
+        "results_url": f"{base_url.rstrip('/')}{PREFIX}v1/messages/batches/{batch.id}/results"
+        if ended
+        else None,
+    }
+
+
+def batch_result(
+    custom_id: str, job_id: str, status: str, result: dict[str, Any] | None, error: dict[str, Any] | None
+) -> dict[str, Any]:
+    """One line of a message batch's results (`MessageBatchIndividualResponse`)."""
+    if status == store.SUCCEEDED and result is not None:
+        outcome: dict[str, Any] = {
+            "type": "succeeded",
+            "message": anthropic_message(result, job_id=job_id, requested_model=""),
+        }
+    elif status == store.CANCELLED:
+        outcome = {"type": "canceled"}
+    else:
+        error = error or {"type": "server_error", "message": "The job failed."}
+        status_code = http_status_for(error["type"])
+        outcome = {
+            "type": "errored",
+            "error": anthropic_error_body(status_code, error["type"], error.get("message", "")),
+        }
+    return {"custom_id": custom_id, "result": outcome}
 
 
 def anthropic_error_body(status: int, error_type: str, message: str) -> dict[str, Any]:

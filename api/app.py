@@ -23,7 +23,18 @@ from api.key_cache import KeyCache
 from api.key_gate import KeyGateMiddleware
 from api.notifier import JobNotifier
 from api.request_id import RequestIdMiddleware
-from api.routes import anthropic, batches, chat, health, jobs, models, providers, usage, webhooks
+from api.routes import (
+    anthropic,
+    anthropic_batches,
+    batches,
+    chat,
+    health,
+    jobs,
+    models,
+    providers,
+    usage,
+    webhooks,
+)
 from core import queue
 from core.config import load_config
 from core.logging import configure_logging
@@ -103,7 +114,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost, so 413s and errors carry the id too.
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
-    for module in (health, metrics, jobs, batches, chat, models, providers, usage, webhooks, anthropic):
+    routers = (health, metrics, jobs, batches, chat, models, providers, usage, webhooks)
+    for module in (*routers, anthropic, anthropic_batches):
         app.include_router(module.router)
     # OpenAI's surface under its own prefix too (CONTRACT.md): an SDK with base_url .../openai/v1.
     app.include_router(chat.router, prefix="/openai")

@@ -194,9 +194,11 @@ async def submit_batch(
     now: datetime,
     max_attempts: int,
     request_id: str | None = None,
+    id_prefix: str = "batch",
 ) -> tuple[Batch, list[tuple[str, str]]]:
-    """Insert the batch and all its jobs in one transaction; returns (batch, [(job_id, priority)])."""
-    batch_id = new_id("batch")
+    """Insert the batch and all its jobs in one transaction; returns (batch, [(job_id, priority)]).
+    `id_prefix` names the surface that made it (`msgbatch` for Anthropic's)."""
+    batch_id = new_id(id_prefix)
     rows = [
         job_row(
             spec,

@@ -49,8 +49,16 @@ def select_jobs_page(
     return stmt.order_by(Job.id.desc()).limit(limit + 1)
 
 
-def select_batches_page(tenant_id: str, *, limit: int, after: str | None) -> Select[Batch]:
+def select_batches_page(
+    tenant_id: str, *, limit: int, after: str | None, before: str | None = None, id_prefix: str | None = None
+) -> Select[Batch]:
+    """Newest first: the page older than `after`, or the one just newer than `before`
+    (then read in ascending order: reverse it); `id_prefix` keeps one surface's batches."""
     stmt = select(Batch).where(Batch.tenant_id == tenant_id)
+    if id_prefix is not None:
+        stmt = stmt.where(Batch.id.startswith(id_prefix, autoescape=True))
+    if before is not None:
+        return stmt.where(Batch.id > before).order_by(Batch.id.asc()).limit(limit + 1)
     if after is not None:
         stmt = stmt.where(Batch.id < after)
     return stmt.order_by(Batch.id.desc()).limit(limit + 1)
