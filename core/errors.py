@@ -165,6 +165,22 @@ class BadRequest(UpstreamError):
     http_status = 400
 
 
+class Unsupported(UpstreamError):
+    """The target cannot honour a parameter the request sets (Anthropic has no `seed`): the
+    next target is tried; a job no target can honour fails naming the parameter."""
+
+    error_type = "unsupported_parameter"
+    retryable = False
+    http_status = 400
+
+    def __init__(self, message: str, *, param: str, provider: str | None = None) -> None:
+        super().__init__(message, provider=provider)
+        self.param = param
+
+    def to_error(self) -> dict[str, str]:
+        return {**super().to_error(), "param": self.param}
+
+
 class AuthFailed(UpstreamError):
     error_type = "auth"
     retryable = False

@@ -19,8 +19,13 @@ import anthropic
 
 from core.config import ProviderConfig
 from core.domain.chat import ChatRequest, Completion, RateLimitHeaders
-from core.errors import Truncated
-from core.providers.anthropic_messages import anthropic_request, openai_body
+from core.errors import Truncated, Unsupported
+from core.providers.anthropic_messages import (
+    anthropic_request,
+    json_tool_name,
+    openai_body,
+    unsupported_parameter,
+)
 from core.providers.base import (
     call_timeout,
     completion_from_openai_body,
@@ -86,11 +91,16 @@ class AnthropicProvider:
         message = json_object_body(response, provider=self.name)
         now = self._now()
         return completion_from_openai_body(
-            openai_body(message, provider=self.name, created_s=int(now.timestamp())),
+            openai_body(
+                message, provider=self.name, created_s=int(now.timestamp()), json_tool=json_tool_name(request)
+            ),
             provider=self.name,
             model=model,
             rate_limits=anthropic_rate_limits(response.headers, now),
         )
+
+    def refuses(self, request: ChatRequest) -> Unsupported | None:
+        return unsupported_parameter(request, provider=self.name)
 
     async def close(self) -> None:
         await self.client.close()

@@ -9,9 +9,16 @@ since Anthropic requires the roles to alternate. `max_completion_tokens`/`max_to
 Anthropic's 0..1, `top_p` is kept only without `temperature` (Claude 4 models reject the two
 together, and OpenAI clients often send both), `tools`/`tool_choice` are mapped, `user`
 becomes `metadata.user_id`.
-`seed`, `presence_penalty`, `frequency_penalty` and `response_format` have no Anthropic
-equivalent and are dropped; `n` above 1 and content it cannot express (audio, files) are a
-`BadRequest`, since answering them differently would be silently wrong. Responses become an
+`response_format` asking for JSON becomes one forced tool whose input is the answer (turned
+back into the message's text), `parallel_tool_calls: false` becomes
+`disable_parallel_tool_use`, `reasoning_effort` becomes `thinking` with a token budget.
+A parameter that would change the answer and has no Anthropic counterpart (`seed`,
+`logprobs`, `logit_bias`, penalties, audio, ...) is never dropped: `unsupported_parameter`
+names it and the request is refused as `Unsupported`, which sends it to the model's next
+target. Operational hints (`store`, `service_tier`, `prompt_cache_key`, `safety_identifier`,
+`prediction`) change nothing in the answer and are not sent. `n` above 1 and content it
+cannot express (audio, files) are a `BadRequest`, since answering them differently would be
+silently wrong. Responses become an
 OpenAI `chat.completion` body; a refusal is `ContentFiltered`, an unfinished turn `Truncated`.
 """
 
@@ -22,9 +29,25 @@ import re
 from typing import Any
 
 from core.domain.chat import ChatRequest
-from core.errors import BadRequest, ContentFiltered, Truncated
+from core.errors import BadRequest, ContentFiltered, Truncated, Unsupported
 
 DEFAULT_MAX_TOKENS = 4096
+# OpenAI parameters that change the answer and have no Anthropic counterpart, with the value
+# that means "not used" (sending that one is fine).
+_NO_COUNTERPART: dict[str, Any] = {
+    "seed": None,
+    "logprobs": False,
+    "top_logprobs": None,
+    "logit_bias": None,
+    "presence_penalty": 0,
+    "frequency_penalty": 0,
+    "audio": None,
+    "web_search_options": None,
+    "verbosity": None,
+}
+# `reasoning_effort` → `thinking.budget_tokens` (Anthropic's minimum budget is 1,024).
+THINKING_BUDGETS = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576}
+JSON_TOOL = "json_answer"
 
 _SYSTEM_ROLES = frozenset({"system", "developer"})
 _DATA_URL = re.compile(r"data:(?P<media_type>[^;,]+);base64,(?P<data>.*)", re.DOTALL)
@@ -37,8 +60,63 @@ _FINISH_REASONS = {
 }
 
 
+def unsupported_parameter(request: ChatRequest, *, provider: str) -> Unsupported | None:
+    """Why an Anthropic target cannot honour `request`, naming the parameter; None if it can."""
+    params = {key: value for key, value in request.params.items() if value is not None}
+    for name, unused in _NO_COUNTERPART.items():
+        value = params.get(name)
+        if value is not None and value != unused and value not in ({}, []):
+            return Unsupported(
+                f"{provider}: Anthropic has no counterpart of {name!r}", param=name, provider=provider
+            )
+    if params.get("modalities") not in (None, ["text"]):
+        return Unsupported(
+            f"{provider}: Anthropic answers with text only", param="modalities", provider=provider
+        )
+    if _json_schema(params) is not None and ("tools" in params or "tool_choice" in params):
+        message = f"{provider}: a JSON response_format cannot be forced on Anthropic while tools are offered"
+        return Unsupported(message, param="response_format", provider=provider)
+    effort = params.get("reasoning_effort")
+    if effort is not None:
+        budget = THINKING_BUDGETS.get(str(effort))
+        if budget is None:
+            return Unsupported(
+                f"{provider}: unknown reasoning_effort {effort!r}",
+                param="reasoning_effort",
+                provider=provider,
+            )
+        if (request.max_output_tokens or DEFAULT_MAX_TOKENS) <= budget:
+            message = f"{provider}: reasoning_effort {effort!r} needs max_tokens above {budget} on Anthropic"
+            return Unsupported(message, param="max_tokens", provider=provider)
+        for name in ("temperature", "top_p"):
+            if name in params:
+                message = f"{provider}: Anthropic takes no {name} with extended thinking (reasoning_effort)"
+                return Unsupported(message, param=name, provider=provider)
+    return None
+
+
+def json_tool_name(request: ChatRequest) -> str | None:
+    """The forced tool that carries a JSON answer, when `response_format` asks for one."""
+    schema = _json_schema(request.params)
+    return None if schema is None else schema[0]
+
+
+def _json_schema(params: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    response_format = params.get("response_format")
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "json_object":
+        return JSON_TOOL, {"type": "object"}
+    if kind == "json_schema":
+        spec = response_format.get("json_schema") or {}  # type: ignore[union-attr]
+        return str(spec.get("name") or JSON_TOOL), spec.get("schema") or {"type": "object"}
+    return None
+
+
 def anthropic_request(request: ChatRequest, model: str, *, provider: str) -> dict[str, Any]:
     """The keyword arguments of `messages.create` for an OpenAI-shaped request."""
+    refused = unsupported_parameter(request, provider=provider)
+    if refused is not None:
+        raise refused
     params = {key: value for key, value in request.params.items() if value is not None}
     if params.get("n", 1) != 1:
         raise BadRequest(
@@ -84,7 +162,27 @@ def anthropic_request(request: ChatRequest, model: str, *, provider: str) -> dic
         arguments["tool_choice"] = _tool_choice(params["tool_choice"], provider=provider)
     if "user" in params:
         arguments["metadata"] = {"user_id": str(params["user"])}
+    _add_answer_shape(arguments, params)
     return arguments
+
+
+def _add_answer_shape(arguments: dict[str, Any], params: dict[str, Any]) -> None:
+    """JSON answers, parallel tool use and thinking, as Anthropic expresses them."""
+    json_schema = _json_schema(params)
+    if json_schema is not None:
+        name, schema = json_schema
+        arguments["tools"] = [
+            {"name": name, "description": "Give the answer as this tool's input.", "input_schema": schema}
+        ]
+        arguments["tool_choice"] = {"type": "tool", "name": name}
+    if params.get("parallel_tool_calls") is False and "tools" in arguments:
+        arguments["tool_choice"] = {
+            **arguments.get("tool_choice", {"type": "auto"}),
+            "disable_parallel_tool_use": True,
+        }
+    effort = params.get("reasoning_effort")
+    if effort is not None:
+        arguments["thinking"] = {"type": "enabled", "budget_tokens": THINKING_BUDGETS[str(effort)]}
 
 
 def _append(messages: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:
@@ -201,8 +299,11 @@ def _tool_choice(choice: Any, *, provider: str) -> dict[str, Any]:
     raise BadRequest(f"{provider}: tool_choice {choice!r} cannot be sent to Anthropic", provider=provider)
 
 
-def openai_body(message: dict[str, Any], *, provider: str, created_s: int) -> dict[str, Any]:
-    """An OpenAI `chat.completion` body for an Anthropic `message` body (as a dict)."""
+def openai_body(
+    message: dict[str, Any], *, provider: str, created_s: int, json_tool: str | None = None
+) -> dict[str, Any]:
+    """An OpenAI `chat.completion` body for an Anthropic `message` body (as a dict). With
+    `json_tool`, that forced tool's input is the answer: the message's text, as JSON."""
     stop_reason = message.get("stop_reason")
     if stop_reason == "refusal":
         raise ContentFiltered(f"{provider} refused to answer (stop_reason='refusal')", provider=provider)
@@ -220,14 +321,17 @@ def openai_body(message: dict[str, Any], *, provider: str, created_s: int) -> di
         for block in blocks
         if block.get("type") == "text" and isinstance(block.get("text"), str)
     ]
+    uses = [block for block in blocks if block.get("type") == "tool_use"]
+    answer = next((block for block in uses if json_tool is not None and block.get("name") == json_tool), None)
+    if answer is not None:
+        texts, uses, finish_reason = [json.dumps(answer.get("input") or {})], [], "stop"
     tool_calls = [
         {
             "id": block.get("id"),
             "type": "function",
             "function": {"name": block.get("name"), "arguments": json.dumps(block.get("input") or {})},
         }
-        for block in blocks
-        if block.get("type") == "tool_use"
+        for block in uses
     ]
     reply: dict[str, Any] = {
         "role": "assistant",

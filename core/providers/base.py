@@ -35,7 +35,7 @@ import httpx2
 
 from core.config import ProviderConfig
 from core.domain.chat import TERMINAL_FINISH_REASONS, ChatRequest, Completion, RateLimitHeaders
-from core.errors import ContentFiltered, Truncated
+from core.errors import ContentFiltered, Truncated, Unsupported
 
 SdkClient = TypeVar("SdkClient")
 
@@ -50,6 +50,11 @@ class Provider(Protocol):
 
     async def complete(self, request: ChatRequest, model: str) -> Completion:
         """Call the upstream once (no retries) and return its normalised answer."""
+        ...
+
+    def refuses(self, request: ChatRequest) -> Unsupported | None:
+        """Why this upstream cannot honour `request` (a parameter with no counterpart), or None.
+        Asked before a call is booked, so the runner can go on to the next target."""
         ...
 
     async def close(self) -> None:

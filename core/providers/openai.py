@@ -21,7 +21,7 @@ import openai
 
 from core.config import ProviderConfig
 from core.domain.chat import CHAT_FIELDS, ChatRequest, Completion, RateLimitHeaders
-from core.errors import Truncated
+from core.errors import Truncated, Unsupported
 from core.providers.base import (
     call_timeout,
     completion_from_openai_body,
@@ -95,6 +95,10 @@ class OpenAIProvider:
             model=model,
             rate_limits=openai_rate_limits(response.headers),
         )
+
+    def refuses(self, request: ChatRequest) -> Unsupported | None:
+        """Nothing: the request is OpenAI's own shape, forwarded as it is."""
+        return None
 
     async def close(self) -> None:
         await self.client.close()

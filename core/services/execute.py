@@ -30,7 +30,7 @@ import structlog
 from core import metrics
 from core.config import GatewayConfig, Target
 from core.domain.chat import ChatRequest, Completion
-from core.errors import UpstreamError
+from core.errors import Unsupported, UpstreamError
 from core.fingerprint import SHARED_SCOPE, request_fingerprint
 from core.pricing import cost_usd
 from core.ratelimit.limiter import Bucket, tenant_bucket
@@ -87,6 +87,17 @@ class Verdict:
     @property
     def is_final(self) -> bool:
         return self.status in (OutcomeStatus.SUCCEEDED, OutcomeStatus.FAILED)
+
+
+def _none_can_honour(model: str, refusals: list[Unsupported]) -> dict[str, str]:
+    """The job's error when no target of `model` can honour its request: the parameters named."""
+    params = list(dict.fromkeys(refusal.param for refusal in refusals))
+    reasons = "; ".join(refusal.message for refusal in refusals)
+    return {
+        "type": Unsupported.error_type,
+        "message": f"No target of {model!r} can honour {', '.join(params)}: {reasons}.",
+        "param": params[0],
+    }
 
 
 def failed(records: list[CallRecord], error: dict[str, str]) -> Verdict:
@@ -198,6 +209,7 @@ class JobRunner:
                 records, {"type": "bad_request", "message": f"No targets for model {claim.model!r}."}
             )
         busy_for_s: list[float] = []
+        unsupported: list[Unsupported] = []
         last_error: UpstreamError | None = None
         fleet_updates: list[FleetOp] = []
         bucket = self._tenant_bucket(tenant)
@@ -214,6 +226,9 @@ class JobRunner:
             except TargetUnavailable as busy:
                 busy_for_s.append(busy.retry_after_s)
                 continue
+            except Unsupported as exc:
+                unsupported.append(exc)  # the next target may honour the request
+                continue
             except UpstreamError as exc:
                 if not exc.retryable:
                     return failed(records, exc.to_error())
@@ -222,6 +237,8 @@ class JobRunner:
             if on_success is not None:
                 fleet_updates += on_success(completion)
             return self._succeeded(records, completion, cached=False, updates=fleet_updates)
+        if unsupported and not busy_for_s and last_error is None:
+            return failed(records, _none_can_honour(claim.model, unsupported))
         deadline_left_s = None
         if claim.deadline is not None:
             deadline_left_s = (claim.deadline - self.utcnow()).total_seconds()

@@ -118,7 +118,8 @@ class UpstreamCaller:
         records: list[CallRecord],
         deferred: list[FleetOp],
     ) -> Completion:
-        """The completion, or UpstreamError (after retries), or TargetUnavailable.
+        """The completion, or UpstreamError (after retries), or TargetUnavailable; `Unsupported`
+        before anything is booked when the target cannot honour the request.
 
         The fleet-state updates a success leaves (the breaker's success, the limiter's
         reconciliation) are appended to `deferred`, for the caller to run later in one pipeline.
@@ -127,6 +128,10 @@ class UpstreamCaller:
         that failure: the target failed this job, which must cost it an attempt. Only a
         failure that asked us to wait (a 429, an overload with Retry-After) stays a wait.
         """
+        refused = self.providers[target.provider].refuses(request)
+        if refused is not None:
+            records.append(CallRecord(target, refused.error_type, refused.message, 0, self.utcnow()))
+            raise refused
         cfg = self.config.providers[target.provider]
         buckets = [provider_bucket(target.provider, rpm=cfg.rpm, tpm=cfg.tpm)]
         if tenant_bucket is not None:

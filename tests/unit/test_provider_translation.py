@@ -26,6 +26,7 @@ from core.errors import (
     RateLimited,
     ServerError,
     Truncated,
+    Unsupported,
     UpstreamError,
     UpstreamTimeout,
 )
@@ -39,6 +40,7 @@ from core.providers.openai import SDK_ERRORS as OPENAI_SDK_ERRORS
 from core.providers.openai import OpenAIProvider, openai_rate_limits, parse_go_duration_s
 
 NOW = datetime(2025, 10, 25, 12, 0, 0, tzinfo=UTC)
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
 
 
 def translate(messages: list[dict[str, Any]], **params: Any) -> dict[str, Any]:
@@ -193,15 +195,17 @@ def test_anthropic_adapter_translates_tool_choice(tool_choice: Any, sent: dict[s
     assert translate([{"role": "user", "content": "hi"}], tool_choice=tool_choice)["tool_choice"] == sent
 
 
-def test_anthropic_adapter_sends_user_as_metadata_and_drops_parameters_anthropic_lacks() -> None:
+def test_anthropic_adapter_sends_user_as_metadata_and_leaves_out_operational_hints() -> None:
     arguments = translate(
         [{"role": "user", "content": "hi"}],
         user="u-42",
         top_p=0.9,
-        seed=7,
-        presence_penalty=1,
-        frequency_penalty=1,
-        response_format={"type": "json_object"},
+        presence_penalty=0,
+        logprobs=False,
+        store=True,
+        service_tier="auto",
+        prompt_cache_key="k",
+        response_format={"type": "text"},
         n=1,
     )
     assert arguments == {
@@ -211,6 +215,60 @@ def test_anthropic_adapter_sends_user_as_metadata_and_drops_parameters_anthropic
         "top_p": 0.9,
         "metadata": {"user_id": "u-42"},
     }
+
+
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [
+        ({"seed": 7}, "seed"),
+        ({"presence_penalty": 1}, "presence_penalty"),
+        ({"logit_bias": {"1": 5}}, "logit_bias"),
+        ({"logprobs": True}, "logprobs"),
+        ({"modalities": ["text", "audio"]}, "modalities"),
+        ({"response_format": {"type": "json_object"}, "tools": [TOOL]}, "response_format"),
+        ({"reasoning_effort": "high", "max_tokens": 1000}, "max_tokens"),
+        ({"reasoning_effort": "low", "temperature": 0.2}, "temperature"),
+    ],
+)
+def test_what_would_change_the_answer_without_a_counterpart_is_unsupported_naming_it(
+    params: dict[str, Any], param: str
+) -> None:
+    with pytest.raises(Unsupported) as refused:
+        translate([{"role": "user", "content": "hi"}], **params)
+    assert refused.value.param == param
+
+
+def test_a_json_response_format_is_one_forced_tool_whose_input_is_the_answer() -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}}
+    arguments = translate(
+        [{"role": "user", "content": "where?"}],
+        response_format={"type": "json_schema", "json_schema": {"name": "place", "schema": schema}},
+    )
+    assert arguments["tools"] == [
+        {"name": "place", "description": "Give the answer as this tool's input.", "input_schema": schema}
+    ]
+    assert arguments["tool_choice"] == {"type": "tool", "name": "place"}
+
+    forced = anthropic_message(
+        content=[{"type": "tool_use", "id": "t", "name": "place", "input": {"city": "Oslo"}}],
+        stop_reason="tool_use",
+    )
+    body = openai_body(forced, provider="claude", created_s=0, json_tool="place")
+    choice = body["choices"][0]
+    assert (choice["message"]["content"], choice["finish_reason"]) == ('{"city": "Oslo"}', "stop")
+    assert "tool_calls" not in choice["message"]
+
+
+def test_reasoning_effort_becomes_thinking_and_parallel_tool_calls_false_disables_it() -> None:
+    arguments = translate(
+        [{"role": "user", "content": "hi"}],
+        reasoning_effort="medium",
+        max_tokens=16000,
+        tools=[TOOL],
+        parallel_tool_calls=False,
+    )
+    assert arguments["thinking"] == {"type": "enabled", "budget_tokens": 8192}
+    assert arguments["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
 
 
 @pytest.mark.parametrize(
