@@ -31,6 +31,8 @@ from api.routes import (
     health,
     jobs,
     models,
+    openai_batches,
+    openai_files,
     providers,
     usage,
     webhooks,
@@ -115,7 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
     routers = (health, metrics, jobs, batches, chat, models, providers, usage, webhooks)
-    for module in (*routers, anthropic, anthropic_batches):
+    for module in (*routers, anthropic, anthropic_batches, openai_files, openai_batches):
         app.include_router(module.router)
     # OpenAI's surface under its own prefix too (CONTRACT.md): an SDK with base_url .../openai/v1.
     app.include_router(chat.router, prefix="/openai")

@@ -106,13 +106,13 @@ async def parse_ndjson_batch(chunks: AsyncIterator[bytes], parser: BatchParser) 
     """Parse NDJSON lines as they arrive. Each chunk's lines are parsed in a worker thread, so a
     large upload shares the event loop with the process's other requests instead of holding it
     for seconds; how the body is cut into chunks never changes the answer."""
-    lines = _NdjsonLines(parser)
+    lines = NdjsonLines(parser)
     async for chunk in chunks:
         await asyncio.to_thread(lines.feed, chunk)
     lines.finish()
 
 
-class _NdjsonLines:
+class NdjsonLines:
     """Splits the stream into lines (in C, by `bytes.split`) and hands each to the parser.
 
     Every line counts: a line over the request limit is a 413 as soon as it is seen, and

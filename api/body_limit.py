@@ -13,7 +13,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-BATCH_PATHS = ("/v1/batches", "/anthropic/v1/messages/batches")
+BATCH_PATHS = ("/v1/batches", "/anthropic/v1/messages/batches", "/openai/v1/files")
 
 
 class BodyTooLarge(HTTPException):

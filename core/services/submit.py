@@ -195,10 +195,12 @@ async def submit_batch(
     max_attempts: int,
     request_id: str | None = None,
     id_prefix: str = "batch",
+    batch_id: str | None = None,
 ) -> tuple[Batch, list[tuple[str, str]]]:
-    """Insert the batch and all its jobs in one transaction; returns (batch, [(job_id, priority)]).
-    `id_prefix` names the surface that made it (`msgbatch` for Anthropic's)."""
-    batch_id = new_id(id_prefix)
+    """Insert the batch and all its jobs in one transaction (with whatever else the session
+    holds); returns (batch, [(job_id, priority)]). `id_prefix` names the surface that made it
+    (`msgbatch` for Anthropic's), unless the caller chose the `batch_id`."""
+    batch_id = batch_id or new_id(id_prefix)
     rows = [
         job_row(
             spec,
