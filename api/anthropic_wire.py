@@ -7,22 +7,27 @@ is Anthropic). So `openai_body` translates a Messages request into that shape, a
 Anthropic surface take Anthropic's shape (`anthropic_error_body`). Shapes follow
 `../shared/reference/wire-formats.md` §4.2 and the SDK's types (`anthropic/types/message.py`).
 
-What has no counterpart is refused with a 400 naming it rather than dropped without a word
-(`thinking`, documents, server tools, `stream`); `top_k` is dropped, as OpenAI-compatible
-upstreams have no such parameter.
+The request as it came is kept beside the translation (`with_original`): an Anthropic target
+gets it unchanged, with what only Anthropic has (`thinking`, `cache_control`, system blocks,
+`top_k`); an OpenAI-compatible target gets the translation, and refuses `thinking`
+(`unsupported_parameter`, so the model's next target is tried). What the translation cannot
+express is refused with a 400 naming it (documents, server tools, `stream`).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.schemas import MAX_MESSAGES, MAX_OUTPUT_TOKENS, CheckedBody
+from core.domain.chat import ANTHROPIC_FIELD
 from core.errors import InvalidRequest, http_status_for
 from core.representation import rfc3339
+from core.services.submit import JobSpec
 from core.store import jobs as store
 from core.store.jobs import BatchSummary
 from core.store.models import Batch, as_utc
@@ -109,8 +114,6 @@ def openai_body(request: MessagesRequest) -> dict[str, Any]:
         raise InvalidRequest(
             "stream=true is not supported yet; omit it (jobgate answers when done).", param="stream"
         )
-    if request.thinking is not None and request.thinking.get("type") != "disabled":
-        raise InvalidRequest("Extended thinking is not supported through jobgate yet.", param="thinking")
     messages: list[dict[str, Any]] = []
     if request.system:
         messages.append({"role": "system", "content": _text_of(request.system, "system")})
@@ -130,6 +133,12 @@ def openai_body(request: MessagesRequest) -> dict[str, Any]:
     if user_id is not None:
         body["user"] = str(user_id)
     return body
+
+
+def with_original(spec: JobSpec, request: MessagesRequest) -> JobSpec:
+    """`spec` carrying the request as it came (`ChatRequest.anthropic`), for Anthropic targets."""
+    original = request.model_dump(mode="json", exclude_none=True, exclude={"model", "stream"})
+    return replace(spec, body={**spec.body, ANTHROPIC_FIELD: original})
 
 
 def _text_of(content: str | list[dict[str, Any]], param: str) -> str:

@@ -61,6 +61,8 @@ def canonical_request(model: str, request: ChatRequest, *, scope: str) -> str:
         "messages": request.messages,
         "params": _normalised_params(request.params),
     }
+    if request.anthropic is not None:  # what only Anthropic has can change the answer too
+        document["anthropic"] = request.anthropic
     # allow_nan=False: NaN is not equal to itself, so it has no canonical form.
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 

@@ -4,7 +4,8 @@ jobgate with only its `base_url` changed (`Anthropic(base_url="http://host:8000/
 `POST /anthropic/v1/messages` becomes a job like any other (same queue, limits, cache,
 fallback, usage, cost and webhooks, visible through `/v1/jobs`), answered when it is done
 through the flow of `api/sync_calls.py`; `model` is a jobgate alias or a provider's model
-name. The key comes as `Authorization: Bearer` or `x-api-key`; `anthropic-version` is read by
+name; an Anthropic target gets the request as it came (thinking, cache_control, system
+blocks kept). The key comes as `Authorization: Bearer` or `x-api-key`; `anthropic-version` is read by
 no one (wire-formats.md: do not validate it). Answers and errors take Anthropic's shapes
 (`api/anthropic_wire.py`).
 """
@@ -16,7 +17,13 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 
-from api.anthropic_wire import MessagesRequest, anthropic_error_body, anthropic_message, openai_body
+from api.anthropic_wire import (
+    MessagesRequest,
+    anthropic_error_body,
+    anthropic_message,
+    openai_body,
+    with_original,
+)
 from api.deps import PrincipalDep, SessionDep, StateDep
 from api.documentation import ANTHROPIC_ERROR_RESPONSES, AnthropicMessage, answer
 from api.job_specs import job_spec
@@ -48,7 +55,9 @@ async def create_message(
     ] = None,
 ) -> JSONResponse:
     chat = JobRequest.model_validate(openai_body(body))
-    spec = job_spec(chat, config=state.config, settings=state.settings, default_priority="interactive")
+    spec = with_original(
+        job_spec(chat, config=state.config, settings=state.settings, default_priority="interactive"), body
+    )
     ask = SyncAsk.of(request, body, idempotency_key)
     finished = await run_sync(request, spec, state, session, principal, ask)
     headers = {"x-jobgate-job-id": finished.job_id, "request-id": request_id_of(request) or finished.job_id}

@@ -29,6 +29,7 @@ from api.anthropic_wire import (
     batch_result,
     message_batch,
     openai_body,
+    with_original,
 )
 from api.batch_ops import cancel, final_job_pages, load_batch, summary
 from api.batch_upload import BatchParser
@@ -61,6 +62,7 @@ async def create_message_batch(
     request: Request, body: MessageBatchCreate, state: StateDep, session: SessionDep, principal: PrincipalDep
 ) -> JSONResponse:
     parser = BatchParser(config=state.config, settings=state.settings, default_priority="batch")
+    originals: list[MessagesRequest] = []
     for index, item in enumerate(body.requests):
         param = f"requests.{index}.params"
         try:
@@ -75,10 +77,12 @@ async def create_message_batch(
                 f"Request {index + 1}: {exc.message}", param=f"{param}.{exc.param}"
             ) from None
         parser.add(index + 1, {"custom_id": item.custom_id, "body": chat}, f"requests.{index}")
+        originals.append(params)
+    specs = [with_original(spec, original) for spec, original in zip(parser.finish(), originals, strict=True)]
     batch, jobs = await submit_batch(
         session,
         BatchSpec(priority="batch"),
-        parser.finish(),
+        specs,
         tenant_id=principal.tenant_id,
         now=state.clock.utcnow(),
         max_attempts=state.settings.max_attempts,

@@ -45,6 +45,9 @@ CHAT_FIELDS: frozenset[str] = frozenset(
     }
 )
 
+# Where a job's stored request keeps the Anthropic-shaped original (`ChatRequest.anthropic`).
+ANTHROPIC_FIELD = "anthropic"
+
 # finish_reason values that mean the provider finished its answer (DESIGN: completion integrity).
 TERMINAL_FINISH_REASONS: frozenset[str] = frozenset(
     {"stop", "length", "tool_calls", "content_filter", "function_call"}
@@ -61,11 +64,15 @@ class ChatRequest:
 
     messages: list[dict[str, Any]]
     params: dict[str, Any] = field(default_factory=dict)
+    # The request as Anthropic's Messages API took it, when it came in that shape (without
+    # `model`): an Anthropic target gets it as it is, keeping what only Anthropic has
+    # (`thinking`, `cache_control`, system blocks); other targets get `messages` + `params`.
+    anthropic: dict[str, Any] | None = None
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> ChatRequest:
         params = {k: v for k, v in body.items() if k in CHAT_FIELDS and k not in {"model", "messages"}}
-        return cls(messages=list(body["messages"]), params=params)
+        return cls(messages=list(body["messages"]), params=params, anthropic=body.get(ANTHROPIC_FIELD))
 
     @property
     def max_output_tokens(self) -> int | None:

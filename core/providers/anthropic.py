@@ -92,7 +92,10 @@ class AnthropicProvider:
         now = self._now()
         return completion_from_openai_body(
             openai_body(
-                message, provider=self.name, created_s=int(now.timestamp()), json_tool=json_tool_name(request)
+                message,
+                provider=self.name,
+                created_s=int(now.timestamp()),
+                json_tool=None if request.anthropic is not None else json_tool_name(request),
             ),
             provider=self.name,
             model=model,

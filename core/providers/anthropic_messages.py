@@ -62,6 +62,8 @@ _FINISH_REASONS = {
 
 def unsupported_parameter(request: ChatRequest, *, provider: str) -> Unsupported | None:
     """Why an Anthropic target cannot honour `request`, naming the parameter; None if it can."""
+    if request.anthropic is not None:
+        return None
     params = {key: value for key, value in request.params.items() if value is not None}
     for name, unused in _NO_COUNTERPART.items():
         value = params.get(name)
@@ -113,7 +115,10 @@ def _json_schema(params: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
 
 
 def anthropic_request(request: ChatRequest, model: str, *, provider: str) -> dict[str, Any]:
-    """The keyword arguments of `messages.create` for an OpenAI-shaped request."""
+    """The keyword arguments of `messages.create` for an OpenAI-shaped request, or the
+    request as it came when it came in Anthropic's own shape."""
+    if request.anthropic is not None:
+        return {**request.anthropic, "model": model}
     refused = unsupported_parameter(request, provider=provider)
     if refused is not None:
         raise refused

@@ -97,7 +97,15 @@ class OpenAIProvider:
         )
 
     def refuses(self, request: ChatRequest) -> Unsupported | None:
-        """Nothing: the request is OpenAI's own shape, forwarded as it is."""
+        """Extended thinking asked in Anthropic's shape, which an OpenAI-compatible upstream
+        cannot honour; anything else in OpenAI's shape is forwarded as it is."""
+        thinking = (request.anthropic or {}).get("thinking")
+        if isinstance(thinking, dict) and thinking.get("type") not in (None, "disabled"):
+            return Unsupported(
+                f"{self.name}: extended thinking needs an Anthropic target",
+                param="thinking",
+                provider=self.name,
+            )
         return None
 
     async def close(self) -> None:

@@ -115,8 +115,9 @@ async def test_unfinished_results_and_foreign_ids_are_refused_in_anthropics_shap
 async def test_a_request_jobgate_cannot_run_refuses_the_batch_naming_it(
     claude: anthropic.AsyncAnthropic,
 ) -> None:
-    bad = request("t", "think")
-    bad["params"]["thinking"] = {"type": "enabled", "budget_tokens": 1024}  # type: ignore[index]
+    bad = request("t", "read this")
+    document = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "x"}}
+    bad["params"]["messages"] = [{"role": "user", "content": [document]}]  # type: ignore[index]
 
     with pytest.raises(anthropic.BadRequestError) as refused:
         await claude.messages.batches.create(requests=[request("ok", "fine"), bad])  # type: ignore[list-item]

@@ -31,6 +31,13 @@ def config_path(tmp_path: Path, sim: SimHandle, upstream_model: str) -> Iterator
                 ]
             },
             "claude": {"targets": [{"provider": "claude-sim", "model": f"{upstream_model}-claude"}]},
+            "gpt-first": {
+                "targets": [
+                    {"provider": "gpt-sim", "model": upstream_model},
+                    {"provider": "claude-sim", "model": f"{upstream_model}-claude"},
+                ]
+            },
+            "gpt": {"targets": [{"provider": "gpt-sim", "model": upstream_model}]},
         },
         "pricing": {
             f"{upstream_model}-claude": {"input_per_mtok": 1, "output_per_mtok": 1},
@@ -76,3 +83,33 @@ async def test_a_job_no_target_can_honour_fails_naming_the_parameter(
     error = response.json()["error"]
     assert error["code"] == "unsupported_parameter" and "logit_bias" in error["message"]
     assert sim_calls(sim, f"{upstream_model}-claude") == 0
+
+
+def thinking_message(model: str) -> dict[str, object]:
+    return {
+        "model": model,
+        "max_tokens": 4096,
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "system": [{"type": "text", "text": "Context.", "cache_control": {"type": "ephemeral"}}],
+        "messages": [{"role": "user", "content": "think"}],
+    }
+
+
+async def test_thinking_in_anthropics_shape_skips_openai_targets_for_an_anthropic_one(
+    api_client: httpx.AsyncClient, sim: SimHandle, upstream_model: str
+) -> None:
+    response = await api_client.post("/anthropic/v1/messages", json=thinking_message("gpt-first"))
+
+    assert response.status_code == 200, response.text
+    assert response.json()["content"][0]["text"] == "echo: think"
+    assert sim_calls(sim, f"{upstream_model}-claude") == 1 and sim_calls(sim, upstream_model) == 0
+
+
+async def test_thinking_with_only_openai_targets_fails_naming_it(
+    api_client: httpx.AsyncClient, sim: SimHandle, upstream_model: str
+) -> None:
+    response = await api_client.post("/anthropic/v1/messages", json=thinking_message("gpt"))
+
+    assert response.status_code == 400
+    assert "thinking" in response.json()["error"]["message"]
+    assert sim_calls(sim, upstream_model) == 0

@@ -5,8 +5,17 @@ from __future__ import annotations
 
 import pytest
 
-from api.anthropic_wire import MessagesRequest, anthropic_error_body, anthropic_message, openai_body
+from api.anthropic_wire import (
+    MessagesRequest,
+    anthropic_error_body,
+    anthropic_message,
+    openai_body,
+    with_original,
+)
+from core.domain.chat import ChatRequest
 from core.errors import InvalidRequest
+from core.providers.anthropic_messages import anthropic_request
+from core.services.submit import JobSpec
 
 
 def request(**fields: object) -> MessagesRequest:
@@ -77,7 +86,6 @@ def test_system_turns_tools_and_choices_become_their_openai_counterparts() -> No
     ("fields", "param"),
     [
         ({"stream": True}, "stream"),
-        ({"thinking": {"type": "enabled", "budget_tokens": 1024}}, "thinking"),
         ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "tools.0"),
     ],
 )
@@ -125,3 +133,19 @@ def test_errors_take_anthropics_types_by_kind_or_status() -> None:
         "error": {"type": "api_error", "message": "boom"},
     }
     assert anthropic_error_body(404, "whatever", "gone")["error"]["type"] == "not_found_error"
+
+
+def test_the_original_request_travels_with_the_job_for_anthropic_targets() -> None:
+    original = request(
+        system=[{"type": "text", "text": "Long context.", "cache_control": {"type": "ephemeral"}}],
+        messages=[{"role": "user", "content": "x"}],
+        thinking={"type": "enabled", "budget_tokens": 2048},
+        top_k=5,
+    )
+    spec = with_original(JobSpec(body=openai_body(original), priority="interactive"), original)
+
+    chat = ChatRequest.from_body(spec.body)
+    assert chat.anthropic is not None and chat.anthropic["thinking"]["budget_tokens"] == 2048
+    sent = anthropic_request(chat, "claude-x", provider="claude")
+    assert sent["system"][0]["cache_control"] == {"type": "ephemeral"} and sent["top_k"] == 5
+    assert sent["model"] == "claude-x" and "stream" not in sent
