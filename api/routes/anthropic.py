@@ -12,9 +12,7 @@ no one (wire-formats.md: do not validate it). Answers and errors take Anthropic'
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from api.anthropic_wire import (
@@ -26,6 +24,7 @@ from api.anthropic_wire import (
 )
 from api.deps import PrincipalDep, SessionDep, StateDep
 from api.documentation import ANTHROPIC_ERROR_RESPONSES, AnthropicMessage, answer
+from api.idempotency import IdempotencyKeyHeader
 from api.job_specs import job_spec
 from api.request_id import request_id_of
 from api.schemas import JobRequest
@@ -50,9 +49,7 @@ async def create_message(
     state: StateDep,
     session: SessionDep,
     principal: PrincipalDep,
-    idempotency_key: Annotated[
-        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
-    ] = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> JSONResponse:
     chat = JobRequest.model_validate(openai_body(body))
     spec = with_original(

@@ -37,10 +37,11 @@ from api.deps import AppState, PrincipalDep, SessionDep, StateDep
 from api.dispatch import dispatch_committed
 from api.documentation import ANTHROPIC_ERROR_RESPONSES
 from api.errors import describe_validation_error
+from api.idempotency import IdempotencyKeyHeader
 from api.request_id import request_id_of
 from api.schemas import MAX_ID_CHARS
 from core.errors import Conflict, InvalidRequest, NotFound
-from core.services.submit import BatchSpec, submit_batch
+from core.services.submit import BatchSpec, existing_batch_for_key, request_hash, submit_batch
 from core.store import jobs as store
 from core.store.models import Batch
 
@@ -59,8 +60,18 @@ async def _view(request: Request, session: AsyncSession, batch: Batch) -> dict[s
 
 @router.post("", response_model=None)
 async def create_message_batch(
-    request: Request, body: MessageBatchCreate, state: StateDep, session: SessionDep, principal: PrincipalDep
+    request: Request,
+    body: MessageBatchCreate,
+    state: StateDep,
+    session: SessionDep,
+    principal: PrincipalDep,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> JSONResponse:
+    body_hash = request_hash(body.model_dump(mode="json"))
+    if idempotency_key is not None:
+        earlier = await existing_batch_for_key(session, principal.tenant_id, idempotency_key, body_hash)
+        if earlier is not None:
+            return JSONResponse(await _view(request, session, earlier))
     parser = BatchParser(config=state.config, settings=state.settings, default_priority="batch")
     originals: list[MessagesRequest] = []
     for index, item in enumerate(body.requests):
@@ -81,7 +92,7 @@ async def create_message_batch(
     specs = [with_original(spec, original) for spec, original in zip(parser.finish(), originals, strict=True)]
     batch, jobs = await submit_batch(
         session,
-        BatchSpec(priority="batch"),
+        BatchSpec(priority="batch", idempotency_key=idempotency_key, request_hash=body_hash),
         specs,
         tenant_id=principal.tenant_id,
         now=state.clock.utcnow(),

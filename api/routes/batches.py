@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -20,12 +21,13 @@ from api.deps import AppState, PrincipalDep, SessionDep, StateDep
 from api.dispatch import dispatch_committed
 from api.documentation import BatchList, BatchObject, answer
 from api.errors import describe_validation_error
+from api.idempotency import IdempotencyKeyHeader, fingerprinted
 from api.job_specs import check_webhook_url
 from api.request_id import request_id_of
 from api.schemas import MAX_ID_CHARS, BatchOptions
 from core.errors import InvalidRequest, UnsupportedMediaType
 from core.representation import batch_object
-from core.services.submit import BatchSpec, submit_batch
+from core.services.submit import BatchSpec, existing_batch_for_key, submit_batch
 from core.store import jobs as store
 from core.store.models import Batch
 
@@ -105,18 +107,27 @@ async def _batch_view(session: AsyncSession, batch: Batch) -> dict[str, Any]:
     "",
     status_code=201,
     openapi_extra=BATCH_BODY_DOC,
-    responses={201: answer(BatchObject, "The batch, every job queued.")},
+    responses={
+        201: answer(BatchObject, "The batch, every job queued."),
+        200: answer(BatchObject, "The batch an earlier request with this Idempotency-Key and body made."),
+    },
 )
 async def create_batch(
-    request: Request, state: StateDep, session: SessionDep, principal: PrincipalDep
+    request: Request,
+    state: StateDep,
+    session: SessionDep,
+    principal: PrincipalDep,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> JSONResponse:
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    digest = hashlib.sha256(request.url.query.encode() + b"\n")
     if content_type in NDJSON_TYPES:
         options = _query_options(request)
         parser = _parser(state, options)
-        await parse_ndjson_batch(request.stream(), parser)
+        await parse_ndjson_batch(fingerprinted(request.stream(), digest), parser)
     elif content_type == "application/json":
         raw = await request.body()
+        digest.update(raw)
         # Parsed in a worker thread, as NDJSON chunks are: up to 200 MB must not hold the loop.
         document, requests = await asyncio.to_thread(split_json_batch, raw)
         options = _options(document)
@@ -128,9 +139,21 @@ async def create_batch(
             param="Content-Type",
         )
     specs = parser.finish()
+    body_hash = digest.hexdigest()
+    if idempotency_key is not None:
+        earlier = await existing_batch_for_key(session, principal.tenant_id, idempotency_key, body_hash)
+        if earlier is not None:
+            return JSONResponse(await _batch_view(session, earlier), status_code=200)
+    batch_spec = BatchSpec(
+        priority=options.priority,
+        webhook_url=options.webhook_url,
+        metadata=options.metadata,
+        idempotency_key=idempotency_key,
+        request_hash=body_hash,
+    )
     batch, jobs = await submit_batch(
         session,
-        BatchSpec(priority=options.priority, webhook_url=options.webhook_url, metadata=options.metadata),
+        batch_spec,
         specs,
         tenant_id=principal.tenant_id,
         now=state.clock.utcnow(),
@@ -145,7 +168,9 @@ async def create_batch(
     dispatch = BackgroundTask(
         dispatch_committed, state.broker, jobs, fault_exit_after_commit=state.settings.fault_exit_after_commit
     )
-    return JSONResponse(await _batch_view(session, batch), status_code=201, background=dispatch)
+    return JSONResponse(
+        await _batch_view(session, batch), status_code=201 if jobs else 200, background=dispatch
+    )
 
 
 @router.get("/{batch_id}", response_model=None, responses={200: answer(BatchObject, "The batch.")})

@@ -9,14 +9,13 @@ go on polling it.
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from api.deps import PrincipalDep, SessionDep, StateDep
 from api.documentation import ErrorBody, answer
 from api.errors import error_body
+from api.idempotency import IdempotencyKeyHeader
 from api.job_specs import job_spec
 from api.schemas import JobRequest
 from api.sync_calls import TIMED_OUT_RETRY_AFTER_S, SyncAsk, retry_after_s, run_sync
@@ -49,9 +48,7 @@ async def chat_completions(
     state: StateDep,
     session: SessionDep,
     principal: PrincipalDep,
-    idempotency_key: Annotated[
-        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
-    ] = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> JSONResponse:
     spec = job_spec(body, config=state.config, settings=state.settings, default_priority="interactive")
     ask = SyncAsk.of(request, body, idempotency_key)

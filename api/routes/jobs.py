@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import structlog
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from api.deps import PrincipalDep, SessionDep, StateDep
 from api.dispatch import apply_after_commit, commit_final_events, dispatch_committed
 from api.documentation import JobList, JobObject, JobStatus, answer
+from api.idempotency import IdempotencyKeyHeader
 from api.job_specs import job_spec
 from api.request_id import request_id_of
 from api.schemas import MAX_ID_CHARS, JobRequest
@@ -41,9 +42,7 @@ async def create_job(
     state: StateDep,
     session: SessionDep,
     principal: PrincipalDep,
-    idempotency_key: Annotated[
-        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
-    ] = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> JSONResponse:
     spec = job_spec(body, config=state.config, settings=state.settings, default_priority="interactive")
     job, created = await submit_job(

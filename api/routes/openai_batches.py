@@ -32,13 +32,14 @@ from api.batch_upload import BatchParser, NdjsonLines
 from api.deps import AppState, PrincipalDep, SessionDep, StateDep
 from api.dispatch import dispatch_committed
 from api.file_store import load_file, new_stored_file, read_file, write_file
+from api.idempotency import IdempotencyKeyHeader
 from api.openai_wire import ENDPOINT, batch_object, batch_status, result_line
 from api.request_id import request_id_of
 from api.routes.openai_files import new_file_id
 from api.schemas import MAX_ID_CHARS, check_metadata
 from core.errors import ApiError, InvalidRequest, NotFound
 from core.ids import new_id
-from core.services.submit import BatchSpec, submit_batch
+from core.services.submit import BatchSpec, existing_batch_for_key, request_hash, submit_batch
 from core.store.models import Batch, OpenAIBatch
 
 router = APIRouter(prefix="/openai/v1/batches", tags=["openai-compatible"])
@@ -66,8 +67,20 @@ class BatchCreate(BaseModel):
 
 @router.post("", response_model=None)
 async def create_batch(
-    request: Request, body: BatchCreate, state: StateDep, session: SessionDep, principal: PrincipalDep
+    request: Request,
+    body: BatchCreate,
+    state: StateDep,
+    session: SessionDep,
+    principal: PrincipalDep,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> JSONResponse:
+    body_hash = request_hash(body.model_dump(mode="json"))
+    if idempotency_key is not None:
+        earlier = await existing_batch_for_key(session, principal.tenant_id, idempotency_key, body_hash)
+        if earlier is not None:
+            return JSONResponse(
+                await _view(state, session, await _load(session, principal.tenant_id, earlier.id))
+            )
     if body.endpoint != ENDPOINT:
         raise InvalidRequest(f"Only {ENDPOINT} can be batched here, not {body.endpoint!r}.", param="endpoint")
     if body.completion_window != "24h":
@@ -111,7 +124,9 @@ async def create_batch(
     session.add(record)
     batch, jobs = await submit_batch(
         session,
-        BatchSpec(priority="batch", metadata=body.metadata),
+        BatchSpec(
+            priority="batch", metadata=body.metadata, idempotency_key=idempotency_key, request_hash=body_hash
+        ),
         specs,
         tenant_id=principal.tenant_id,
         now=now,
@@ -119,6 +134,8 @@ async def create_batch(
         request_id=request_id_of(request),
         batch_id=record.id,
     )
+    if not jobs:  # a concurrent request with the same Idempotency-Key made it first
+        return JSONResponse(await _view(state, session, await _load(session, principal.tenant_id, batch.id)))
     log.info("openai_batch_submitted", batch_id=batch.id, jobs=len(jobs))
     dispatch = BackgroundTask(
         dispatch_committed, state.broker, jobs, fault_exit_after_commit=state.settings.fault_exit_after_commit

@@ -44,6 +44,9 @@ class BatchSpec:
     priority: str
     webhook_url: str | None = None
     metadata: dict[str, str] | None = None
+    # A client's Idempotency-Key and the fingerprint of the body it came with.
+    idempotency_key: str | None = None
+    request_hash: str | None = None
 
 
 def request_hash(payload: Any) -> str:
@@ -185,6 +188,21 @@ def claimed_job(
     return row, claim
 
 
+async def existing_batch_for_key(
+    session: AsyncSession, tenant_id: str, key: str, body_hash: str
+) -> Batch | None:
+    """The tenant's batch made with this Idempotency-Key, if any; a Conflict when that batch
+    was made from another body."""
+    stmt = select(Batch).where(Batch.tenant_id == tenant_id, Batch.idempotency_key == key)
+    existing = (await session.execute(stmt)).scalars().first()
+    if existing is not None and existing.request_hash != body_hash:
+        raise Conflict(
+            "This Idempotency-Key was already used with a different request body; use a new key.",
+            param="Idempotency-Key",
+        )
+    return existing
+
+
 async def submit_batch(
     session: AsyncSession,
     batch_spec: BatchSpec,
@@ -199,7 +217,9 @@ async def submit_batch(
 ) -> tuple[Batch, list[tuple[str, str]]]:
     """Insert the batch and all its jobs in one transaction (with whatever else the session
     holds); returns (batch, [(job_id, priority)]). `id_prefix` names the surface that made it
-    (`msgbatch` for Anthropic's), unless the caller chose the `batch_id`."""
+    (`msgbatch` for Anthropic's), unless the caller chose the `batch_id`. A batch whose
+    Idempotency-Key a concurrent request used first is that request's batch, with no jobs to
+    dispatch (the caller checks `existing_batch_for_key` before, this settles the race)."""
     batch_id = batch_id or new_id(id_prefix)
     rows = [
         job_row(
@@ -221,12 +241,22 @@ async def submit_batch(
         webhook_url=batch_spec.webhook_url,
         metadata_=batch_spec.metadata or {},
         created_at=now,
+        idempotency_key=batch_spec.idempotency_key,
+        request_hash=batch_spec.request_hash,
     )
-    session.add(batch)
-    await session.flush()
-    for start in range(0, len(rows), 5_000):
-        await session.execute(insert(Job), rows[start : start + 5_000])
-    await session.commit()
+    try:
+        session.add(batch)
+        await session.flush()
+        for start in range(0, len(rows), 5_000):
+            await session.execute(insert(Job), rows[start : start + 5_000])
+        await session.commit()
+    except IntegrityError:
+        await session.rollback()
+        key, body_hash = batch_spec.idempotency_key, batch_spec.request_hash
+        earlier = await existing_batch_for_key(session, tenant_id, key, body_hash or "") if key else None
+        if earlier is None:
+            raise
+        return earlier, []
     for priority in {row["priority"] for row in rows}:
         metrics.JOBS_SUBMITTED.labels(priority=priority).inc(
             sum(1 for row in rows if row["priority"] == priority)

@@ -73,6 +73,7 @@ class ApiKey(Base):
 class Batch(Base):
     __tablename__ = "batches"
     __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key"),
         Index("ix_batches_tenant_id_id", "tenant_id", "id"),
         # Open batches only: the sweeper looks for finished ones never marked completed.
         Index(
@@ -93,6 +94,9 @@ class Batch(Base):
     cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Set once, by whoever first sees every job final (drives the batch.completed event).
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # A client's Idempotency-Key, and the fingerprint of the body it came with.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
 
 
 class Job(Base):

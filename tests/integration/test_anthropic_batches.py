@@ -123,3 +123,16 @@ async def test_a_request_jobgate_cannot_run_refuses_the_batch_naming_it(
         await claude.messages.batches.create(requests=[request("ok", "fine"), bad])  # type: ignore[list-item]
 
     assert "Request 2" in refused.value.message
+
+
+async def test_a_repeat_with_the_same_idempotency_key_is_the_same_batch(
+    claude: anthropic.AsyncAnthropic,
+) -> None:
+    requests = [request("k", "once")]
+    key = {"Idempotency-Key": "msgbatch-key"}
+
+    first = await claude.messages.batches.create(requests=requests, extra_headers=key)  # type: ignore[arg-type]
+    again = await claude.messages.batches.create(requests=requests, extra_headers=key)  # type: ignore[arg-type]
+
+    assert again.id == first.id
+    assert [b.id async for b in await claude.messages.batches.list()] == [first.id]

@@ -371,3 +371,20 @@ async def test_unknown_batch_id_is_not_found(api_client: httpx.AsyncClient) -> N
     ):
         assert response.status_code == 404
         assert response.json()["error"]["type"] == "not_found_error"
+
+
+async def test_a_batch_repeated_with_its_idempotency_key_is_the_first_batch(
+    api_client: httpx.AsyncClient,
+) -> None:
+    upload = ndjson([line("a"), line("b")])
+    headers = {"Content-Type": "application/x-ndjson", "Idempotency-Key": "nightly-2026-12-07"}
+
+    first = await api_client.post("/v1/batches", content=upload, headers=headers)
+    again = await api_client.post("/v1/batches", content=upload, headers=headers)
+    other = await api_client.post("/v1/batches", content=ndjson([line("c")]), headers=headers)
+
+    assert (first.status_code, again.status_code, other.status_code) == (201, 200, 409)
+    assert again.json()["id"] == first.json()["id"]
+    assert other.json()["error"]["param"] == "Idempotency-Key"
+    listed = (await api_client.get("/v1/batches")).json()["data"]
+    assert [batch["id"] for batch in listed] == [first.json()["id"]]

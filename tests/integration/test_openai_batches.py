@@ -132,3 +132,20 @@ async def test_files_are_listed_read_and_deleted_and_bad_requests_are_named(
     with pytest.raises(openai.NotFoundError):
         await client.files.retrieve(file_id)
     assert [b.id async for b in client.batches.list()] == []
+
+
+async def test_a_batch_created_again_with_its_idempotency_key_is_the_same_batch(
+    client: openai.AsyncOpenAI,
+) -> None:
+    file_id = await upload(client, batch_file(2))
+    key = {"Idempotency-Key": "openai-batch-key"}
+
+    first = await client.batches.create(
+        input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h", extra_headers=key
+    )
+    again = await client.batches.create(
+        input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h", extra_headers=key
+    )
+
+    assert again.id == first.id
+    assert [b.id async for b in client.batches.list()] == [first.id]

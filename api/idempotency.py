@@ -1,0 +1,21 @@
+"""The `Idempotency-Key` header every create route takes, and the body fingerprint a repeat is
+compared by: the same key with the same body is the first request's object (no second job,
+no second call), with another body a 409 (core/services/submit.py decides)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Header
+
+IdempotencyKeyHeader = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)]
+
+
+async def fingerprinted(chunks: AsyncIterator[bytes], digest: hashlib._Hash) -> AsyncIterator[bytes]:
+    """`chunks`, passed on as they come, each also fed to `digest` (an upload's fingerprint
+    without holding the upload)."""
+    async for chunk in chunks:
+        digest.update(chunk)
+        yield chunk
