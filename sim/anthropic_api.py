@@ -3,7 +3,8 @@
 The key may come as `x-api-key` (SDKs up to 1.17, curl) or `Authorization: Bearer` (2.x);
 `anthropic-version` and `anthropic-beta` are ignored. Requests need `model`, `max_tokens` and a
 non-empty `messages` list; `system` (a string or a list of text blocks), `stop_sequences` and
-`tools` (the first one is the one called) are honoured; streaming is refused with a 400. Answers
+`tools` (the first one is the one called) are honoured; `stream: true` answers
+with SSE events (`sim.streaming`). Answers
 carry `request-id` and, when the model has limits, `anthropic-ratelimit-{requests,tokens}-
 {limit,remaining,reset}` with RFC 3339 reset times rounded up to the second. Errors use the body
 `{"type": "error", "error": {"type", "message"}, "request_id"}`; 529 is `overloaded_error`.
@@ -20,6 +21,7 @@ from typing import Any
 
 from sim.answer import Answer, Finish
 from sim.limits import LimitVerdict
+from sim.streaming import anthropic_events
 from sim.tokens import last_user_text, prompt_tokens
 from sim.wire import ChatRequest, Headers, SimError, plain_number
 
@@ -102,8 +104,6 @@ class AnthropicDialect:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
             raise _bad("messages: Input should be a non-empty list of messages")
-        if body.get("stream"):
-            raise _bad("stream: the simulator does not stream; send stream=false")
         return ChatRequest(
             model=model,
             user_text=last_user_text(messages),
@@ -111,7 +111,11 @@ class AnthropicDialect:
             max_tokens=max_tokens,
             stop=_stop_sequences(body.get("stop_sequences")),
             tool_name=_first_tool_name(body.get("tools")),
+            stream=bool(body.get("stream")),
         )
+
+    def stream_events(self, request: ChatRequest, answer: Answer) -> list[bytes]:
+        return anthropic_events(request, answer)
 
     def success_body(self, request: ChatRequest, answer: Answer, request_id: str) -> dict[str, Any]:
         if answer.finish is Finish.TOOL_CALL:

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs
 
 from sim.answer import compose_answer
 from sim.anthropic_api import AnthropicDialect
-from sim.asgi import Receive, Scope, Send, hang_up, read_body, request_headers, send_json
+from sim.asgi import Receive, Scope, Send, hang_up, read_body, request_headers, send_json, send_stream
 from sim.faults import FaultInjector, overrides_from_headers
 from sim.knobs import TIMEOUT, KnobError, Knobs, KnobSet
 from sim.limits import RateLimiter
@@ -129,7 +129,12 @@ class SimApp:
                 raise SimError(failure)
             status, outcome = 200, Outcome.OK
             input_tokens, output_tokens = request.prompt_tokens, answer.completion_tokens
-            await send_json(send, 200, dialect.success_body(request, answer, request_id), headers)
+            if request.stream:
+                await send_stream(
+                    send, dialect.stream_events(request, answer), headers, knobs.stream_delay_ms / 1000
+                )
+            else:
+                await send_json(send, 200, dialect.success_body(request, answer, request_id), headers)
         except SimError as error:
             status = error.status
             await send_json(send, status, dialect.error_body(error, request, request_id), headers)

@@ -73,3 +73,21 @@ async def hang_up(receive: Receive, send: Send, hold_s: float) -> None:
     # Any other server: promise a body that never comes, so the client sees a broken response.
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1")]})
     await send({"type": "http.response.body", "body": b"", "more_body": True})
+
+
+async def send_stream(
+    send: Send, events: list[bytes], headers: list[tuple[bytes, bytes]], delay_s: float
+) -> None:
+    """A 200 `text/event-stream` answer: `events` one after another, `delay_s` apart."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), *headers],
+        }
+    )
+    for index, event in enumerate(events):
+        if index and delay_s > 0:
+            await asyncio.sleep(delay_s)
+        await send({"type": "http.response.body", "body": event, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})

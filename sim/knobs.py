@@ -31,6 +31,8 @@ class Knobs:
     fail_status: int | str = 500
     retry_after_s: float | None = 1
     hang_s: float = 30
+    # Between the events of a streamed answer (one token each).
+    stream_delay_ms: float = 0
     rpm: float | None = None
     tpm: float | None = None
 

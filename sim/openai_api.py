@@ -1,11 +1,11 @@
 """The OpenAI chat completions dialect (`POST /v1/chat/completions`), shaped as openai 3.x reads it.
 
 Requests need `model` and a non-empty `messages` list; `max_completion_tokens` (or the older
-`max_tokens`), `stop` (a string or a list) and `tools` (the first function is the one called) are
-honoured, everything else is accepted and ignored; streaming is refused with a 400. Answers
-carry `x-request-id`, and, when the model has limits, `x-ratelimit-{limit,remaining,reset}-
-{requests,tokens}` with Go-style reset durations ("12ms", "1.5s", "6m0s"). Errors use OpenAI's
-body `{"error": {"message", "type", "param", "code"}}`.
+`max_tokens`), `stop` (a string or a list) and `tools` (the first function is the one called)
+are honoured, everything else is accepted and ignored; `stream: true` answers with SSE chunks
+(`sim.streaming`). Answers carry `x-request-id`, and, when the model has limits,
+`x-ratelimit-{limit,remaining,reset}-{requests,tokens}` with Go-style reset durations ("12ms",
+"1.5s", "6m0s"). Errors use OpenAI's body `{"error": {"message", "type", "param", "code"}}`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 
 from sim.answer import Answer, Finish
 from sim.limits import BucketState, LimitVerdict
+from sim.streaming import openai_events
 from sim.tokens import last_user_text, prompt_tokens
 from sim.wire import ChatRequest, Headers, SimError, plain_number
 
@@ -115,8 +116,7 @@ class OpenAIDialect:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
             raise _bad("Invalid 'messages': expected a non-empty array of message objects.", "messages")
-        if body.get("stream"):
-            raise _bad("The simulator does not stream; send stream=false.", "stream")
+        options = body.get("stream_options")
         return ChatRequest(
             model=model,
             user_text=last_user_text(messages),
@@ -124,7 +124,12 @@ class OpenAIDialect:
             max_tokens=_max_tokens(body),
             stop=_stop(body.get("stop")),
             tool_name=_first_tool_name(body.get("tools")),
+            stream=bool(body.get("stream")),
+            include_usage=isinstance(options, dict) and bool(options.get("include_usage")),
         )
+
+    def stream_events(self, request: ChatRequest, answer: Answer) -> list[bytes]:
+        return openai_events(request, answer)
 
     def success_body(self, request: ChatRequest, answer: Answer, request_id: str) -> dict[str, Any]:
         message: dict[str, Any] = {

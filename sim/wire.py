@@ -26,6 +26,8 @@ class ChatRequest:
     max_tokens: int | None
     stop: tuple[str, ...]
     tool_name: str | None
+    stream: bool = False
+    include_usage: bool = False  # OpenAI's stream_options.include_usage
 
 
 @dataclass
@@ -50,6 +52,10 @@ class Dialect(Protocol):
         ...
 
     def success_body(self, request: ChatRequest, answer: Answer, request_id: str) -> dict[str, Any]: ...
+
+    def stream_events(self, request: ChatRequest, answer: Answer) -> list[bytes]:
+        """The streamed answer's SSE events, in order."""
+        ...
 
     def error_body(self, error: SimError, request: ChatRequest | None, request_id: str) -> dict[str, Any]: ...
 

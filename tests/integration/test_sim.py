@@ -473,3 +473,29 @@ def test_start_up_flags_become_the_initial_config() -> None:
     assert config["rpm"] == 600 and config["tpm"] == 100_000 and config["latency_ms"] == 1
     assert config["fail_rate"] == 0.25 and config["fail_status"] == "timeout" and config["hang_s"] == 2
     assert restored == config
+
+
+def test_both_dialects_stream_as_the_sdks_read_it_with_a_delay_between_tokens(sim: SimHandle) -> None:
+    sim.configure(models={"streamed": {"stream_delay_ms": 20}})
+    chunks = list(
+        openai_client(sim).chat.completions.create(
+            model="streamed",
+            messages=[{"role": "user", "content": "a streamed answer"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "echo: a streamed answer"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+
+    started = time.monotonic()
+    with anthropic_client(sim).messages.stream(
+        model="streamed", max_tokens=64, messages=[{"role": "user", "content": "token by token"}]
+    ) as stream:
+        streamed = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert streamed == final.content[0].text == "echo: token by token"  # type: ignore[union-attr]
+    assert final.stop_reason == "end_turn"
+    assert time.monotonic() - started >= 0.02 * (len(streamed) // 4 - 1)

@@ -61,7 +61,6 @@ def test_openai_reads_max_completion_tokens_before_max_tokens_and_a_single_stop_
         ({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, "max_tokens"),
         ({"model": "m", "messages": [{"role": "user", "content": "x"}], "stop": [1]}, "stop"),
         ({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [{}]}, "tools"),
-        ({"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True}, "stream"),
     ],
 )
 def test_openai_refuses_a_bad_request_naming_the_parameter(body: dict, param: str) -> None:
