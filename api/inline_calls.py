@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 
 from core import metrics
 from core.config import GatewayConfig
+from core.domain.relay import Relay
 from core.redis.keys import Keys
 from core.services.execute import Outcome, Verdict
 from core.services.job_engine import JobEngine, build_job_engine
@@ -92,12 +93,14 @@ class InlineCalls:
         metrics.JOBS_SUBMITTED.labels(priority=spec.priority).inc()
         return claim
 
-    async def run(self, claim: store.Claim, tenant_name: str) -> tuple[Outcome, Verdict | None]:
-        """Run the claimed job here; its outcome once the result is written. A caller that
-        stops waiting leaves the run to finish and be written."""
+    async def run(
+        self, claim: store.Claim, tenant_name: str, *, relay: Relay | None = None
+    ) -> tuple[Outcome, Verdict | None]:
+        """Run the claimed job here (streamed to `relay` if given); its outcome once the result
+        is written. A caller that stops waiting leaves the run to finish and be written."""
         self.in_flight += 1
         try:
-            return await self.engine.runtime.run_claimed(claim, tenant_name)
+            return await self.engine.runtime.run_claimed(claim, tenant_name, relay=relay)
         finally:
             self.in_flight -= 1
 

@@ -39,8 +39,10 @@ def job_spec(
     default_priority: str,
     custom_id: str | None = None,
     param_prefix: str = "",
+    allow_stream: bool = False,
 ) -> JobSpec:
-    if request.stream:
+    """`allow_stream`: the route streams its answer (the chat route); elsewhere `stream` is a 400."""
+    if request.stream and not allow_stream:
         raise InvalidRequest(
             "stream=true is not supported yet; omit it (jobgate answers when the job is done).",
             param=f"{param_prefix}stream",

@@ -34,6 +34,7 @@ from api.dispatch import dispatch_committed, exit_if_faulted
 from api.inline_calls import InlineCalls
 from api.request_id import request_id_of
 from api.waiting import wait_for_job
+from core.domain.relay import Relay
 from core.ids import id_floor
 from core.ratelimit.limiter import RateLimiter
 from core.services.submit import JobSpec, existing_for_key, request_hash, submit_job
@@ -90,15 +91,17 @@ async def run_sync(
     session: AsyncSession,
     principal: Principal,
     ask: SyncAsk,
+    relay: Relay | None = None,
 ) -> Finished:
     """Submit the job (or find the one the request it repeats made), run it, and return it
-    once final or once `JOBGATE_SYNC_TIMEOUT_S` has passed."""
+    once final or once `JOBGATE_SYNC_TIMEOUT_S` has passed. With a `relay`, a call made here
+    streams its chunks there as they come (`api/streaming.py`)."""
     wait_s = state.settings.sync_timeout_s
     earlier = await _earlier_job(state, session, principal, ask)
     if earlier is not None:  # a repeat: the first request's job, not a second call
         return await _when_final(state, session, principal, earlier, wait_s)
     if state.inline is not None and state.inline.has_room():
-        return await _call_here(state.inline, request, spec, state, session, principal, ask)
+        return await _call_here(state.inline, request, spec, state, session, principal, ask, relay)
     job, created = await submit_job(
         session,
         spec,
@@ -143,6 +146,7 @@ async def _call_here(
     session: AsyncSession,
     principal: Principal,
     ask: SyncAsk,
+    relay: Relay | None,
 ) -> Finished:
     """The job inserted claimed and called by this process; a job its first attempt did not
     finish (requeued for a retry) is waited for like a queued one."""
@@ -164,7 +168,7 @@ async def _call_here(
     exit_if_faulted(state.settings.fault_exit_after_commit, 1)
     try:
         outcome, verdict = await asyncio.wait_for(
-            inline.run(claim, principal.tenant_name), timeout=state.settings.sync_timeout_s
+            inline.run(claim, principal.tenant_name, relay=relay), timeout=state.settings.sync_timeout_s
         )
     except TimeoutError:
         return Finished(claim.id, claim.model, None)

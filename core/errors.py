@@ -181,6 +181,23 @@ class Unsupported(UpstreamError):
         return {**super().to_error(), "param": self.param}
 
 
+class StreamInterrupted(UpstreamError):
+    """A streamed call failed after part of its answer had reached the client: it cannot be
+    retried or moved to another target without sending the client a second beginning."""
+
+    error_type = "stream_interrupted"
+    retryable = False
+    http_status = 502
+
+
+class ClientDisconnected(UpstreamError):
+    """The client of a streamed call went away; the upstream call was ended with it."""
+
+    error_type = "client_disconnected"
+    retryable = False
+    http_status = 499
+
+
 class AuthFailed(UpstreamError):
     error_type = "auth"
     retryable = False

@@ -130,9 +130,8 @@ class SimApp:
             status, outcome = 200, Outcome.OK
             input_tokens, output_tokens = request.prompt_tokens, answer.completion_tokens
             if request.stream:
-                await send_stream(
-                    send, dialect.stream_events(request, answer), headers, knobs.stream_delay_ms / 1000
-                )
+                events = dialect.stream_events(request, answer)
+                await send_stream(send, receive, events, headers, knobs.stream_delay_ms / 1000)
             else:
                 await send_json(send, 200, dialect.success_body(request, answer, request_id), headers)
         except SimError as error:

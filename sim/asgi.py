@@ -76,18 +76,36 @@ async def hang_up(receive: Receive, send: Send, hold_s: float) -> None:
 
 
 async def send_stream(
-    send: Send, events: list[bytes], headers: list[tuple[bytes, bytes]], delay_s: float
+    send: Send, receive: Receive, events: list[bytes], headers: list[tuple[bytes, bytes]], delay_s: float
 ) -> None:
-    """A 200 `text/event-stream` answer: `events` one after another, `delay_s` apart."""
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), *headers],
-        }
-    )
-    for index, event in enumerate(events):
-        if index and delay_s > 0:
-            await asyncio.sleep(delay_s)
-        await send({"type": "http.response.body", "body": event, "more_body": True})
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    """A 200 `text/event-stream` answer: `events` one after another, `delay_s` apart; it stops
+    when the client goes away, as a real upstream stops generating."""
+    gone = asyncio.Event()
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream"),
+                    (b"cache-control", b"no-cache"),
+                    *headers,
+                ],
+            }
+        )
+        for index, event in enumerate(events):
+            if index and delay_s > 0:
+                await asyncio.sleep(delay_s)
+            if gone.is_set():
+                return
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        watcher.cancel()

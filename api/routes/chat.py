@@ -4,13 +4,14 @@ Any OpenAI client can point its `base_url` at jobgate; the flow is `api/sync_cal
 The answer is the `chat.completion` body; a failed job answers OpenAI's error shape with the
 matching status (429/503 with `Retry-After`); a job still running after
 `JOBGATE_SYNC_TIMEOUT_S` answers 504 with its id (header `x-jobgate-job-id`), so the client can
-go on polling it.
+go on polling it. `stream: true` answers with OpenAI's chunks as server-sent events
+(`api/streaming.py`).
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from api.deps import PrincipalDep, SessionDep, StateDep
 from api.documentation import ErrorBody, answer
@@ -18,6 +19,7 @@ from api.errors import error_body
 from api.idempotency import IdempotencyKeyHeader
 from api.job_specs import job_spec
 from api.schemas import JobRequest
+from api.streaming import stream_response
 from api.sync_calls import TIMED_OUT_RETRY_AFTER_S, SyncAsk, retry_after_s, run_sync
 from core.errors import http_status_for
 from core.store import jobs as store
@@ -49,9 +51,14 @@ async def chat_completions(
     session: SessionDep,
     principal: PrincipalDep,
     idempotency_key: IdempotencyKeyHeader = None,
-) -> JSONResponse:
-    spec = job_spec(body, config=state.config, settings=state.settings, default_priority="interactive")
+) -> Response:
+    spec = job_spec(
+        body, config=state.config, settings=state.settings, default_priority="interactive", allow_stream=True
+    )
     ask = SyncAsk.of(request, body, idempotency_key)
+    if body.stream:
+        include_usage = bool((body.stream_options or {}).get("include_usage"))
+        return stream_response(request, spec, state, principal, ask, include_usage=include_usage)
     finished = await run_sync(request, spec, state, session, principal, ask)
     headers = {"x-jobgate-job-id": finished.job_id}
     if finished.status is None:

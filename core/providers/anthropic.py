@@ -19,7 +19,8 @@ import anthropic
 
 from core.config import ProviderConfig
 from core.domain.chat import ChatRequest, Completion, RateLimitHeaders
-from core.errors import Truncated, Unsupported
+from core.domain.relay import Relay, RelayClosed, chunks_of
+from core.errors import ClientDisconnected, Truncated, Unsupported
 from core.providers.anthropic_messages import (
     anthropic_request,
     json_tool_name,
@@ -71,7 +72,19 @@ class AnthropicProvider:
             default_base_url=DEFAULT_BASE_URL,
         )
 
-    async def complete(self, request: ChatRequest, model: str) -> Completion:
+    async def complete(self, request: ChatRequest, model: str, *, relay: Relay | None = None) -> Completion:
+        """With a `relay`, the whole answer is relayed at its end, as chunks (the Anthropic
+        event stream is not translated token by token yet)."""
+        completion = await self._complete(request, model)
+        if relay is not None:
+            try:
+                for chunk in chunks_of(completion.body):
+                    await relay.send(chunk)
+            except RelayClosed as exc:
+                raise ClientDisconnected(f"{self.name}: the client went away", provider=self.name) from exc
+        return completion
+
+    async def _complete(self, request: ChatRequest, model: str) -> Completion:
         # Sent as the API takes it: the sampling parameters the SDK's `create` no longer takes
         # as arguments are plain body fields, and no SDK-side check refuses a large `max_tokens`
         # without streaming before anything is sent.

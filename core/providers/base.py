@@ -35,6 +35,7 @@ import httpx2
 
 from core.config import ProviderConfig
 from core.domain.chat import TERMINAL_FINISH_REASONS, ChatRequest, Completion, RateLimitHeaders
+from core.domain.relay import Relay
 from core.errors import ContentFiltered, Truncated, Unsupported
 
 SdkClient = TypeVar("SdkClient")
@@ -48,8 +49,9 @@ class Provider(Protocol):
     name: str
     kind: str
 
-    async def complete(self, request: ChatRequest, model: str) -> Completion:
-        """Call the upstream once (no retries) and return its normalised answer."""
+    async def complete(self, request: ChatRequest, model: str, *, relay: Relay | None = None) -> Completion:
+        """Call the upstream once (no retries) and return its normalised answer; with a
+        `relay`, streamed, each chunk sent to it as it comes."""
         ...
 
     def refuses(self, request: ChatRequest) -> Unsupported | None:

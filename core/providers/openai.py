@@ -21,7 +21,8 @@ import openai
 
 from core.config import ProviderConfig
 from core.domain.chat import CHAT_FIELDS, ChatRequest, Completion, RateLimitHeaders
-from core.errors import Truncated, Unsupported
+from core.domain.relay import Relay, RelayClosed
+from core.errors import ClientDisconnected, Truncated, Unsupported
 from core.providers.base import (
     call_timeout,
     completion_from_openai_body,
@@ -69,7 +70,7 @@ class OpenAIProvider:
             default_base_url=DEFAULT_BASE_URL,
         )
 
-    async def complete(self, request: ChatRequest, model: str) -> Completion:
+    async def complete(self, request: ChatRequest, model: str, *, relay: Relay | None = None) -> Completion:
         arguments: dict[str, Any] = {
             "model": model,
             "messages": request.messages,
@@ -77,6 +78,8 @@ class OpenAIProvider:
                 key: value for key, value in request.params.items() if key in _FORWARDED and value is not None
             },
         }
+        if relay is not None:
+            return await self._stream(arguments, model, relay)
         try:
             response = await post_raw(self.client, "/chat/completions", arguments, self._timeout)
         except openai.OpenAIError as exc:
@@ -96,6 +99,34 @@ class OpenAIProvider:
             rate_limits=openai_rate_limits(response.headers),
         )
 
+    async def _stream(self, arguments: dict[str, Any], model: str, relay: Relay) -> Completion:
+        """The call streamed: each chunk relayed as it comes, the whole answer assembled and
+        returned as a non-streamed call's would be (usage asked for, to record the job)."""
+        answer = _Assembled()
+        try:
+            stream = await self.client.chat.completions.create(
+                **arguments, stream=True, stream_options={"include_usage": True}, timeout=self._timeout
+            )
+            async with stream:
+                async for chunk in stream:
+                    data = chunk.to_dict()
+                    answer.add(data)
+                    await relay.send(data)
+        except RelayClosed as exc:
+            raise ClientDisconnected(
+                f"{self.name}: the client went away mid-stream", provider=self.name
+            ) from exc
+        except openai.OpenAIError as exc:
+            raise translate_sdk_error(
+                exc, SDK_ERRORS, provider=self.name, now=self._now(), timeout_s=self._timeout_s
+            ) from exc
+        return completion_from_openai_body(
+            answer.body(),
+            provider=self.name,
+            model=model,
+            rate_limits=openai_rate_limits(stream.response.headers),
+        )
+
     def refuses(self, request: ChatRequest) -> Unsupported | None:
         """Extended thinking asked in Anthropic's shape, which an OpenAI-compatible upstream
         cannot honour; anything else in OpenAI's shape is forwarded as it is."""
@@ -110,6 +141,48 @@ class OpenAIProvider:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+class _Assembled:
+    """A streamed answer put back together as the `chat.completion` it amounts to."""
+
+    def __init__(self) -> None:
+        self.first: dict[str, Any] = {}
+        self.text: list[str] = []
+        self.calls: dict[int, dict[str, Any]] = {}
+        self.finish_reason: str | None = None
+        self.usage: dict[str, Any] | None = None
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        self.first = self.first or chunk
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            self.text.append(delta.get("content") or "")
+            for call in delta.get("tool_calls") or []:
+                slot = self.calls.setdefault(
+                    int(call.get("index") or 0),
+                    {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
+                )
+                slot["id"] = call.get("id") or slot["id"]
+                function = call.get("function") or {}
+                slot["function"]["name"] += function.get("name") or ""
+                slot["function"]["arguments"] += function.get("arguments") or ""
+            self.finish_reason = choice.get("finish_reason") or self.finish_reason
+        self.usage = chunk.get("usage") or self.usage
+
+    def body(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(self.text) or None}
+        if self.calls:
+            message["tool_calls"] = [self.calls[index] for index in sorted(self.calls)]
+        choice = {"index": 0, "message": message, "finish_reason": self.finish_reason, "logprobs": None}
+        return {
+            "id": self.first.get("id"),
+            "object": "chat.completion",
+            "created": self.first.get("created"),
+            "model": self.first.get("model"),
+            "choices": [choice],
+            "usage": self.usage,
+        }
 
 
 def openai_rate_limits(headers: Mapping[str, str]) -> RateLimitHeaders | None:

@@ -30,6 +30,7 @@ import structlog
 from core import metrics
 from core.config import GatewayConfig, Target
 from core.domain.chat import ChatRequest, Completion
+from core.domain.relay import Relay
 from core.errors import Unsupported, UpstreamError
 from core.fingerprint import SHARED_SCOPE, request_fingerprint
 from core.pricing import cost_usd
@@ -124,16 +125,18 @@ class JobRunner:
         self.policy = policy or RetryPolicy()
         self.jitter = jitter
 
-    async def run(self, claim: store.Claim, tenant: str) -> Verdict:
+    async def run(self, claim: store.Claim, tenant: str, *, relay: Relay | None = None) -> Verdict:
+        """The job's verdict; with a `relay` its call is streamed there (a cache hit or a
+        twin's answer is not: the relay's owner streams the verdict's result itself)."""
         records: list[CallRecord] = []
         if claim.deadline is not None and claim.deadline <= self.utcnow():
             return failed(records, DEADLINE_PASSED)
         request = ChatRequest.from_body(claim.request)
         if not claim.use_cache:
-            return await self._call_targets(claim, tenant, request, records)
+            return await self._call_targets(claim, tenant, request, records, relay=relay)
         scope = SHARED_SCOPE if self.config.tenant_limits(tenant).shared_cache else claim.tenant_id
         fingerprint = request_fingerprint(claim.model, request, scope=scope)
-        return await self._single_flight(claim, tenant, request, records, fingerprint)
+        return await self._single_flight(claim, tenant, request, records, fingerprint, relay)
 
     async def _single_flight(
         self,
@@ -142,6 +145,7 @@ class JobRunner:
         request: ChatRequest,
         records: list[CallRecord],
         fingerprint: str,
+        relay: Relay | None = None,
     ) -> Verdict:
         """The cache, then single-flight: the cache read rides in the round trip of the first
         flight lookup; what a hit or a leader's success leaves to write is deferred to the group's
@@ -167,7 +171,9 @@ class JobRunner:
                 return self._succeeded(records, flight.result, cached=True, updates=updates)
             if flight.is_leader:
                 share = functools.partial(self._share, flight, fingerprint)
-                verdict = await self._call_targets(claim, tenant, request, records, on_success=share)
+                verdict = await self._call_targets(
+                    claim, tenant, request, records, on_success=share, relay=relay
+                )
                 if verdict.status is not OutcomeStatus.SUCCEEDED:
                     retryable = verdict.status is OutcomeStatus.REQUEUED
                     await self.single_flight.abandon(flight, error_retryable=retryable)
@@ -202,6 +208,7 @@ class JobRunner:
         request: ChatRequest,
         records: list[CallRecord],
         on_success: Callable[[Completion], list[FleetOp]] | None = None,
+        relay: Relay | None = None,
     ) -> Verdict:
         targets = self.config.targets_for(claim.model) or []
         if not targets:
@@ -222,6 +229,7 @@ class JobRunner:
                     tenant_bucket=bucket,
                     records=records,
                     deferred=fleet_updates,
+                    relay=relay,
                 )
             except TargetUnavailable as busy:
                 busy_for_s.append(busy.retry_after_s)

@@ -41,6 +41,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import metrics
+from core.domain.relay import Relay
 from core.redis.scripts import run_calls
 from core.services.execute import JobRunner, Outcome, OutcomeStatus, Verdict
 from core.services.lifecycle import Effects
@@ -193,7 +194,9 @@ class JobRuntime:
 
         retrying_on_disconnect(self.lease_s, sleep=self.sleep)(once)
 
-    async def run_claimed(self, claim: store.Claim, tenant_name: str) -> tuple[Outcome, Verdict | None]:
+    async def run_claimed(
+        self, claim: store.Claim, tenant_name: str, *, relay: Relay | None = None
+    ) -> tuple[Outcome, Verdict | None]:
         """Run a job whose claim was made elsewhere (the API's sync path inserts its job
         claimed) as a claimed one: the same pipeline, group write and lease renewal. Returns
         the outcome once written, with the verdict (None if the run crashed). The run is a task
@@ -202,7 +205,7 @@ class JobRuntime:
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._tenant_names[claim.tenant_id] = tenant_name
         self._active[claim.id] = claim
-        run = self._spawn(self._run(claim, future), name=f"job-{claim.id}")
+        run = self._spawn(self._run(claim, future, relay), name=f"job-{claim.id}")
         outcome = await asyncio.shield(future)
         return outcome, run.result()
 
@@ -283,13 +286,15 @@ class JobRuntime:
 
     # --- running ---------------------------------------------------------------------------
 
-    async def _run(self, claim: store.Claim, future: asyncio.Future[Outcome]) -> Verdict | None:
+    async def _run(
+        self, claim: store.Claim, future: asyncio.Future[Outcome], relay: Relay | None = None
+    ) -> Verdict | None:
         tenant = self._tenant_names.get(claim.tenant_id, claim.tenant_id)
         # Bound for this task's own context (each job runs as a task of its own), so nothing
         # needs unbinding; `bound_contextvars` copied the whole context twice a job.
         structlog.contextvars.bind_contextvars(job_id=claim.id, request_id=claim.request_id)
         try:
-            verdict = await self.runner.run(claim, tenant)
+            verdict = await self.runner.run(claim, tenant, relay=relay)
         except Exception as exc:
             # Its lease lapses and the reaper re-queues the job: nothing is lost.
             log.exception("run_job_crashed", job_id=claim.id)

@@ -25,7 +25,8 @@ import structlog
 from core import metrics
 from core.config import GatewayConfig, Target
 from core.domain.chat import ChatRequest, Completion
-from core.errors import RateLimited, UpstreamError
+from core.domain.relay import Relay
+from core.errors import RateLimited, StreamInterrupted, UpstreamError
 from core.providers.base import Provider
 from core.ratelimit import wait
 from core.ratelimit.estimate import estimate_tokens
@@ -117,9 +118,12 @@ class UpstreamCaller:
         tenant_bucket: Bucket | None,
         records: list[CallRecord],
         deferred: list[FleetOp],
+        relay: Relay | None = None,
     ) -> Completion:
         """The completion, or UpstreamError (after retries), or TargetUnavailable; `Unsupported`
-        before anything is booked when the target cannot honour the request.
+        before anything is booked when the target cannot honour the request. With a `relay`,
+        the call is streamed to it; once a chunk has gone out, a failure is final
+        (`StreamInterrupted`): no retry, no other target.
 
         The fleet-state updates a success leaves (the breaker's success, the limiter's
         reconciliation) are appended to `deferred`, for the caller to run later in one pipeline.
@@ -141,10 +145,12 @@ class UpstreamCaller:
         for tries in range(1, TRIES_PER_TARGET + 1):
             try:
                 return await self._call_once(
-                    target, request, buckets, estimate, interactive, records, deferred
+                    target, request, buckets, estimate, interactive, records, deferred, relay=relay
                 )
             except UpstreamError as exc:
                 failure = exc
+                if relay is not None and relay.started and exc.retryable:
+                    raise StreamInterrupted(f"{exc.message} (after part of the answer was sent)") from exc
                 if not exc.retryable or tries == TRIES_PER_TARGET:
                     raise
             except TargetUnavailable as busy:
@@ -163,6 +169,8 @@ class UpstreamCaller:
         interactive: bool,
         records: list[CallRecord],
         deferred: list[FleetOp],
+        *,
+        relay: Relay | None = None,
     ) -> Completion:
         cfg = self.config.providers[target.provider]
         name = target_name(target)
@@ -172,7 +180,7 @@ class UpstreamCaller:
         )
         t0 = self.monotonic()
         try:
-            completion = await self.providers[target.provider].complete(request, target.model)
+            completion = await self.providers[target.provider].complete(request, target.model, relay=relay)
         except UpstreamError as exc:
             latency_ms = int((self.monotonic() - t0) * 1000)
             if exc.error_type in NOT_CHARGED:
