@@ -21,10 +21,29 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench import concurrency, limiter, memory, progress, scale_out, submit, sync_latency, throughput
+from bench import (
+    concurrency,
+    limiter,
+    memory,
+    progress,
+    scale_out,
+    streaming,
+    submit,
+    sync_latency,
+    throughput,
+)
 from bench.report import format_table, machine, utc_now
 
-BENCHMARKS: list[ModuleType] = [limiter, throughput, concurrency, scale_out, sync_latency, submit, memory]
+BENCHMARKS: list[ModuleType] = [
+    limiter,
+    throughput,
+    concurrency,
+    scale_out,
+    sync_latency,
+    streaming,
+    submit,
+    memory,
+]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # Benchmarks run in the background, at the lowest CPU priority, while the others run one after
 # the other. The memory run needs 20,000 jobs of CPU, not time, and its figure (RSS after 20,000
