@@ -11,7 +11,8 @@ The request as it came is kept beside the translation (`with_original`): an Anth
 gets it unchanged, with what only Anthropic has (`thinking`, `cache_control`, system blocks,
 `top_k`); an OpenAI-compatible target gets the translation, and refuses `thinking`
 (`unsupported_parameter`, so the model's next target is tried). What the translation cannot
-express is refused with a 400 naming it (documents, server tools, `stream`).
+express is refused with a 400 naming it (documents, server tools). `stream: true` is written
+as Anthropic's event sequence (`AnthropicEvents`).
 """
 
 from __future__ import annotations
@@ -110,10 +111,6 @@ class MessagesRequest(CheckedBody):
 
 def openai_body(request: MessagesRequest) -> dict[str, Any]:
     """The OpenAI chat-completions body that asks the same as `request`."""
-    if request.stream:
-        raise InvalidRequest(
-            "stream=true is not supported yet; omit it (jobgate answers when done).", param="stream"
-        )
     messages: list[dict[str, Any]] = []
     if request.system:
         messages.append({"role": "system", "content": _text_of(request.system, "system")})
@@ -339,6 +336,89 @@ def batch_result(
             "error": anthropic_error_body(status_code, error["type"], error.get("message", "")),
         }
     return {"custom_id": custom_id, "result": outcome}
+
+
+class AnthropicEvents:
+    """A streamed answer as Anthropic's event sequence (`message_start`, content blocks with
+    `text_delta` / `input_json_delta`, `message_delta`, `message_stop`), written from the
+    OpenAI chunks the job's call relays; an error is an `error` event."""
+
+    def __init__(self, requested_model: str) -> None:
+        self.requested_model = requested_model
+        self.started = False
+        self.block: str | None = None
+        self.index = -1
+        self.finish_reason: str | None = None
+        self.usage: dict[str, Any] = {}
+
+    def chunk(self, chunk: dict[str, Any]) -> list[bytes]:
+        out: list[bytes] = []
+        if not self.started:
+            self.started = True
+            message: dict[str, Any] = {
+                "id": f"msg_{str(chunk.get('id') or '').removeprefix('chatcmpl-')}",
+                "type": "message",
+                "role": "assistant",
+                "model": chunk.get("model") or self.requested_model,
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {"input_tokens": 0, "output_tokens": 0},
+            }
+            out.append(_event("message_start", {"message": message}))
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                out += self._open("text", {"type": "text", "text": ""})
+                out.append(self._delta({"type": "text_delta", "text": delta["content"]}))
+            for call in delta.get("tool_calls") or []:
+                function = call.get("function") or {}
+                if call.get("id"):
+                    block = {"type": "tool_use", "id": call["id"], "name": function.get("name"), "input": {}}
+                    out += self._open("tool_use", block, fresh=True)
+                if function.get("arguments"):
+                    out.append(
+                        self._delta({"type": "input_json_delta", "partial_json": function["arguments"]})
+                    )
+            self.finish_reason = choice.get("finish_reason") or self.finish_reason
+        self.usage = chunk.get("usage") or self.usage
+        return out
+
+    def _open(self, kind: str, block: dict[str, Any], *, fresh: bool = False) -> list[bytes]:
+        if self.block == kind and not fresh:
+            return []
+        out = self._close()
+        self.block, self.index = kind, self.index + 1
+        return [*out, _event("content_block_start", {"index": self.index, "content_block": block})]
+
+    def _close(self) -> list[bytes]:
+        if self.block is None:
+            return []
+        self.block = None
+        return [_event("content_block_stop", {"index": self.index})]
+
+    def _delta(self, delta: dict[str, Any]) -> bytes:
+        return _event("content_block_delta", {"index": self.index, "delta": delta})
+
+    def end(self) -> list[bytes]:
+        stop = {"stop_reason": _STOP_REASONS.get(str(self.finish_reason), "end_turn"), "stop_sequence": None}
+        usage = {
+            "input_tokens": int(self.usage.get("prompt_tokens") or 0),
+            "output_tokens": int(self.usage.get("completion_tokens") or 0),
+        }
+        return [
+            *self._close(),
+            _event("message_delta", {"delta": stop, "usage": usage}),
+            _event("message_stop", {}),
+        ]
+
+    def error(self, error_type: str, message: str) -> list[bytes]:
+        return [_event("error", anthropic_error_body(http_status_for(error_type), error_type, message))]
+
+
+def _event(kind: str, payload: dict[str, Any]) -> bytes:
+    body = payload if kind == "error" else {"type": kind, **payload}
+    return f"event: {kind}\ndata: {json.dumps(body, separators=(',', ':'))}\n\n".encode()
 
 
 def anthropic_error_body(status: int, error_type: str, message: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
@@ -36,14 +36,38 @@ def sse(payload: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
 
 
+class Events(Protocol):
+    """How a surface writes a stream: from the chunks relayed, a whole answer, or an error."""
+
+    def chunk(self, chunk: dict[str, Any]) -> list[bytes]: ...
+
+    def error(self, error_type: str, message: str) -> list[bytes]: ...
+
+    def end(self) -> list[bytes]: ...
+
+
+class OpenAIEvents:
+    """OpenAI's `chat.completion.chunk` events as they came; the usage chunk only when asked
+    (`stream_options.include_usage`); `[DONE]` at the end; an error as `{"error": {...}}`."""
+
+    def __init__(self, *, include_usage: bool) -> None:
+        self.include_usage = include_usage
+
+    def chunk(self, chunk: dict[str, Any]) -> list[bytes]:
+        return [sse(chunk)] if chunk.get("choices") or self.include_usage else []
+
+    def error(self, error_type: str, message: str) -> list[bytes]:
+        status = http_status_for(error_type)
+        return [
+            sse({"error": {"type": error_type, "code": error_type, "message": message, "status": status}})
+        ]
+
+    def end(self) -> list[bytes]:
+        return [b"data: [DONE]\n\n"]
+
+
 def stream_response(
-    request: Request,
-    spec: JobSpec,
-    state: AppState,
-    principal: Principal,
-    ask: SyncAsk,
-    *,
-    include_usage: bool,
+    request: Request, spec: JobSpec, state: AppState, principal: Principal, ask: SyncAsk, events: Events
 ) -> StreamingResponse:
     relay = Relay()
 
@@ -54,51 +78,33 @@ def stream_response(
     job = asyncio.get_running_loop().create_task(run())
     job.add_done_callback(lambda _: relay.finish())
     return StreamingResponse(
-        _events(relay, job, state, include_usage=include_usage),
+        _stream(relay, job, state, events),
         media_type="text/event-stream",
         headers={"cache-control": "no-cache"},
     )
 
 
-async def _events(
-    relay: Relay, job: asyncio.Task[Finished], state: AppState, *, include_usage: bool
+async def _stream(
+    relay: Relay, job: asyncio.Task[Finished], state: AppState, events: Events
 ) -> AsyncIterator[bytes]:
-    def wanted(chunk: dict[str, Any]) -> bool:
-        return bool(chunk.get("choices")) or include_usage  # the usage chunk only when asked
-
     try:
         async for chunk in relay.chunks():
-            if wanted(chunk):
-                yield sse(chunk)
+            for event in events.chunk(chunk):
+                yield event
         finished = await job
+        written: list[bytes] = []
         if finished.status is None:
-            yield sse(
-                _error(
-                    "timeout",
-                    f"The job did not finish within {state.settings.sync_timeout_s:g} s;"
-                    f" poll GET /v1/jobs/{finished.job_id}.",
-                )
-            )
+            wait_s = state.settings.sync_timeout_s
+            message = f"The job did not finish within {wait_s:g} s; poll GET /v1/jobs/{finished.job_id}."
+            written = events.error("timeout", message)
         elif finished.status == store.SUCCEEDED:
             if not relay.started and finished.result is not None:
-                for chunk in chunks_of(finished.result):
-                    if wanted(chunk):
-                        yield sse(chunk)
+                written = [event for chunk in chunks_of(finished.result) for event in events.chunk(chunk)]
+            written += events.end()
         else:
             error = finished.error or {"type": "server_error", "message": "The job failed."}
-            yield sse(_error(error["type"], error.get("message", "")))
-        yield b"data: [DONE]\n\n"
+            written = events.error(error["type"], error.get("message", ""))
+        for event in written:
+            yield event
     finally:
         relay.close()
-
-
-def _error(error_type: str, message: str) -> dict[str, Any]:
-    """OpenAI's in-stream error (the SDK raises it as an `APIError`)."""
-    return {
-        "error": {
-            "type": error_type,
-            "code": error_type,
-            "message": message,
-            "status": http_status_for(error_type),
-        }
-    }

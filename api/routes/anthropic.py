@@ -13,9 +13,10 @@ no one (wire-formats.md: do not validate it). Answers and errors take Anthropic'
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from api.anthropic_wire import (
+    AnthropicEvents,
     MessagesRequest,
     anthropic_error_body,
     anthropic_message,
@@ -28,6 +29,7 @@ from api.idempotency import IdempotencyKeyHeader
 from api.job_specs import job_spec
 from api.request_id import request_id_of
 from api.schemas import JobRequest
+from api.streaming import stream_response
 from api.sync_calls import TIMED_OUT_RETRY_AFTER_S, SyncAsk, retry_after_s, run_sync
 from core.errors import http_status_for
 from core.store import jobs as store
@@ -50,12 +52,14 @@ async def create_message(
     session: SessionDep,
     principal: PrincipalDep,
     idempotency_key: IdempotencyKeyHeader = None,
-) -> JSONResponse:
+) -> Response:
     chat = JobRequest.model_validate(openai_body(body))
     spec = with_original(
         job_spec(chat, config=state.config, settings=state.settings, default_priority="interactive"), body
     )
     ask = SyncAsk.of(request, body, idempotency_key)
+    if body.stream:
+        return stream_response(request, spec, state, principal, ask, AnthropicEvents(body.model))
     finished = await run_sync(request, spec, state, session, principal, ask)
     headers = {"x-jobgate-job-id": finished.job_id, "request-id": request_id_of(request) or finished.job_id}
     if finished.status is None:

@@ -19,7 +19,7 @@ from api.errors import error_body
 from api.idempotency import IdempotencyKeyHeader
 from api.job_specs import job_spec
 from api.schemas import JobRequest
-from api.streaming import stream_response
+from api.streaming import OpenAIEvents, stream_response
 from api.sync_calls import TIMED_OUT_RETRY_AFTER_S, SyncAsk, retry_after_s, run_sync
 from core.errors import http_status_for
 from core.store import jobs as store
@@ -58,7 +58,9 @@ async def chat_completions(
     ask = SyncAsk.of(request, body, idempotency_key)
     if body.stream:
         include_usage = bool((body.stream_options or {}).get("include_usage"))
-        return stream_response(request, spec, state, principal, ask, include_usage=include_usage)
+        return stream_response(
+            request, spec, state, principal, ask, OpenAIEvents(include_usage=include_usage)
+        )
     finished = await run_sync(request, spec, state, session, principal, ask)
     headers = {"x-jobgate-job-id": finished.job_id}
     if finished.status is None:

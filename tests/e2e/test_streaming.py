@@ -1,5 +1,6 @@
 """Streaming through real processes (uvicorn serving the API, a worker, the sim): tokens
-reach the SDK as the upstream produces them, and a client that hangs up mid-stream ends the
+reach the openai SDK as the upstream produces them, the anthropic SDK reads its own event
+sequence, and a client that hangs up mid-stream ends the
 upstream call and leaves its job failed `client_disconnected`."""
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import psycopg
@@ -55,6 +57,13 @@ def test_tokens_arrive_as_made_and_a_client_that_hangs_up_ends_the_call() -> Non
             whole = client.chat.completions.create(
                 model="fast", messages=[{"role": "user", "content": "twelve tokens or so of answer"}]
             )
+            claude = anthropic.Anthropic(
+                base_url=f"{fleet.api_url}/anthropic", api_key=fleet.api_key, timeout=60
+            )
+            with claude.messages.stream(
+                model="fast", max_tokens=64, messages=[{"role": "user", "content": "as Anthropic streams"}]
+            ) as stream:
+                anthropic_text = "".join(stream.text_stream)
 
             with psycopg.connect(fleet.database_url) as conn:
                 conn.execute("DELETE FROM job_attempts")
@@ -74,6 +83,7 @@ def test_tokens_arrive_as_made_and_a_client_that_hangs_up_ends_the_call() -> Non
             wait_until(lambda: sim.stats()["in_flight"] == 0, timeout_s=10, what="the upstream call to end")
 
     assert "".join(parts) == whole.choices[0].message.content == "echo: twelve tokens or so of answer"
+    assert anthropic_text == "echo: as Anthropic streams"
     # One event every DELAY_MS from the sim: the first chunks arrive long before the last one.
     assert arrivals[1] < arrivals[-1] - 0.5
     assert status == "failed" and error["type"] == "client_disconnected"

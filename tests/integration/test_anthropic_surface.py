@@ -135,3 +135,35 @@ async def test_the_openai_sdk_works_under_the_openai_prefix(settings: Settings, 
 
     assert reply.choices[0].message.content == "echo: Hi"
     assert "fast" in {model.id for model in models.data}
+
+
+async def test_messages_stream_reassembles_the_answer_as_the_sdk_reads_it(
+    claude: anthropic.AsyncAnthropic, sim: SimHandle, upstream_model: str
+) -> None:
+    whole = await claude.messages.create(
+        model="fast", max_tokens=64, messages=[{"role": "user", "content": "flow"}]
+    )
+    async with claude.messages.stream(
+        model="fast", max_tokens=64, messages=[{"role": "user", "content": "flow"}]
+    ) as stream:
+        text = "".join([piece async for piece in stream.text_stream])
+        final = await stream.get_final_message()
+
+    assert text == whole.content[0].text == "echo: flow"  # type: ignore[union-attr]
+    assert final.stop_reason == "end_turn" and final.usage.output_tokens > 0
+    assert sim_calls(sim, upstream_model) == 2
+
+
+async def test_a_streamed_failure_is_an_anthropic_error_event(
+    claude: anthropic.AsyncAnthropic, sim: SimHandle, upstream_model: str
+) -> None:
+    sim.configure(models={upstream_model: {"fail_rate": 1.0, "fail_status": 400}})
+
+    with pytest.raises(anthropic.APIStatusError) as failed:
+        async with claude.messages.stream(
+            model="fast", max_tokens=16, messages=[{"role": "user", "content": "x"}]
+        ) as stream:
+            async for _ in stream:
+                pass
+
+    assert failed.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]

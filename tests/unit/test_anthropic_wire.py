@@ -85,7 +85,6 @@ def test_system_turns_tools_and_choices_become_their_openai_counterparts() -> No
 @pytest.mark.parametrize(
     ("fields", "param"),
     [
-        ({"stream": True}, "stream"),
         ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "tools.0"),
     ],
 )
