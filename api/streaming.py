@@ -4,8 +4,8 @@ The job is made and run as any sync request's (`api/sync_calls.py`), with a `Rel
 API process makes the call, the upstream's chunks reach the client as they come (limiter,
 breaker and fallback have all decided before the first one), and the whole answer is still
 recorded on the job (result, usage, cost, cache). An answer that did not come from a streamed
-call here (a cache hit, a twin's, a retry the workers ran, an Anthropic target) is sent as the
-chunks it amounts to once the job is final. A failure is an `error` event, as OpenAI sends
+call here (a cache hit, a twin's, a retry the workers ran) is sent as the chunks it amounts to
+once the job is final. A failure is an `error` event, as OpenAI sends
 it; `[DONE]` ends every stream. A client that goes away closes the relay: the upstream call
 ends at its next chunk and the job fails `client_disconnected`.
 

@@ -5,6 +5,7 @@ fails naming it. Alias `mixed` → an Anthropic-wire target, then an OpenAI-wire
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -113,3 +114,22 @@ async def test_thinking_with_only_openai_targets_fails_naming_it(
     assert response.status_code == 400
     assert "thinking" in response.json()["error"]["message"]
     assert sim_calls(sim, upstream_model) == 0
+
+
+async def test_an_anthropic_target_streams_token_by_token_as_openai_chunks(
+    api_client: httpx.AsyncClient, sim: SimHandle, upstream_model: str
+) -> None:
+    body = {"model": "claude", "messages": [{"role": "user", "content": "stream me"}], "stream": True}
+    stream_options = {"stream_options": {"include_usage": True}}
+
+    response = await api_client.post("/v1/chat/completions", json={**body, **stream_options})
+
+    events = [line.removeprefix("data: ") for line in response.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    contents = [c["choices"][0]["delta"].get("content") for c in chunks if c.get("choices")]
+    assert "".join(filter(None, contents)) == "echo: stream me"
+    assert len([c for c in contents if c]) > 2  # one a token, as the sim streamed them
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c.get("choices")][-1] == "stop"
+    assert chunks[-1]["usage"]["completion_tokens"] > 0
+    assert sim_calls(sim, f"{upstream_model}-claude") == 1
