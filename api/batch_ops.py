@@ -7,13 +7,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.deps import AppState
+from api.deps import AppState, load_owned
 from api.dispatch import apply_after_commit, commit_final_events
 from core import metrics
-from core.errors import NotFound
 from core.store import jobs as store
 from core.store.models import Batch, Job
 
@@ -21,11 +20,8 @@ RESULTS_PAGE = 1_000
 
 
 async def load_batch(session: AsyncSession, tenant_id: str, batch_id: str) -> Batch:
-    stmt = select(Batch).where(Batch.id == batch_id, Batch.tenant_id == tenant_id)
-    batch = (await session.execute(stmt)).scalars().first()
-    if batch is None:
-        raise NotFound(f"No batch with id {batch_id!r}.", param="batch_id")
-    return batch
+    missing = f"No batch with id {batch_id!r}."
+    return await load_owned(session, Batch, tenant_id, batch_id, missing=missing, param="batch_id")
 
 
 async def summary(session: AsyncSession, batch: Batch) -> store.BatchSummary:

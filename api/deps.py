@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import redis.asyncio as aioredis
 import structlog
@@ -20,11 +20,11 @@ from api.key_gate import MISSING_KEY, api_key_of
 from api.notifier import JobNotifier
 from core.auth import hash_key
 from core.config import GatewayConfig
-from core.errors import Unauthenticated
+from core.errors import NotFound, Unauthenticated
 from core.redis.keys import Keys
 from core.settings import Settings
 from core.store.clock import SqlClock
-from core.store.models import ApiKey, Tenant
+from core.store.models import ApiKey, Tenant, TenantOwned
 
 log = structlog.get_logger("jobgate.api")
 
@@ -106,6 +106,21 @@ async def get_principal(
     principal = Principal(tenant_id=row[0], tenant_name=row[1])
     state.principals.put(key_hash, principal)
     return principal
+
+
+Owned = TypeVar("Owned", bound=TenantOwned)
+
+
+async def load_owned(
+    session: AsyncSession, model: type[Owned], tenant_id: str, object_id: str, *, missing: str, param: str
+) -> Owned:
+    """The caller's object of `model` with this id; `NotFound(missing)` when there is none
+    (another tenant's object included: its existence is not the caller's to learn)."""
+    stmt = select(model).where(model.id == object_id, model.tenant_id == tenant_id)
+    found = (await session.execute(stmt)).scalars().first()
+    if found is None:
+        raise NotFound(missing, param=param)
+    return found
 
 
 StateDep = Annotated[AppState, Depends(get_state)]

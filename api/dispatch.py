@@ -16,7 +16,9 @@ import structlog
 from anyio import to_thread
 from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.background import BackgroundTask
 
+from api.deps import AppState
 from core import queue
 from core.redis.keys import Keys
 from core.services.lifecycle import Effects, apply_effects
@@ -42,6 +44,15 @@ async def dispatch_committed(
         log.warning("enqueue_failed_sweeper_will_dispatch", jobs=len(jobs), error=type(exc).__name__)
         return False
     return True
+
+
+def dispatch_after_answer(state: AppState, jobs: Sequence[tuple[str, str]]) -> BackgroundTask:
+    """Enqueue a committed batch's jobs once the answer has gone out: the batch is the
+    client's already, and enqueueing tens of thousands of messages takes seconds on a busy
+    machine; if this process dies meanwhile, the sweeper dispatches what was not enqueued."""
+    return BackgroundTask(
+        dispatch_committed, state.broker, jobs, fault_exit_after_commit=state.settings.fault_exit_after_commit
+    )
 
 
 async def commit_final_events(session: AsyncSession, job_ids: list[str], now: datetime) -> Effects:

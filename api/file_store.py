@@ -16,8 +16,8 @@ from datetime import datetime
 from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.deps import AppState
-from core.errors import InvalidRequest, NotFound, PayloadTooLarge
+from api.deps import AppState, load_owned
+from core.errors import InvalidRequest, PayloadTooLarge
 from core.store.models import FileChunk, StoredFile
 
 CHUNK_BYTES = 1 << 20
@@ -67,11 +67,8 @@ async def _insert_chunk(session: AsyncSession, file_id: str, seq: int, data: byt
 
 
 async def load_file(session: AsyncSession, tenant_id: str, file_id: str) -> StoredFile:
-    stmt = select(StoredFile).where(StoredFile.id == file_id, StoredFile.tenant_id == tenant_id)
-    stored = (await session.execute(stmt)).scalars().first()
-    if stored is None:
-        raise NotFound(f"No such File object: {file_id}", param="file_id")
-    return stored
+    missing = f"No such File object: {file_id}"
+    return await load_owned(session, StoredFile, tenant_id, file_id, missing=missing, param="file_id")
 
 
 async def read_file(state: AppState, file_id: str) -> AsyncIterator[bytes]:

@@ -20,7 +20,6 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
-from starlette.background import BackgroundTask
 
 from api.anthropic_wire import (
     BATCH_ID_PREFIX,
@@ -34,7 +33,7 @@ from api.anthropic_wire import (
 from api.batch_ops import cancel, final_job_pages, load_batch, summary
 from api.batch_upload import BatchParser
 from api.deps import AppState, PrincipalDep, SessionDep, StateDep
-from api.dispatch import dispatch_committed
+from api.dispatch import dispatch_after_answer
 from api.documentation import ANTHROPIC_ERROR_RESPONSES
 from api.errors import describe_validation_error
 from api.idempotency import IdempotencyKeyHeader
@@ -101,9 +100,7 @@ async def create_message_batch(
         id_prefix=BATCH_ID_PREFIX,
     )
     log.info("message_batch_submitted", batch_id=batch.id, jobs=len(jobs))
-    dispatch = BackgroundTask(
-        dispatch_committed, state.broker, jobs, fault_exit_after_commit=state.settings.fault_exit_after_commit
-    )
+    dispatch = dispatch_after_answer(state, jobs)
     return JSONResponse(await _view(request, session, batch), background=dispatch)
 
 

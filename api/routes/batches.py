@@ -13,12 +13,11 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
-from starlette.background import BackgroundTask
 
 from api.batch_ops import cancel, final_job_pages, load_batch, summary
 from api.batch_upload import BatchParser, parse_json_requests, parse_ndjson_batch, split_json_batch
 from api.deps import AppState, PrincipalDep, SessionDep, StateDep
-from api.dispatch import dispatch_committed
+from api.dispatch import dispatch_after_answer
 from api.documentation import BatchList, BatchObject, answer
 from api.errors import describe_validation_error
 from api.idempotency import IdempotencyKeyHeader, fingerprinted
@@ -161,13 +160,7 @@ async def create_batch(
         request_id=request_id_of(request),
     )
     log.info("batch_submitted", batch_id=batch.id, jobs=len(jobs))
-    # The batch is committed, so it is the client's: answer now and enqueue its jobs after the
-    # answer is sent. Enqueueing tens of thousands of messages takes seconds on a busy machine
-    # (workers already running the first ones compete for the CPU); if this process dies
-    # meanwhile, the sweeper dispatches what was not enqueued, as for any lost message.
-    dispatch = BackgroundTask(
-        dispatch_committed, state.broker, jobs, fault_exit_after_commit=state.settings.fault_exit_after_commit
-    )
+    dispatch = dispatch_after_answer(state, jobs)
     return JSONResponse(
         await _batch_view(session, batch), status_code=201 if jobs else 200, background=dispatch
     )

@@ -25,19 +25,18 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from starlette.background import BackgroundTask
 
 from api.batch_ops import cancel, final_job_pages, summary
 from api.batch_upload import BatchParser, NdjsonLines
-from api.deps import AppState, PrincipalDep, SessionDep, StateDep
-from api.dispatch import dispatch_committed
+from api.deps import AppState, PrincipalDep, SessionDep, StateDep, load_owned
+from api.dispatch import dispatch_after_answer
 from api.file_store import load_file, new_stored_file, read_file, write_file
 from api.idempotency import IdempotencyKeyHeader
 from api.openai_wire import ENDPOINT, batch_object, batch_status, result_line
 from api.request_id import request_id_of
 from api.routes.openai_files import new_file_id
 from api.schemas import MAX_ID_CHARS, check_metadata
-from core.errors import ApiError, InvalidRequest, NotFound
+from core.errors import ApiError, InvalidRequest
 from core.ids import new_id
 from core.services.submit import BatchSpec, existing_batch_for_key, request_hash, submit_batch
 from core.store.models import Batch, OpenAIBatch
@@ -137,9 +136,7 @@ async def create_batch(
     if not jobs:  # a concurrent request with the same Idempotency-Key made it first
         return JSONResponse(await _view(state, session, await _load(session, principal.tenant_id, batch.id)))
     log.info("openai_batch_submitted", batch_id=batch.id, jobs=len(jobs))
-    dispatch = BackgroundTask(
-        dispatch_committed, state.broker, jobs, fault_exit_after_commit=state.settings.fault_exit_after_commit
-    )
+    dispatch = dispatch_after_answer(state, jobs)
     return JSONResponse(await _view(state, session, record), background=dispatch)
 
 
@@ -186,11 +183,8 @@ async def cancel_batch(
 
 
 async def _load(session: AsyncSession, tenant_id: str, batch_id: str) -> OpenAIBatch:
-    stmt = select(OpenAIBatch).where(OpenAIBatch.id == batch_id, OpenAIBatch.tenant_id == tenant_id)
-    record = (await session.execute(stmt)).scalars().first()
-    if record is None:
-        raise NotFound(f"No batch found with id '{batch_id}'.", param="batch_id")
-    return record
+    missing = f"No batch found with id '{batch_id}'."
+    return await load_owned(session, OpenAIBatch, tenant_id, batch_id, missing=missing, param="batch_id")
 
 
 async def _view(state: AppState, session: AsyncSession, record: OpenAIBatch) -> dict[str, Any]:

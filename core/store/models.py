@@ -50,6 +50,15 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
+class TenantOwned(Base):
+    """A table whose rows belong to one tenant, found by `id` within it."""
+
+    __abstract__ = True
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+
+
 class Tenant(Base):
     __tablename__ = "tenants"
 
@@ -70,7 +79,7 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-class Batch(Base):
+class Batch(TenantOwned):
     __tablename__ = "batches"
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key"),
@@ -84,8 +93,6 @@ class Batch(Base):
         ),
     )
 
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     total: Mapped[int] = mapped_column(Integer)
     priority: Mapped[str] = mapped_column(String(16))
     webhook_url: Mapped[str | None] = mapped_column(Text)
@@ -240,7 +247,7 @@ class WebhookAttempt(Base):
     response_snippet: Mapped[str | None] = mapped_column(Text)
 
 
-class StoredFile(Base):
+class StoredFile(TenantOwned):
     """A file uploaded through the OpenAI Files API (`purpose=batch`), or a batch's output or
     error file (`batch_output`). Its bytes live in `file_chunks`, 1 MiB a row, so neither an
     upload nor a download holds a whole file in memory."""
@@ -248,8 +255,6 @@ class StoredFile(Base):
     __tablename__ = "files"
     __table_args__ = (Index("ix_files_tenant_id_id", "tenant_id", "id"),)
 
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     purpose: Mapped[str] = mapped_column(String(32))
     filename: Mapped[str] = mapped_column(String(255))
     bytes: Mapped[int] = mapped_column(BigInteger)
@@ -266,15 +271,13 @@ class FileChunk(Base):
     data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
-class OpenAIBatch(Base):
+class OpenAIBatch(TenantOwned):
     """A batch made through the OpenAI Batches API: what OpenAI's batch object carries beyond
     jobgate's batch of the same id (which holds the jobs; absent when validation failed)."""
 
     __tablename__ = "openai_batches"
     __table_args__ = (Index("ix_openai_batches_tenant_id_id", "tenant_id", "id"),)
 
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     endpoint: Mapped[str] = mapped_column(String(64))
     input_file_id: Mapped[str] = mapped_column(String(40))
     completion_window: Mapped[str] = mapped_column(String(8))
