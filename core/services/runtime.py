@@ -137,6 +137,8 @@ class JobRuntime:
         self.sleep = sleep  # the backoff of a claim or write retried after a lost connection
         self.gather_s = gather_s
         self._sql = concurrent.futures.ThreadPoolExecutor(sql_threads, thread_name_prefix="jobgate-sql")
+        # Writes in flight at once: one SQL thread is always left to claims and leases.
+        self._write_slots = max(1, sql_threads - 1)
         self._tenant_names: dict[str, str] = {}
         self._active: dict[str, store.Claim] = {}
         self._to_claim: _Gathered[_Handed] | None = None
@@ -308,16 +310,28 @@ class JobRuntime:
     # --- writes ----------------------------------------------------------------------------
 
     async def _writer(self) -> None:
+        """Takes a group once a write slot is free: under load the writes in flight fill their
+        slots and what finishes meanwhile gathers into the next group (one transaction for
+        many jobs); alone, an interactive job is written at once."""
         assert self._to_write is not None
+        slots = asyncio.Semaphore(self._write_slots)
         while True:
-            self._spawn(self._write(await self._to_write.next_group()), name="jobgate-write")
+            await slots.acquire()
+            try:
+                group = await self._to_write.next_group()
+            except BaseException:
+                slots.release()
+                raise
+            self._spawn(self._write(group, slots), name="jobgate-write")
 
-    async def _write(self, group: list[_Finished]) -> None:
+    async def _write(self, group: list[_Finished], slots: asyncio.Semaphore) -> None:
         try:
             written = await self._in_sql(self._write_and_apply, group)
         except Exception:
             log.exception("final_write_failed", jobs=len(group))
             written = _Written({}, Effects())
+        finally:
+            slots.release()
         await self._update_fleet_state(group)
         for item in group:
             self._active.pop(item.claim.id, None)
