@@ -30,7 +30,7 @@ from api.batch_ops import cancel, final_job_pages, summary
 from api.batch_upload import BatchParser, NdjsonLines
 from api.deps import AppState, PrincipalDep, SessionDep, StateDep, load_owned
 from api.dispatch import dispatch_after_answer
-from api.file_store import load_file, new_stored_file, read_file, write_file
+from api.file_store import delete_file, load_file, new_stored_file, read_file, write_file
 from api.idempotency import IdempotencyKeyHeader
 from api.openai_wire import ENDPOINT, batch_object, batch_status, result_line
 from api.request_id import request_id_of
@@ -175,8 +175,9 @@ async def cancel_batch(
 ) -> dict[str, Any]:
     record = await _load(session, principal.tenant_id, batch_id)
     batch = await session.get(Batch, record.id)
-    if batch is None or not (await summary(session, batch)).active:
-        current = batch_status(record, batch, await summary(session, batch) if batch else None)
+    progress = await summary(session, batch) if batch is not None else None
+    if batch is None or progress is None or not progress.active:
+        current = batch_status(record, batch, progress)
         raise InvalidRequest(f"A batch that is {current} cannot be cancelled.", param="batch_id")
     await cancel(state, session, batch)
     return await _view(state, session, record)
@@ -221,9 +222,11 @@ async def _finalize(state: AppState, session: AsyncSession, record: OpenAIBatch)
             new_file_id(), record.tenant_id, "batch_output", f"{record.id}_{kind}.jsonl", now
         )
         await write_file(session, stored, _lines(state, record.id, successes))
-        files[successes] = stored.id if stored.lines or successes else None
-        if files[successes] is None:
-            await session.rollback()
+        await session.commit()
+        files[successes] = stored.id
+        if not successes and not stored.bytes:  # no error file when nothing failed, as OpenAI
+            await delete_file(session, stored)
+            files[successes] = None
     await session.execute(
         update(OpenAIBatch)
         .where(OpenAIBatch.id == record.id)

@@ -149,3 +149,20 @@ async def test_a_batch_created_again_with_its_idempotency_key_is_the_same_batch(
 
     assert again.id == first.id
     assert [b.id async for b in client.batches.list()] == [first.id]
+
+
+async def test_a_batch_without_failures_has_an_output_file_and_no_error_file(
+    client: openai.AsyncOpenAI, inline_worker: InlineWorker
+) -> None:
+    batch = await client.batches.create(
+        input_file_id=await upload(client, batch_file(3)),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    await asyncio.to_thread(inline_worker.run_queued)
+
+    done = await client.batches.retrieve(batch.id)
+
+    assert done.status == "completed" and done.error_file_id is None and done.output_file_id is not None
+    output = jsonl((await client.files.content(done.output_file_id)).content)
+    assert sorted(line["custom_id"] for line in output) == ["req-0", "req-1", "req-2"]  # type: ignore[type-var]
