@@ -28,7 +28,6 @@ from core.domain.relay import Relay
 from core.redis.keys import Keys
 from core.services.execute import Outcome, Verdict
 from core.services.job_engine import JobEngine, build_job_engine
-from core.services.lifecycle import Effects, apply_effects
 from core.services.submit import JobSpec, claimed_job
 from core.settings import Settings
 from core.store import jobs as store
@@ -52,11 +51,8 @@ class InlineCalls:
         if settings.sync_max_in_flight <= 0:
             return None
 
-        def after_commit(effects: Effects) -> None:
-            apply_effects(effects, broker, keys)
-
         engine = build_job_engine(
-            settings, config, keys, max_in_flight=settings.sync_max_in_flight, apply_effects=after_commit
+            settings, config, keys, max_in_flight=settings.sync_max_in_flight, broker=broker
         )
         return cls(engine, max_in_flight=settings.sync_max_in_flight, settings=settings)
 

@@ -19,7 +19,6 @@ from core import queue
 from core.config import load_config
 from core.redis.keys import Keys
 from core.services.job_engine import JOB_SQL_CONNECTIONS, JobEngine, build_job_engine, longest_timeout_s
-from core.services.lifecycle import Effects, apply_effects
 from core.settings import Settings
 from core.store.clock import SqlClock
 from core.store.db import make_sync_engine, make_sync_sessions
@@ -64,16 +63,8 @@ def compose(
         heartbeat_timeout_ms=queue.heartbeat_timeout_ms(settings.lease_s),
     )
 
-    def after_commit(effects: Effects) -> None:
-        apply_effects(effects, broker, keys)
-
-    jobs = build_job_engine(
-        settings,
-        config,
-        keys,
-        max_in_flight=max_in_flight + interactive_reserve(max_in_flight),
-        apply_effects=after_commit,
-    )
+    in_flight = max_in_flight + interactive_reserve(max_in_flight)
+    jobs = build_job_engine(settings, config, keys, max_in_flight=in_flight, broker=broker)
     sessions = make_sync_sessions(aux_engine)
     sender = WebhookSender(
         UrlPolicy.from_settings(settings),

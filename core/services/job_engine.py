@@ -10,11 +10,11 @@ Everything in it is used on one event loop: the one `JobRuntime.start` runs on.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy.engine import Engine
 
 from core.config import GatewayConfig
@@ -25,7 +25,7 @@ from core.redis.cache import ResponseCache
 from core.redis.keys import Keys
 from core.redis.single_flight import SingleFlight
 from core.services.execute import JobRunner
-from core.services.lifecycle import Effects
+from core.services.lifecycle import Effects, apply_effects
 from core.services.runtime import SQL_THREADS, JobRuntime
 from core.services.upstream import UpstreamCaller
 from core.settings import Settings
@@ -116,8 +116,13 @@ def build_job_engine(
     keys: Keys,
     *,
     max_in_flight: int,
-    apply_effects: Callable[[Effects], None],
+    broker: RedisBroker,
 ) -> JobEngine:
+    """The runtime applies its transitions' after-commit effects through `broker`."""
+
+    def after_commit(effects: Effects) -> None:
+        apply_effects(effects, broker, keys)
+
     job_engine = make_sync_engine(settings, pool_size=JOB_SQL_CONNECTIONS, pre_ping=False)
     clock = SqlClock(job_engine.dialect.name)
     state = fleet_state_client(settings, max_connections=FLEET_STATE_CONNECTIONS, blocking=True)
@@ -130,6 +135,6 @@ def build_job_engine(
         sessions=make_sync_sessions(job_engine),
         clock=clock,
         lease_s=settings.lease_s,
-        apply_effects=apply_effects,
+        apply_effects=after_commit,
     )
     return JobEngine(runtime, job_engine, clock, state, waits, providers)
