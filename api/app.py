@@ -24,6 +24,7 @@ from api.key_gate import KeyGateMiddleware
 from api.notifier import JobNotifier
 from api.request_id import RequestIdMiddleware
 from api.routes import (
+    admin,
     anthropic,
     anthropic_batches,
     batches,
@@ -116,7 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost, so 413s and errors carry the id too.
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
-    routers = (health, metrics, jobs, batches, chat, models, providers, usage, webhooks)
+    routers = (health, metrics, jobs, batches, chat, models, providers, usage, webhooks, admin)
     for module in (*routers, anthropic, anthropic_batches, openai_files, openai_batches):
         app.include_router(module.router)
     # OpenAI's surface under its own prefix too (CONTRACT.md): an SDK with base_url .../openai/v1.

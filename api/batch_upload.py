@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from api.deps import Principal
 from api.errors import describe_json_error, describe_validation_error
 from api.job_specs import job_spec
 from api.schemas import BatchLine
@@ -34,8 +35,11 @@ def line_too_long(line_number: int, limit: int, param: str) -> PayloadTooLarge:
 
 
 class BatchParser:
-    def __init__(self, *, config: GatewayConfig, settings: Settings, default_priority: str) -> None:
+    def __init__(
+        self, *, config: GatewayConfig, settings: Settings, default_priority: str, principal: Principal
+    ) -> None:
         self.config = config
+        self.principal = principal
         self.settings = settings
         self.default_priority = default_priority
         self.specs: list[JobSpec] = []
@@ -67,6 +71,7 @@ class BatchParser:
                 default_priority=self.default_priority,
                 custom_id=line.custom_id,
                 param_prefix=f"{param}.body.",
+                principal=self.principal,
             )
         except InvalidRequest as exc:
             raise InvalidRequest(f"Line {line_number}: {exc.message}", param=exc.param) from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, TypeVar
 
 import redis.asyncio as aioredis
@@ -20,11 +21,12 @@ from api.key_gate import MISSING_KEY, api_key_of
 from api.notifier import JobNotifier
 from core.auth import hash_key
 from core.config import GatewayConfig
-from core.errors import NotFound, Unauthenticated
+from core.errors import KeyExpired, KeyRevoked, NotFound, PermissionDenied, Unauthenticated
 from core.redis.keys import Keys
+from core.representation import rfc3339
 from core.settings import Settings
-from core.store.clock import SqlClock
-from core.store.models import ApiKey, Tenant, TenantOwned
+from core.store.clock import SqlClock, system_utcnow
+from core.store.models import ApiKey, Tenant, TenantOwned, as_utc
 
 log = structlog.get_logger("jobgate.api")
 
@@ -41,15 +43,53 @@ class AppState:
     redis: aioredis.Redis
     broker: RedisBroker
     notifier: JobNotifier
-    principals: KeyCache[Principal]
+    principals: KeyCache[KeyHolder]
     # The sync path's own calls (api/inline_calls.py); None: every sync request takes the queue.
     inline: InlineCalls | None = None
 
 
 @dataclass(frozen=True)
+class KeyHolder:
+    """What a key is, as the key cache keeps it: a revoked key stays revoked, so it is kept
+    too (each retry with it is refused without a round trip); expiry is checked on every use."""
+
+    key_id: str
+    scope: str
+    tenant_id: str | None
+    tenant_name: str | None
+    models: frozenset[str] | None
+    allow_interactive: bool
+    expires_at: datetime | None
+    revoked: bool
+
+
+@dataclass(frozen=True)
 class Principal:
+    """A tenant key's holder: every query it makes is scoped to `tenant_id`."""
+
     tenant_id: str
     tenant_name: str
+    key_id: str | None = None
+    # The model names the key may use (None: every one) and whether its batches may ask for
+    # `interactive` priority.
+    models: frozenset[str] | None = None
+    allow_interactive: bool = True
+
+    def check_model(self, model: str) -> None:
+        if self.models is not None and model not in self.models:
+            raise PermissionDenied(
+                f"This API key may not use model {model!r} (allowed: {', '.join(sorted(self.models))})",
+                param="model",
+            )
+
+    def check_priority(self, priority: str | None) -> None:
+        """Batch work asking for `interactive` priority needs a key that allows it."""
+        if priority == "interactive" and not self.allow_interactive:
+            raise PermissionDenied(
+                "This API key may not submit batches with priority 'interactive'"
+                " (an operator can allow it: jobgate keys create --allow-interactive)",
+                param="priority",
+            )
 
 
 def app_state(request: Request) -> AppState:
@@ -86,26 +126,67 @@ def _bearer(request: Request) -> str:
     return token
 
 
-async def get_principal(
-    request: Request, session: Annotated[AsyncSession, Depends(get_session)]
-) -> Principal:
+async def authenticate(request: Request, session: Annotated[AsyncSession, Depends(get_session)]) -> KeyHolder:
+    """The key's holder; 401 for a wrong, revoked or expired key."""
     token = _bearer(request)
     key_hash = hash_key(token)
     state = app_state(request)
-    principal = state.principals.get(key_hash)
-    if principal is not None:
-        return principal
-    stmt = (
-        select(Tenant.id, Tenant.name)
-        .join(ApiKey, ApiKey.tenant_id == Tenant.id)
-        .where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
+    holder = state.principals.get(key_hash)
+    if holder is None:
+        stmt = (
+            select(
+                ApiKey.id,
+                ApiKey.scope,
+                ApiKey.tenant_id,
+                Tenant.name,
+                ApiKey.models,
+                ApiKey.allow_interactive,
+                ApiKey.expires_at,
+                ApiKey.revoked_at,
+            )
+            .outerjoin(Tenant, Tenant.id == ApiKey.tenant_id)
+            .where(ApiKey.key_hash == key_hash)
+        )
+        row = (await session.execute(stmt)).first()
+        if row is None:
+            raise Unauthenticated("Incorrect API key provided.")
+        holder = KeyHolder(
+            key_id=row[0],
+            scope=row[1],
+            tenant_id=row[2],
+            tenant_name=row[3],
+            models=frozenset(row[4]) if row[4] is not None else None,
+            allow_interactive=bool(row[5]),
+            expires_at=as_utc(row[6]),
+            revoked=row[7] is not None,
+        )
+        state.principals.put(key_hash, holder)
+    if holder.revoked:
+        raise KeyRevoked("This API key has been revoked.")
+    if holder.expires_at is not None and holder.expires_at <= system_utcnow():
+        raise KeyExpired(f"This API key expired at {rfc3339(holder.expires_at)}.")
+    return holder
+
+
+async def get_principal(holder: Annotated[KeyHolder, Depends(authenticate)]) -> Principal:
+    """The caller's tenant; an operator key is refused (it manages the service, owns no work)."""
+    if holder.scope != "tenant" or holder.tenant_id is None or holder.tenant_name is None:
+        raise PermissionDenied(
+            "This route needs a tenant key; operator keys manage tenants and keys (/v1/admin/)."
+        )
+    return Principal(
+        tenant_id=holder.tenant_id,
+        tenant_name=holder.tenant_name,
+        key_id=holder.key_id,
+        models=holder.models,
+        allow_interactive=holder.allow_interactive,
     )
-    row = (await session.execute(stmt)).first()
-    if row is None:
-        raise Unauthenticated("Incorrect API key provided.")
-    principal = Principal(tenant_id=row[0], tenant_name=row[1])
-    state.principals.put(key_hash, principal)
-    return principal
+
+
+async def get_operator(holder: Annotated[KeyHolder, Depends(authenticate)]) -> KeyHolder:
+    if holder.scope != "operator":
+        raise PermissionDenied("This route needs an operator key (jobgate keys create --operator).")
+    return holder
 
 
 Owned = TypeVar("Owned", bound=TenantOwned)
@@ -126,3 +207,4 @@ async def load_owned(
 StateDep = Annotated[AppState, Depends(get_state)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+OperatorDep = Annotated[KeyHolder, Depends(get_operator)]

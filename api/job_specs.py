@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC
 
+from api.deps import Principal
 from api.schemas import JobRequest
 from core.config import GatewayConfig
 from core.errors import InvalidRequest
@@ -40,6 +41,7 @@ def job_spec(
     custom_id: str | None = None,
     param_prefix: str = "",
     allow_stream: bool = False,
+    principal: Principal | None = None,
 ) -> JobSpec:
     """`allow_stream`: the route streams its answer (the chat route); elsewhere `stream` is a 400."""
     if request.stream and not allow_stream:
@@ -48,6 +50,10 @@ def job_spec(
             param=f"{param_prefix}stream",
         )
     check_model(config, request.model, param=f"{param_prefix}model")
+    if principal is not None:
+        principal.check_model(request.model)
+        if default_priority == "batch":  # batch work raising itself needs the key's consent
+            principal.check_priority(request.priority)
     if request.webhook_url is not None:
         check_webhook_url(settings, request.webhook_url, param=f"{param_prefix}webhook_url")
     deadline = request.deadline
@@ -61,4 +67,5 @@ def job_spec(
         use_cache=config.cache.default if request.cache is None else request.cache,
         deadline=deadline,
         custom_id=custom_id,
+        api_key_id=principal.key_id if principal is not None else None,
     )

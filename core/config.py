@@ -67,9 +67,17 @@ class CacheConfig(_Strict):
 
 
 class TenantLimits(_Strict):
-    rpm: int | None = None
-    tpm: int | None = None
+    """A tenant's policy as the config file seeds it; the `tenants` table overrides it field by
+    field (core/tenancy.py), so operators change it at run time without a restart."""
+
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    budget_usd_day: Decimal | None = Field(default=None, ge=0)
+    budget_usd_month: Decimal | None = Field(default=None, ge=0)
+    # Weight in fair sharing of a provider's budget between competing tenants.
+    share: float = Field(default=1.0, gt=0)
     shared_cache: bool = False
+    retention_days: int | None = Field(default=None, ge=1)
 
 
 class GatewayConfig(_Strict):

@@ -69,6 +69,22 @@ class Unauthenticated(ApiError):
     error_type = "authentication_error"
 
 
+class KeyRevoked(Unauthenticated):
+    error_type = "key_revoked"
+
+
+class KeyExpired(Unauthenticated):
+    error_type = "key_expired"
+
+
+class PermissionDenied(ApiError):
+    """The key is valid but its scope does not reach this route or this use (CONTRACT.md:
+    a tenant key on an operator route, a model the key may not use)."""
+
+    status_code = 403
+    error_type = "permission_denied"
+
+
 class NotFound(ApiError):
     status_code = 404
     error_type = "not_found_error"
@@ -116,15 +132,27 @@ class UpstreamError(JobgateError):
         status_code: int | None = None,
         retry_after_s: float | None = None,
         provider: str | None = None,
+        request_id: str | None = None,
+        param: str | None = None,
+        upstream_code: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.status_code = status_code
         self.retry_after_s = retry_after_s
         self.provider = provider
+        # The provider's id of the call and its error type/code: for the operator's log (the
+        # message, which tenants read, never carries the provider's own text).
+        self.request_id = request_id
+        self.upstream_code = upstream_code
+        # The request field an error names, when it names one.
+        self.param = param
 
     def to_error(self) -> dict[str, str]:
-        return {"type": self.error_type, "message": self.message}
+        error = {"type": self.error_type, "message": self.message}
+        if self.param is not None:
+            error["param"] = self.param
+        return error
 
 
 class RateLimited(UpstreamError):
@@ -173,12 +201,10 @@ class Unsupported(UpstreamError):
     retryable = False
     http_status = 400
 
-    def __init__(self, message: str, *, param: str, provider: str | None = None) -> None:
-        super().__init__(message, provider=provider)
-        self.param = param
+    param: str
 
-    def to_error(self) -> dict[str, str]:
-        return {**super().to_error(), "param": self.param}
+    def __init__(self, message: str, *, param: str, provider: str | None = None) -> None:
+        super().__init__(message, provider=provider, param=param)
 
 
 class StreamInterrupted(UpstreamError):

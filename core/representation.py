@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from core.store.jobs import BatchSummary
-from core.store.models import Batch, Job, JobAttempt, as_utc
+from core.store.models import ApiKey, Batch, Job, JobAttempt, Tenant, as_utc
 
 
 def rfc3339(value: datetime | None) -> str | None:
@@ -91,4 +91,41 @@ def attempt_object(attempt: JobAttempt) -> dict[str, Any]:
         "error": attempt.error_message,
         "latency_ms": attempt.latency_ms,
         "started_at": rfc3339(attempt.started_at),
+    }
+
+
+def key_object(key: ApiKey, tenant_name: str | None) -> dict[str, Any]:
+    """A key as the operator API and `jobgate keys list --json` show it: never the secret."""
+    return {
+        "id": key.id,
+        "object": "api_key",
+        "scope": key.scope,
+        "tenant": tenant_name,
+        "name": key.name,
+        "prefix": key.prefix,
+        "models": key.models,
+        "allow_interactive": key.allow_interactive,
+        "budget_usd_day": money(key.budget_usd_day),
+        "budget_usd_month": money(key.budget_usd_month),
+        "created_at": rfc3339(key.created_at),
+        "expires_at": rfc3339(key.expires_at),
+        "revoked_at": rfc3339(key.revoked_at),
+    }
+
+
+def tenant_object(tenant: Tenant) -> dict[str, Any]:
+    """A tenant's row as the operator API shows it: NULL fields fall back to the config file."""
+    return {
+        "id": tenant.id,
+        "object": "tenant",
+        "name": tenant.name,
+        "rpm": tenant.rpm,
+        "tpm": tenant.tpm,
+        "budget_usd_day": money(tenant.budget_usd_day),
+        "budget_usd_month": money(tenant.budget_usd_month),
+        "share": tenant.share,
+        "shared_cache": tenant.shared_cache,
+        "retention_days": tenant.retention_days,
+        "created_at": rfc3339(tenant.created_at),
+        "updated_at": rfc3339(tenant.updated_at),
     }

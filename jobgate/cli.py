@@ -1,4 +1,4 @@
-"""The `jobgate` command line (CONTRACT.md, CLI): dev, api, worker, migrate, keys, sim, bench."""
+"""The `jobgate` command line (CONTRACT.md, CLI): dev, api, worker, migrate, keys, tenants, sim, bench."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from types import FrameType
 
 from core.errors import ConfigError
 from core.metrics_dir import use_metrics_dir
+from jobgate.admin_cli import add_admin_commands
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
@@ -68,25 +69,6 @@ def _cmd_migrate(_: argparse.Namespace) -> int:
 
     upgrade(Settings().database_url)
     print("migrated to head")
-    return 0
-
-
-def _cmd_keys_create(args: argparse.Namespace) -> int:
-    from core.auth import create_key
-    from core.settings import Settings
-    from core.store.db import make_sync_engine, make_sync_sessions
-
-    engine = make_sync_engine(Settings())
-    try:
-        with make_sync_sessions(engine)() as session:
-            new = create_key(session, args.tenant)
-    finally:
-        engine.dispose()
-    print(
-        f"Created key {new.key_id} for tenant {args.tenant!r} ({new.tenant_id})."
-        " Store it now; it is shown once."
-    )
-    print(new.key)
     return 0
 
 
@@ -147,11 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="upgrade the database schema to the latest version")
     migrate.set_defaults(func=_cmd_migrate)
 
-    keys = sub.add_parser("keys", help="manage API keys")
-    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-    create = keys_sub.add_parser("create", help="create a key (and the tenant if needed)")
-    create.add_argument("--tenant", required=True)
-    create.set_defaults(func=_cmd_keys_create)
+    add_admin_commands(sub)
 
     sim = sub.add_parser("sim", help="run the simulated upstream", add_help=False)
     sim.add_argument("rest", nargs=argparse.REMAINDER)

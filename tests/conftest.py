@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from api.app import create_app
-from core.auth import create_key
+from core.auth import KeyOptions, Scope, create_key
 from core.config import load_config
 from core.providers import build_providers, close_providers
 from core.redis.keys import Keys
@@ -245,21 +245,22 @@ def settings(database_url: str, redis_url: str, redis_prefix: str, config_path: 
 
 
 @pytest.fixture
-def make_key(settings: Settings) -> Iterator[Callable[[str], str]]:
-    """`make_key(tenant)` → a new API key for that tenant (created if needed)."""
+def make_key(settings: Settings) -> Iterator[Callable[..., str]]:
+    """`make_key(tenant, **KeyOptions)` → a new API key for that tenant (created if needed);
+    `make_key(None, scope="operator")` → an operator key."""
     engine = make_sync_engine(settings)
     sessions = make_sync_sessions(engine)
 
-    def make(tenant: str) -> str:
+    def make(tenant: str | None, *, scope: Scope = "tenant", **options: Any) -> str:
         with sessions() as session:
-            return create_key(session, tenant).key
+            return create_key(session, tenant, scope=scope, options=KeyOptions(**options)).key
 
     yield make
     engine.dispose()
 
 
 @pytest.fixture
-def api_key(make_key: Callable[[str], str]) -> str:
+def api_key(make_key: Callable[..., str]) -> str:
     return make_key("tenant-a")
 
 

@@ -36,7 +36,7 @@ import yaml
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-from core.auth import create_key
+from core.auth import Scope, create_key
 from core.settings import Settings
 from core.store.db import make_sync_engine, make_sync_sessions
 from core.store.migrate import upgrade
@@ -152,6 +152,8 @@ class Fleet:
     # How `start_worker` starts one more worker like the first ones (chaos tests replace the dead).
     worker_argv: list[str] = field(default_factory=list)
     worker_env: dict[str, str] = field(default_factory=dict)
+    # An operator key: /v1/admin/... and /v1/providers.
+    operator_key: str = ""
     http: httpx.Client = field(init=False)
 
     def __post_init__(self) -> None:
@@ -309,6 +311,7 @@ def run_fleet(
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         database_url = stack.enter_context(fresh_postgres_database(postgres_admin_url))
         api_key = _create_key(database_url, "fleet-tenant")
+        operator_key = _create_key(database_url, None, scope="operator")
 
         port = free_port()
         api_env = _process_env(
@@ -349,6 +352,7 @@ def run_fleet(
             sim=sim,
             api_url=api_url,
             api_key=api_key,
+            operator_key=operator_key,
             database_url=database_url,
             redis_url=redis_url,
             redis_prefix=prefix,
@@ -373,11 +377,11 @@ def _stop_all(processes: list[ServiceProcess]) -> None:
         process.stop()
 
 
-def _create_key(database_url: str, tenant: str) -> str:
+def _create_key(database_url: str, tenant: str | None, *, scope: Scope = "tenant") -> str:
     engine = make_sync_engine(Settings(database_url=database_url))
     try:
         with make_sync_sessions(engine)() as session:
-            return create_key(session, tenant).key
+            return create_key(session, tenant, scope=scope).key
     finally:
         engine.dispose()
 

@@ -55,7 +55,14 @@ async def create_message(
 ) -> Response:
     chat = JobRequest.model_validate(openai_body(body))
     spec = with_original(
-        job_spec(chat, config=state.config, settings=state.settings, default_priority="interactive"), body
+        job_spec(
+            chat,
+            config=state.config,
+            settings=state.settings,
+            default_priority="interactive",
+            principal=principal,
+        ),
+        body,
     )
     ask = SyncAsk.of(request, body, idempotency_key)
     if body.stream:

@@ -71,7 +71,9 @@ async def create_message_batch(
         earlier = await existing_batch_for_key(session, principal.tenant_id, idempotency_key, body_hash)
         if earlier is not None:
             return JSONResponse(await _view(request, session, earlier))
-    parser = BatchParser(config=state.config, settings=state.settings, default_priority="batch")
+    parser = BatchParser(
+        config=state.config, settings=state.settings, default_priority="batch", principal=principal
+    )
     originals: list[MessagesRequest] = []
     for index, item in enumerate(body.requests):
         param = f"requests.{index}.params"

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.batch_ops import cancel, final_job_pages, load_batch, summary
 from api.batch_upload import BatchParser, parse_json_requests, parse_ndjson_batch, split_json_batch
-from api.deps import AppState, PrincipalDep, SessionDep, StateDep
+from api.deps import AppState, Principal, PrincipalDep, SessionDep, StateDep
 from api.dispatch import dispatch_after_answer
 from api.documentation import BatchList, BatchObject, answer
 from api.errors import describe_validation_error
@@ -92,10 +92,13 @@ def _query_options(request: Request) -> BatchOptions:
     return _options(data)
 
 
-def _parser(state: AppState, options: BatchOptions) -> BatchParser:
+def _parser(state: AppState, options: BatchOptions, principal: Principal) -> BatchParser:
+    principal.check_priority(options.priority)
     if options.webhook_url is not None:
         check_webhook_url(state.settings, options.webhook_url)
-    return BatchParser(config=state.config, settings=state.settings, default_priority=options.priority)
+    return BatchParser(
+        config=state.config, settings=state.settings, default_priority=options.priority, principal=principal
+    )
 
 
 async def _batch_view(session: AsyncSession, batch: Batch) -> dict[str, Any]:
@@ -122,7 +125,7 @@ async def create_batch(
     digest = hashlib.sha256(request.url.query.encode() + b"\n")
     if content_type in NDJSON_TYPES:
         options = _query_options(request)
-        parser = _parser(state, options)
+        parser = _parser(state, options, principal)
         await parse_ndjson_batch(fingerprinted(request.stream(), digest), parser)
     elif content_type == "application/json":
         raw = await request.body()
@@ -130,7 +133,7 @@ async def create_batch(
         # Parsed in a worker thread, as NDJSON chunks are: up to 200 MB must not hold the loop.
         document, requests = await asyncio.to_thread(split_json_batch, raw)
         options = _options(document)
-        parser = _parser(state, options)
+        parser = _parser(state, options, principal)
         await asyncio.to_thread(parse_json_requests, requests, parser, upload_bytes=len(raw))
     else:
         raise UnsupportedMediaType(

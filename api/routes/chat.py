@@ -53,7 +53,12 @@ async def chat_completions(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     spec = job_spec(
-        body, config=state.config, settings=state.settings, default_priority="interactive", allow_stream=True
+        body,
+        config=state.config,
+        settings=state.settings,
+        default_priority="interactive",
+        allow_stream=True,
+        principal=principal,
     )
     ask = SyncAsk.of(request, body, idempotency_key)
     if body.stream:

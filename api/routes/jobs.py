@@ -44,7 +44,13 @@ async def create_job(
     principal: PrincipalDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JSONResponse:
-    spec = job_spec(body, config=state.config, settings=state.settings, default_priority="interactive")
+    spec = job_spec(
+        body,
+        config=state.config,
+        settings=state.settings,
+        default_priority="interactive",
+        principal=principal,
+    )
     job, created = await submit_job(
         session,
         spec,

@@ -97,7 +97,9 @@ async def create_batch(
         metadata_=body.metadata,
         created_at=now,
     )
-    parser = BatchParser(config=state.config, settings=state.settings, default_priority="batch")
+    parser = BatchParser(
+        config=state.config, settings=state.settings, default_priority="batch", principal=principal
+    )
     lines = NdjsonLines(parser)
     try:
         async for chunk in read_file(state, stored.id):

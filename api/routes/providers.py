@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from api.deps import AppState, PrincipalDep, StateDep
+from api.deps import AppState, OperatorDep, StateDep
 from core.ratelimit.limiter import RateLimiter, provider_bucket
 from core.redis.breaker import CircuitBreaker
 from core.representation import rfc3339
@@ -63,5 +63,5 @@ async def provider_health(state: AppState) -> list[dict[str, Any]]:
 
 
 @router.get("")
-async def list_providers(state: StateDep, _principal: PrincipalDep) -> dict[str, Any]:
+async def list_providers(state: StateDep, _operator: OperatorDep) -> dict[str, Any]:
     return {"object": "list", "data": await provider_health(state)}

@@ -37,6 +37,8 @@ class JobSpec:
     use_cache: bool = True
     deadline: datetime | None = None
     custom_id: str | None = None
+    # The key that submitted it: its own budgets apply.
+    api_key_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ def job_row(
         "max_attempts": max_attempts,
         "cached": False,
         "request_id": request_id,
+        "api_key_id": spec.api_key_id,
         "created_at": now,
     }
 

@@ -15,6 +15,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -65,18 +67,38 @@ class Tenant(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The tenant's policy; a column left NULL falls back to the config file's `tenants.<name>`,
+    # then `tenants.default` (core/tenancy.py resolves it).
+    rpm: Mapped[int | None] = mapped_column(Integer)
+    tpm: Mapped[int | None] = mapped_column(Integer)
+    budget_usd_day: Mapped[Decimal | None] = mapped_column(Numeric(20, 6))
+    budget_usd_month: Mapped[Decimal | None] = mapped_column(Numeric(20, 6))
+    share: Mapped[float | None] = mapped_column(Float)
+    shared_cache: Mapped[bool | None] = mapped_column(Boolean)
+    retention_days: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class ApiKey(Base):
     __tablename__ = "api_keys"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    # None for an operator key: it manages the service and belongs to no tenant.
+    tenant_id: Mapped[str | None] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     # The first characters of the key, shown to humans to tell keys apart; never enough to use.
     prefix: Mapped[str] = mapped_column(String(16))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    scope: Mapped[str] = mapped_column(String(16), default="tenant", server_default="tenant")
+    name: Mapped[str | None] = mapped_column(String(200))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The model names this key may use; None: every model.
+    models: Mapped[list[str] | None] = mapped_column(JsonType)
+    # Whether a batch submitted with this key may ask for `interactive` priority.
+    allow_interactive: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    budget_usd_day: Mapped[Decimal | None] = mapped_column(Numeric(20, 6))
+    budget_usd_month: Mapped[Decimal | None] = mapped_column(Numeric(20, 6))
 
 
 class Batch(TenantOwned):
@@ -148,6 +170,8 @@ class Job(Base):
     served_model: Mapped[str | None] = mapped_column(String(200))
     cached: Mapped[bool] = mapped_column(Boolean, default=False)
     request_id: Mapped[str | None] = mapped_column(String(64))
+    # The key that submitted the job (its per-key budget); no foreign key: a hot-path insert.
+    api_key_id: Mapped[str | None] = mapped_column(String(40))
 
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
 from core.settings import Settings
-from tests.conftest import InlineWorker, sim_calls, sqlite_only
+from tests.conftest import InlineWorker, in_process_api, sim_calls, sqlite_only
 from tests.sim_process import SimHandle
 
 MAX_BATCH_REQUESTS = 8
@@ -80,7 +81,30 @@ async def test_json_batch_is_created_with_every_job_queued(api_client: httpx.Asy
     assert {job["batch_id"] for job in jobs.values()} == {batch["id"]}
 
 
-async def test_ndjson_upload_takes_its_options_from_the_query_string(api_client: httpx.AsyncClient) -> None:
+async def test_ndjson_upload_takes_its_options_from_the_query_string(
+    settings: Settings, make_key: Callable[..., str]
+) -> None:
+    async with in_process_api(settings, make_key("tenant-a", allow_interactive=True)) as api_client:
+        await _upload_with_query_options(api_client)
+
+
+async def test_a_batch_may_not_ask_for_interactive_priority_unless_its_key_allows_it(
+    api_client: httpx.AsyncClient,
+) -> None:
+    as_option = await api_client.post(
+        "/v1/batches", json={"requests": [line("a")], "priority": "interactive"}
+    )
+    in_a_line = await api_client.post("/v1/batches", json={"requests": [line("a", priority="interactive")]})
+
+    for refused in (as_option, in_a_line):
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["error"]["type"] == "permission_denied"
+        assert refused.json()["error"]["param"] == "priority"
+    listed = await api_client.get("/v1/batches")
+    assert listed.json()["data"] == []
+
+
+async def _upload_with_query_options(api_client: httpx.AsyncClient) -> None:
     response = await api_client.post(
         "/v1/batches",
         params={"priority": "interactive", "metadata": json.dumps({"source": "upload"})},
