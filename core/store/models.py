@@ -126,6 +126,9 @@ class Batch(TenantOwned):
     # A client's Idempotency-Key, and the fingerprint of the body it came with.
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str | None] = mapped_column(String(64))
+    # Set by `DELETE /v1/batches/{id}` (core/services/erasure.py): the batch is gone for its
+    # tenant, its content erased; the row stays for its jobs' usage until the retention purge.
+    erased_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Job(Base):
@@ -176,6 +179,9 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set by `DELETE /v1/jobs/{id}` (or of its batch): prompt and answer erased, the row kept
+    # for usage and billing (tokens, cost, model, times, status) until the retention purge.
+    erased_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class JobAttempt(Base):
@@ -314,3 +320,36 @@ class OpenAIBatch(TenantOwned):
     finalized_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     output_file_id: Mapped[str | None] = mapped_column(String(40))
     error_file_id: Mapped[str | None] = mapped_column(String(40))
+
+
+class UsageRollup(Base):
+    """The usage of jobs the retention purge deleted (core/services/retention.py), summed per
+    tenant, hour of finishing (UTC), served model, batch and key: `GET /v1/usage` reads these
+    beside the live jobs, so purging never changes a total. Only succeeded jobs count, as
+    there (core/services/usage.py)."""
+
+    __tablename__ = "usage_rollups"
+    __table_args__ = (Index("ix_usage_rollups_tenant_id_hour", "tenant_id", "hour"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    hour: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    model: Mapped[str | None] = mapped_column(String(200))
+    batch_id: Mapped[str | None] = mapped_column(String(40))
+    api_key_id: Mapped[str | None] = mapped_column(String(40))
+    requests: Mapped[int] = mapped_column(Integer)
+    cached_requests: Mapped[int] = mapped_column(Integer)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    cost_usd: Mapped[Decimal] = mapped_column(Numeric(20, 10))
+
+
+# The retention purge's ways in: finished jobs oldest first, and keyed jobs by age (their
+# Idempotency-Keys expire); declared here, beside the migration that made them (0007).
+Index("ix_jobs_finished_at", Job.finished_at)
+Index(
+    "ix_jobs_keyed_created_at",
+    Job.created_at,
+    postgresql_where=text("idempotency_key IS NOT NULL"),
+    sqlite_where=text("idempotency_key IS NOT NULL"),
+)
