@@ -5,7 +5,8 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
 
 COPY requirements.lock /tmp/requirements.lock
 RUN pip install --require-hashes -r /tmp/requirements.lock && rm /tmp/requirements.lock
@@ -27,7 +28,7 @@ RUN cd /tmp/src \
     && cd / && rm -rf /tmp/src
 
 # A numeric user, so an orchestrator can check it is not root (runAsNonRoot).
-RUN useradd --system --user-group --uid 10001 --no-create-home --shell /usr/sbin/nologin jobgate
+RUN useradd --user-group --uid 10001 --no-create-home --shell /usr/sbin/nologin jobgate
 USER 10001:10001
 WORKDIR /app
 
