@@ -8,7 +8,7 @@ Running it::
 
     python -m sim --host 127.0.0.1 --port 8001 [--latency-ms N] [--latency-jitter-ms N]
         [--rpm N] [--tpm N] [--fail-rate F] [--fail-status 429|500|503|529|timeout]
-        [--retry-after-s S] [--hang-s S] [--seed N] [--log-level warning]
+        [--retry-after-s S] [--hang-s S] [--organization org-ID] [--seed N] [--log-level warning]
 
 `--port 0` picks a free port; once ready it prints `sim listening on http://HOST:PORT`.
 Point `openai.OpenAI(base_url="http://HOST:PORT/v1")` or
@@ -29,7 +29,10 @@ Knobs (`sim.knobs`), set by flags at start and by `POST /sim/config` (a JSON mer
 `{"models": {"<model>": {...}}}` per model; `GET /sim/config` shows them): `latency_ms`,
 `latency_jitter_ms`, `fail_rate`, `fail_status` (400..599 or "timeout": hold the request
 `hang_s` seconds, then close the connection unanswered), `retry_after_s` (Retry-After on injected
-429/503/529), `hang_s`, `rpm`, `tpm` (null = unlimited), and the global `seed`. Headers
+429/503/529), `hang_s`, `rpm`, `tpm` (null = unlimited), `organization` (default `org-sim`: the
+organisation id every 429's message names, injected or the limiter's, as OpenAI's "Rate limit
+reached for M in organization org-… on requests per min…" and Anthropic's "…for your organization
+(…)…" do; tests set a canary there to prove it never reaches a tenant), and the global `seed`. Headers
 `x-sim-latency-ms` and `x-sim-fail-status` override latency and force a failure per request.
 
 Limits (`sim.limits`): per API key and model, token buckets holding one second's share of

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sim.answer import Answer, Finish
+from sim.knobs import DEFAULT_ORGANIZATION
 from sim.limits import LimitVerdict
 from sim.streaming import anthropic_events
 from sim.tokens import last_user_text, prompt_tokens
@@ -39,7 +40,7 @@ _DEFAULT_ERRORS: dict[int, tuple[str, str]] = {
     403: ("permission_error", "Your API key does not have permission to use the specified resource."),
     404: ("not_found_error", "Not found."),
     413: ("request_too_large", "Request exceeds the maximum allowed number of bytes."),
-    429: ("rate_limit_error", "Rate limit exceeded (a failure injected by the simulator)."),
+    429: ("rate_limit_error", "Rate limit exceeded."),  # named as _limit_message does
     500: ("api_error", "Internal server error"),
     504: ("timeout_error", "Request timed out."),
     529: ("overloaded_error", "Overloaded"),
@@ -146,12 +147,24 @@ class AnthropicDialect:
             },
         }
 
-    def error_body(self, error: SimError, request: ChatRequest | None, request_id: str) -> dict[str, Any]:
+    def error_body(
+        self,
+        error: SimError,
+        request: ChatRequest | None,
+        request_id: str,
+        *,
+        organization: str = DEFAULT_ORGANIZATION,
+    ) -> dict[str, Any]:
         default_type = "api_error" if error.status >= 500 else "invalid_request_error"
         kind, message = _DEFAULT_ERRORS.get(error.status, (default_type, "Request failed."))
         verdict = error.limit
         if verdict is not None and verdict.limited_by is not None:
-            message = _limit_message(verdict)
+            message = _limit_message(verdict, organization)
+        elif error.status == 429:
+            message = (
+                f"This request would exceed the rate limit for your organization ({organization})"
+                " (a failure injected by the simulator)."
+            )
         return {
             "type": "error",
             "error": {"type": kind, "message": error.message or message},
@@ -171,11 +184,12 @@ class AnthropicDialect:
         return headers
 
 
-def _limit_message(verdict: LimitVerdict) -> str:
+def _limit_message(verdict: LimitVerdict, organization: str) -> str:
     state = verdict.requests if verdict.limited_by == "requests" else verdict.tokens
     limit = plain_number(state.limit_per_minute) if state else 0
     unit = "requests" if verdict.limited_by == "requests" else "tokens"
     return (
-        f"This request would exceed the rate limit for your organization of {limit} {unit} per minute."
+        f"This request would exceed the rate limit for your organization ({organization}) of {limit}"
+        f" {unit} per minute."
         " For details, refer to: https://docs.claude.com/en/api/rate-limits."
     )

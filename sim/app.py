@@ -82,6 +82,7 @@ class SimApp:
         request_id = f"req_{os.urandom(12).hex()}"
         headers: Headers = [(dialect.request_id_header, request_id.encode())]
         request: ChatRequest | None = None
+        knobs = self.knobs.base
         key: str | None = None
         status, outcome, failure_name, input_tokens, output_tokens = 0, Outcome.REJECTED, None, 0, 0
         try:
@@ -136,7 +137,8 @@ class SimApp:
                 await send_json(send, 200, dialect.success_body(request, answer, request_id), headers)
         except SimError as error:
             status = error.status
-            await send_json(send, status, dialect.error_body(error, request, request_id), headers)
+            answer_body = dialect.error_body(error, request, request_id, organization=knobs.organization)
+            await send_json(send, status, answer_body, headers)
         finally:
             self.stats.request_ended(
                 arrived_at=arrived_at,

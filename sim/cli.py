@@ -19,12 +19,12 @@ from typing import Any
 import uvicorn
 
 from sim.app import build_app
-from sim.knobs import KnobError, Knobs, parse_fail_status, parse_knob
+from sim.knobs import DEFAULT_ORGANIZATION, KnobError, Knobs, parse_fail_status, parse_knob
 
 READY_PREFIX = "sim listening on "
 
 
-def _knob(name: str, convert: Callable[[str], float]) -> Callable[[str], Any]:
+def _knob(name: str, convert: Callable[[str], object]) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         try:
             return parse_knob(name, convert(text))
@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--tpm", type=_knob("tpm", float), default=None, help="tokens per minute per key+model"
+    )
+    parser.add_argument(
+        "--organization",
+        type=_knob("organization", str),
+        default=DEFAULT_ORGANIZATION,
+        help="the organisation id a 429's message names, as OpenAI's and Anthropic's do",
     )
     parser.add_argument("--seed", type=int, default=None, help="seed for failure and jitter draws")
     parser.add_argument(
@@ -106,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         hang_s=args.hang_s,
         rpm=args.rpm,
         tpm=args.tpm,
+        organization=args.organization,
     )
     try:
         sock = _bind(args.host, args.port)

@@ -1,6 +1,7 @@
 """The simulator's knobs: their names, defaults, validation, and per-model overrides.
 
-`Knobs` holds the behaviour applied to one request (latency, failure injection, limits). A
+`Knobs` holds the behaviour applied to one request (latency, failure injection, limits, the
+organisation a 429 names). A
 `KnobSet` holds the global knobs, per-model overrides and the random seed, and merges JSON
 patches into them the way `POST /sim/config` promises: top-level knob names replace the global
 value (`null` is meaningful: "unlimited" for `rpm`/`tpm`, "no header" for `retry_after_s`);
@@ -12,11 +13,16 @@ A patch is validated whole before any of it applies, so a bad patch changes noth
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
 TIMEOUT = "timeout"
+DEFAULT_ORGANIZATION = "org-sim"
+# An organisation id as OpenAI prints them (`org-` and letters and digits); it goes into 429
+# messages, which tests search for it, so it is kept to characters that need no escaping.
+_ORGANIZATION = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class KnobError(ValueError):
@@ -35,6 +41,8 @@ class Knobs:
     stream_delay_ms: float = 0
     rpm: float | None = None
     tpm: float | None = None
+    # The organisation a 429's message names, as OpenAI's and Anthropic's name the caller's.
+    organization: str = DEFAULT_ORGANIZATION
 
 
 KNOB_NAMES: tuple[str, ...] = tuple(field.name for field in fields(Knobs))
@@ -70,6 +78,10 @@ def parse_knob(name: str, value: Any) -> Any:
         raise KnobError(f"{name} must not be null")
     if name == "fail_status":
         return parse_fail_status(value)
+    if name == "organization":
+        if not isinstance(value, str) or not _ORGANIZATION.fullmatch(value):
+            raise KnobError(f"organization must be 1..64 letters, digits, '-' or '_', got {value!r}")
+        return value
     number = _number(name, value)
     if name == "fail_rate" and number > 1:
         raise KnobError(f"fail_rate must be within 0..1, got {value!r}")

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sim.answer import Answer, Finish
+from sim.knobs import DEFAULT_ORGANIZATION
 from sim.limits import BucketState, LimitVerdict
 from sim.streaming import openai_events
 from sim.tokens import last_user_text, prompt_tokens
@@ -38,7 +39,7 @@ _DEFAULT_ERRORS: dict[int, tuple[str, str | None, str]] = {
         " using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
     ),
     404: ("invalid_request_error", "unknown_url", "Unknown request URL."),
-    429: ("requests", "rate_limit_exceeded", "Rate limit reached (a failure injected by the simulator)."),
+    429: ("requests", "rate_limit_exceeded", "Rate limit reached."),  # named as _limit_message does
     500: ("server_error", None, "The server had an error while processing your request. Sorry about that!"),
     503: ("server_error", None, "The server is overloaded or not ready yet."),
     529: ("server_error", None, "Overloaded"),
@@ -171,13 +172,26 @@ class OpenAIDialect:
             "system_fingerprint": "fp_sim",
         }
 
-    def error_body(self, error: SimError, request: ChatRequest | None, request_id: str) -> dict[str, Any]:
+    def error_body(
+        self,
+        error: SimError,
+        request: ChatRequest | None,
+        request_id: str,
+        *,
+        organization: str = DEFAULT_ORGANIZATION,
+    ) -> dict[str, Any]:
         default_type = "server_error" if error.status >= 500 else "invalid_request_error"
         kind, code, message = _DEFAULT_ERRORS.get(error.status, (default_type, None, "Request failed."))
+        model = request.model if request else "this model"
         verdict = error.limit
         if verdict is not None and verdict.limited_by is not None:
             kind, code = verdict.limited_by, "rate_limit_exceeded"
-            message = _limit_message(verdict, request.model if request else "this model")
+            message = _limit_message(verdict, model, organization)
+        elif error.status == 429:
+            message = (
+                f"Rate limit reached for {model} in organization {organization} on requests per min"
+                " (RPM): a failure injected by the simulator."
+            )
         return {
             "error": {
                 "message": error.message or message,
@@ -202,12 +216,13 @@ class OpenAIDialect:
         return headers
 
 
-def _limit_message(verdict: LimitVerdict, model: str) -> str:
+def _limit_message(verdict: LimitVerdict, model: str, organization: str) -> str:
     state: BucketState | None = verdict.requests if verdict.limited_by == "requests" else verdict.tokens
     unit = "requests per min (RPM)" if verdict.limited_by == "requests" else "tokens per min (TPM)"
     limit = plain_number(state.limit_per_minute) if state else 0
     used = max(0, math.ceil(state.limit_per_minute) - state.remaining_per_minute) if state else 0
     return (
-        f"Rate limit reached for {model} in organization org-sim on {unit}: Limit {limit}, Used {used},"
-        f" Requested {verdict.requested}. Please try again in {go_duration(verdict.retry_after_s)}."
+        f"Rate limit reached for {model} in organization {organization} on {unit}: Limit {limit},"
+        f" Used {used}, Requested {verdict.requested}."
+        f" Please try again in {go_duration(verdict.retry_after_s)}."
     )

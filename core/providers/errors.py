@@ -5,13 +5,24 @@ Both official SDKs raise a timeout error, a connection error, and a status error
 keyed on the HTTP status, onto `core.errors` (DESIGN.md principle 5), so every adapter
 translates at one boundary with the same rules: which statuses are retryable, how long
 `retry-after-ms` / `retry-after` ask us to wait, and which 400s are content-filter refusals.
-The message kept is the upstream's own (the SDKs' prefixes dropped); no header is copied
-into it, so an API key cannot leak through an error.
+
+The message is jobgate's own wording for the error type, with the provider's config name, the
+HTTP status and the upstream's request id (`x-request-id`, Anthropic's `request-id`), never
+the provider's text: OpenAI's and Anthropic's 429s name the operator's organisation and its
+limits, a 401 quotes the tail of the key, and a connection error names internal hosts, while
+the message is stored on the job, answered on the sync path and sent in webhooks. Of the
+body only identifier-shaped fields survive: a `param` a 400 names (the tenant's own field),
+and the error's `type`/`code` (`upstream_code`), which `core.services.upstream` logs for the
+operator beside the status and request id.
 """
 
 from __future__ import annotations
 
+import errno
 import math
+import os
+import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,7 +45,22 @@ from core.errors import (
 # Error codes/types that mean "refused by a content filter" (Azure OpenAI: `content_filter`;
 # OpenAI images and moderation: `content_policy_violation`).
 _CONTENT_FILTER_MARKERS = ("content_filter", "content_policy")
-_MAX_MESSAGE_CHARS = 1000
+# What a request id, a parameter name or an error code looks like; anything else from the
+# provider (free text, which may name an organisation or a host) is not repeated.
+_IDENTIFIER = re.compile(r"[A-Za-z0-9_.:\[\]-]{1,100}")
+_REQUEST_ID_HEADERS = ("x-request-id", "request-id")
+
+# How each named error reads in a message: "<provider> answered <status> (<what>)".
+_WHAT: dict[type[UpstreamError], str] = {
+    RateLimited: "rate limited",
+    Overloaded: "overloaded",
+    UpstreamTimeout: "timed out",
+    ServerError: "server error",
+    AuthFailed: "the gateway's credentials were refused; an operator must check them",
+    NotFoundUpstream: "not found",
+    ContentFiltered: "refused by its content filter",
+    BadRequest: "bad request",
+}
 
 
 @dataclass(frozen=True)
@@ -60,26 +86,27 @@ def translate_sdk_error(
     """The named error for an exception raised by an SDK call (the caller raises it `from exc`)."""
     refused = _refused_connection(exc)
     if refused is not None:
-        return ConnectionFailed(f"cannot reach {provider}: {refused}", provider=provider)
+        return ConnectionFailed(f"cannot reach {provider}: {_connection_reason(refused)}", provider=provider)
     if isinstance(exc, sdk.timeout):
         within = f" within {timeout_s:g} s" if timeout_s is not None else ""
         return UpstreamTimeout(f"{provider} did not answer{within}", provider=provider)
     if isinstance(exc, sdk.connection):
         cause = exc.__cause__ or exc
-        return ConnectionFailed(f"cannot reach {provider}: {cause}", provider=provider)
+        return ConnectionFailed(
+            f"the connection to {provider} failed ({type(cause).__name__})", provider=provider
+        )
     if isinstance(exc, sdk.status):
         response = getattr(exc, "response", None)
         return error_for_status(
             int(getattr(exc, "status_code", 0)),
             headers=getattr(response, "headers", {}),
             body=getattr(exc, "body", None),
-            fallback_message=str(getattr(exc, "message", exc)),
             provider=provider,
             now=now,
         )
-    # Anything else the SDK raises (a response it could not decode, a middleware failure) still
-    # gets a name; it is retryable because nothing says the request itself was wrong.
-    return ServerError(f"{provider}: {type(exc).__name__}: {exc}", provider=provider)
+    # Anything else the SDK raises (a response it could not decode, an error event in a stream)
+    # still gets a name; it is retryable because nothing says the request itself was wrong.
+    return ServerError(f"{provider} failed ({type(exc).__name__})", provider=provider)
 
 
 def _refused_connection(exc: BaseException) -> OSError | None:
@@ -94,29 +121,41 @@ def _refused_connection(exc: BaseException) -> OSError | None:
     return None
 
 
+def _connection_reason(error: OSError) -> str:
+    """What went wrong, from the error's class and errno alone: its text names the host."""
+    if isinstance(getattr(error, "os_error", error), socket.gaierror):  # aiohttp wraps the OS's
+        return "the host name did not resolve"
+    code = error.errno
+    if isinstance(code, int) and code in errno.errorcode:
+        return os.strerror(code).lower()
+    return f"connection failed ({type(error).__name__})"
+
+
 def error_for_status(
     status_code: int,
     *,
     headers: Mapping[str, str],
     body: object,
-    fallback_message: str,
     provider: str,
     now: datetime,
 ) -> UpstreamError:
     """The named error for an HTTP error response from a provider."""
     kind = _error_type_for_status(status_code, body)
-    message = upstream_message(body, fallback_message)
-    if kind is AuthFailed:
-        # The provider's words may quote the operator's key (masked, but its tail) or account;
-        # they are the operator's business, and the job's error is the tenant's to read.
-        message = (
-            f"{provider} refused the gateway's credentials (HTTP {status_code}); an operator must check them"
-        )
+    error = _error_object(body)
+    request_id = _request_id(headers, body)
+    param = _identifier(error.get("param")) if error is not None and kind is BadRequest else None
+    what = _WHAT[kind] + (f", param {param!r}" if param else "")
+    message = f"{provider} answered {status_code} ({what})"
+    if request_id:
+        message += f", request id {request_id}"
     return kind(
         message,
         status_code=status_code,
         retry_after_s=retry_after_s(headers, now),
         provider=provider,
+        request_id=request_id,
+        param=param,
+        upstream_code=_upstream_code(error),
     )
 
 
@@ -160,13 +199,27 @@ def _mentions_content_filter(body: object) -> bool:
     return any(marker in text for marker in _CONTENT_FILTER_MARKERS)
 
 
-def upstream_message(body: object, fallback: str) -> str:
-    """The provider's own error message, or `fallback` (the SDK's text) when the body has none."""
-    error = _error_object(body)
-    message = error.get("message") if error is not None else None
-    if not isinstance(message, str) or not message:
-        message = body if isinstance(body, str) and body else fallback
-    return message[:_MAX_MESSAGE_CHARS]
+def _identifier(value: object) -> str | None:
+    return value if isinstance(value, str) and _IDENTIFIER.fullmatch(value) else None
+
+
+def _request_id(headers: Mapping[str, str], body: object) -> str | None:
+    """The upstream's id of the call, for the tenant to quote to the operator and the operator
+    to the provider: a header, else Anthropic's `request_id` in the body."""
+    for name in _REQUEST_ID_HEADERS:
+        found = _identifier(headers.get(name))
+        if found:
+            return found
+    return _identifier(body.get("request_id")) if isinstance(body, Mapping) else None
+
+
+def _upstream_code(error: Mapping[str, Any] | None) -> str | None:
+    """The provider's error `type` and `code` (OpenAI: `requests/rate_limit_exceeded`;
+    Anthropic: `rate_limit_error`), for the operator's log."""
+    if error is None:
+        return None
+    labels = [_identifier(error.get(field)) for field in ("type", "code")]
+    return "/".join(label for label in labels if label) or None
 
 
 def retry_after_s(headers: Mapping[str, str], now: datetime) -> float | None:

@@ -88,9 +88,10 @@ class OpenAIProvider:
             ) from exc
         except ValueError as exc:
             # Raised by the SDK itself before anything is sent (an API key that cannot go in a header,
-            # for one); it stays the Truncated it has always been counted as here.
+            # for one); it stays the Truncated it has always been counted as here. Its text may
+            # quote that header, key and all, so only its class is named.
             raise Truncated(
-                f"{self.name}: the SDK could not make the call: {exc}", provider=self.name
+                f"{self.name}: the SDK could not make the call ({type(exc).__name__})", provider=self.name
             ) from exc
         return completion_from_openai_body(
             json_object_body(response, provider=self.name),

@@ -197,7 +197,15 @@ class UpstreamCaller:
             else:
                 await self.breaker.record_success(name, cfg.breaker, probe=permit.probe)
             records.append(CallRecord(target, exc.error_type, exc.message, latency_ms, started_at))
-            log.info("upstream_error", target=name, error_type=exc.error_type, latency_ms=latency_ms)
+            log.info(
+                "upstream_error",
+                target=name,
+                error_type=exc.error_type,
+                status=exc.status_code,
+                request_id=exc.request_id,
+                upstream_code=exc.upstream_code,
+                latency_ms=latency_ms,
+            )
             raise
         latency_ms = int((self.monotonic() - t0) * 1000)
         self._observe(target, "succeeded", latency_ms)

@@ -159,10 +159,14 @@ async def injected_failure(
 async def test_a_forced_429_is_rate_limited_with_the_retry_after_the_sim_sent(
     kind: str, fresh_sim: SimHandle, make_provider: MakeProvider
 ) -> None:
-    error = await injected_failure(fresh_sim, make_provider, kind, fail_status=429, retry_after_s=5)
+    error = await injected_failure(
+        fresh_sim, make_provider, kind, fail_status=429, retry_after_s=5, organization="org-Qx7"
+    )
     assert isinstance(error, RateLimited)
     assert (error.status_code, error.retry_after_s) == (429, 5.0)
-    assert error.message and "Error code" not in error.message
+    # The sim's words name its organisation, as OpenAI's and Anthropic's do; jobgate's do not.
+    assert error.request_id is not None and error.request_id.startswith("req_")
+    assert error.message == f"sim-{kind} answered 429 (rate limited), request id {error.request_id}"
 
 
 async def test_an_injected_500_is_a_server_error(
@@ -200,6 +204,7 @@ async def test_a_closed_port_is_a_connection_failure(kind: str, make_provider: M
     with pytest.raises(ConnectionFailed) as raised:
         await make_provider(kind, base_url=base_url).complete(HELLO, "any")
     assert raised.value.provider == f"sim-{kind}"
+    assert raised.value.message == f"cannot reach sim-{kind}: connection refused"  # no address
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ exceptions onto jobgate's named upstream errors (built from real SDK exception c
 from __future__ import annotations
 
 import json
+import socket
 from datetime import UTC, datetime
 from typing import Any
 
@@ -585,7 +586,7 @@ def translated(exc: Exception, sdk_errors: SdkErrorTypes) -> UpstreamError:
         (529, Overloaded),
     ],
 )
-def test_each_http_status_becomes_its_named_error(
+def test_each_http_status_becomes_its_named_error_in_jobgates_words(
     status: int, error_type: type[UpstreamError], sdk: Any
 ) -> None:
     make_status_error, sdk_errors, _, _ = sdk
@@ -594,8 +595,37 @@ def test_each_http_status_becomes_its_named_error(
     )
     assert type(error) is error_type
     assert (error.status_code, error.provider) == (status, "up")
-    if error_type is not AuthFailed:
-        assert error.message == "upstream says no"
+    assert error.message.startswith(f"up answered {status} (")
+    assert "upstream says no" not in error.message
+
+
+RATE_LIMIT_WORDS = {
+    "message": "Rate limit reached for gpt-4o-mini in organization org-Xq8canary on requests per min"
+    " (RPM): Limit 500, Used 500, Requested 1. Please try again in 120ms.",
+    "type": "requests",
+    "code": "rate_limit_exceeded",
+}
+
+
+def test_a_429_names_the_status_and_request_id_but_never_the_organisation(sdk: Any) -> None:
+    make_status_error, sdk_errors, _, _ = sdk
+    headers = {"x-request-id": "req_abc", "request-id": "req_abc", "retry-after-ms": "120"}
+
+    error = translated(make_status_error(429, RATE_LIMIT_WORDS, headers), sdk_errors)
+
+    assert error.message == "up answered 429 (rate limited), request id req_abc"
+    assert error.to_error() == {"type": "rate_limited", "message": error.message}
+    assert (error.request_id, error.upstream_code, error.retry_after_s) == (
+        "req_abc",
+        "requests/rate_limit_exceeded",
+        0.12,
+    )
+
+
+def test_a_request_id_that_is_not_an_identifier_is_left_out() -> None:
+    exc = openai_status_error(500, {"message": "boom"}, {"x-request-id": "req 1; internal-lb-7.corp"})
+    error = translated(exc, OPENAI_SDK_ERRORS)
+    assert (error.message, error.request_id) == ("up answered 500 (server error)", None)
 
 
 @pytest.mark.parametrize("status", [401, 403])
@@ -606,9 +636,30 @@ def test_refused_credentials_do_not_pass_the_providers_words_to_the_tenant(statu
     error = translated(make_status_error(status, words, {}), sdk_errors)
 
     assert "abcd" not in error.message
-    assert (
-        error.message == f"up refused the gateway's credentials (HTTP {status}); an operator must check them"
+    assert error.message.startswith(
+        f"up answered {status} (the gateway's credentials were refused; an operator must check them)"
     )
+
+
+def test_a_bad_request_keeps_the_param_the_provider_names_but_not_its_words() -> None:
+    words = {
+        "message": "Invalid value for 'temperature': 7 is above the maximum of 2 for org-Xq8canary.",
+        "type": "invalid_request_error",
+        "param": "temperature",
+        "code": "invalid_value",
+    }
+    error = translated(openai_status_error(400, words, {"x-request-id": "req_9"}), OPENAI_SDK_ERRORS)
+    assert error.to_error() == {
+        "type": "bad_request",
+        "message": "up answered 400 (bad request, param 'temperature'), request id req_9",
+        "param": "temperature",
+    }
+
+
+def test_a_param_that_is_free_text_is_not_repeated() -> None:
+    words = {"message": "no", "type": "invalid_request_error", "param": "see org-Xq8canary's settings"}
+    error = translated(openai_status_error(400, words, {}), OPENAI_SDK_ERRORS)
+    assert (error.param, "org-" in error.message) == (None, False)
 
 
 @pytest.mark.parametrize("status", [429, 503, 529])
@@ -632,7 +683,9 @@ def test_rate_limited_and_overloaded_errors_carry_retry_after(status: int, sdk: 
 )
 def test_a_400_about_content_policy_is_content_filtered(body: dict[str, Any], sdk: Any) -> None:
     make_status_error, sdk_errors, _, _ = sdk
-    assert isinstance(translated(make_status_error(400, body, {}), sdk_errors), ContentFiltered)
+    error = translated(make_status_error(400, body, {}), sdk_errors)
+    assert isinstance(error, ContentFiltered)
+    assert "flagged" not in error.message
 
 
 def test_sdk_timeout_becomes_upstream_timeout(sdk: Any) -> None:
@@ -642,20 +695,50 @@ def test_sdk_timeout_becomes_upstream_timeout(sdk: Any) -> None:
     assert error.provider == "up"
 
 
-def test_sdk_connection_error_becomes_connection_failed_naming_the_cause(sdk: Any) -> None:
-    _, sdk_errors, _, connection_error = sdk
-    exc = connection_error(request=REQUEST)
-    exc.__cause__ = httpx2.ConnectError("[Errno 111] Connection refused")
+@pytest.mark.parametrize(
+    ("os_error", "reason"),
+    [
+        (ConnectionRefusedError(111, "Connect call failed ('10.20.30.40', 8443)"), "connection refused"),
+        (
+            socket.gaierror(-2, "Name or service not known: llm.internal.corp"),
+            "the host name did not resolve",
+        ),
+    ],
+    ids=["refused", "no-such-host"],
+)
+def test_a_failed_connect_says_why_without_naming_the_host(os_error: OSError, reason: str, sdk: Any) -> None:
+    _, sdk_errors, timeout_error, _ = sdk
+    # What the SDKs' aiohttp transport raises: a connect "timeout" caused by the OS's error.
+    exc = timeout_error(request=REQUEST)
+    exc.__cause__ = httpx2.ConnectTimeout(f"Cannot connect to host llm.internal.corp:8443 [{os_error}]")
+    exc.__cause__.__cause__ = os_error
     error = translated(exc, sdk_errors)
     assert isinstance(error, ConnectionFailed)
-    assert "Connection refused" in error.message
+    assert error.message == f"cannot reach up: {reason}"
 
 
-def test_a_non_json_error_body_keeps_its_text_as_the_message() -> None:
-    response = httpx2.Response(502, text="Bad Gateway from the proxy", request=REQUEST)
-    exc = openai.APIStatusError("Error code: 502", response=response, body="Bad Gateway from the proxy")
+def test_a_lost_connection_is_connection_failed_naming_only_the_error_class(sdk: Any) -> None:
+    _, sdk_errors, _, connection_error = sdk
+    exc = connection_error(request=REQUEST)
+    exc.__cause__ = httpx2.RemoteProtocolError("Server disconnected: 10.20.30.40")
+    error = translated(exc, sdk_errors)
+    assert isinstance(error, ConnectionFailed)
+    assert error.message == "the connection to up failed (RemoteProtocolError)"
+
+
+def test_a_non_json_error_body_does_not_reach_the_message() -> None:
+    response = httpx2.Response(502, text="Bad Gateway from lb-7.internal.corp", request=REQUEST)
+    exc = openai.APIStatusError(
+        "Error code: 502", response=response, body="Bad Gateway from lb-7.internal.corp"
+    )
     error = translated(exc, OPENAI_SDK_ERRORS)
-    assert (type(error), error.message) == (ServerError, "Bad Gateway from the proxy")
+    assert (type(error), error.message) == (ServerError, "up answered 502 (server error)")
+
+
+def test_an_error_event_in_a_stream_is_a_server_error_without_its_words() -> None:
+    exc = openai.APIError("quota of org-Xq8canary exhausted", request=REQUEST, body=None)
+    error = translated(exc, OPENAI_SDK_ERRORS)
+    assert (type(error), error.message) == (ServerError, "up failed (APIError)")
 
 
 # --- Registry ----------------------------------------------------------------------------------

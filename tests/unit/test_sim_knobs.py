@@ -52,6 +52,9 @@ def test_patches_merge_into_existing_overrides_and_null_drops_them() -> None:
         {"seed": "x"},
         {"models": {"m": {"hang_s": True}}},
         {"models": ["m"]},
+        {"organization": ""},
+        {"organization": "org 1; DROP"},
+        {"organization": 7},
     ],
 )
 def test_a_bad_patch_is_refused_whole(patch: dict) -> None:
@@ -81,3 +84,14 @@ def test_restore_returns_to_the_start_up_knobs_and_seed() -> None:
     assert knob_set.as_json() == {**KnobSet(Knobs(rpm=600), seed=7).as_json()}
     assert knob_set.for_model("m").tpm is None
     assert knob_set.seed == 7
+
+
+def test_the_organization_a_429_names_is_a_knob_like_any_other() -> None:
+    knob_set = KnobSet(Knobs(organization="org-start"))
+    knob_set.apply({"models": {"m": {"organization": "org-m_2"}}})
+
+    assert (knob_set.for_model("x").organization, knob_set.for_model("m").organization) == (
+        "org-start",
+        "org-m_2",
+    )
+    assert KnobSet().for_model("x").organization == "org-sim"

@@ -94,6 +94,25 @@ def test_openai_rate_limit_error_names_the_exhausted_budget() -> None:
     assert "Requested 5. Please try again in 500ms." in body["error"]["message"]
 
 
+def test_every_429_names_the_organization_as_the_providers_do() -> None:
+    limiter = RateLimiter(clock=lambda: 0.0)
+    limiter.admit("k", "m", rpm=60, tpm=None, cost_tokens=1)
+    limited = SimError(429, limit=limiter.admit("k", "m", rpm=60, tpm=None, cost_tokens=1))
+    request = OpenAIDialect().parse({"model": "m", "messages": [{"role": "user", "content": "x"}]})
+
+    messages = [
+        dialect.error_body(error, request, "req_1", organization="org-Zy9")
+        for dialect in (OpenAIDialect(), AnthropicDialect())
+        for error in (limited, SimError(429))
+    ]
+
+    texts = [body["error"]["message"] for body in messages]
+    assert texts[0].startswith("Rate limit reached for m in organization org-Zy9 on requests per min")
+    assert texts[1].startswith("Rate limit reached for m in organization org-Zy9 on requests per min")
+    assert texts[2].startswith("This request would exceed the rate limit for your organization (org-Zy9)")
+    assert texts[3].startswith("This request would exceed the rate limit for your organization (org-Zy9)")
+
+
 def test_error_bodies_follow_each_provider_for_server_failures() -> None:
     openai_body = OpenAIDialect().error_body(SimError(503), None, "req_1")
     anthropic_body = AnthropicDialect().error_body(SimError(500), None, "req_2")
