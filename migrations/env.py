@@ -10,7 +10,7 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 
 from core.settings import Settings
-from core.store.db import sync_url
+from core.store.db import hide_row_details, sync_url
 from core.store.models import Base
 
 config = context.config
@@ -23,7 +23,10 @@ def _database_url() -> str:
 
 def run_migrations_online() -> None:
     url = sync_url(_database_url())
-    connectable = create_engine(url, poolclass=pool.NullPool)
+    # Like every engine of jobgate's (core/store/db.py): a failed statement's values stay out of
+    # the error, so a migration's log cannot carry prompts or key hashes it was copying.
+    connectable = create_engine(url, poolclass=pool.NullPool, hide_parameters=True)
+    hide_row_details(connectable)
     with connectable.connect() as connection:
         context.configure(
             connection=connection,

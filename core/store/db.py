@@ -4,6 +4,10 @@ One URL setting serves both: jobgate derives the driver each side needs from its
 (asyncpg / aiosqlite for the API, psycopg / sqlite3 for the worker threads and Alembic).
 Pools are sized explicitly (DESIGN.md: SQL connections are scarce); SQLite gets WAL mode and
 a busy timeout so many threads can share one file.
+
+A database error is logged with its SQL, and a statement's values are prompts, answers, key
+hashes and webhook secrets: every engine hides its parameters (`hide_parameters=True`) and
+drops what Postgres quotes of the row (`hide_row_details`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine import URL, Engine, ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import sessionmaker
 
@@ -59,6 +63,32 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def hide_row_details(engine: Engine) -> None:
+    """Keep only the primary message of a Postgres error raised through `engine`.
+
+    Postgres's DETAIL and CONTEXT quote the row a statement failed on ("Failing row contains
+    (…)", "Key (key_hash)=(…) already exists"), where `hide_parameters` cannot reach: psycopg
+    puts them in its error's text, asyncpg's error appends its `.detail` to its text (a
+    traceback prints it as the cause of SQLAlchemy's). The SQLSTATE and the constraint's name
+    stay on the driver's error; sqlite3 quotes no values.
+    """
+    event.listen(engine, "handle_error", _keep_primary_message)
+
+
+def _keep_primary_message(context: ExceptionContext) -> None:
+    driver_error: BaseException | None = context.original_exception
+    while driver_error is not None:
+        primary = getattr(getattr(driver_error, "diag", None), "message_primary", None)
+        if primary:  # psycopg
+            driver_error.args = (primary,)
+            name = f"{type(driver_error).__module__}.{type(driver_error).__name__}"
+            if context.sqlalchemy_exception is not None:
+                context.sqlalchemy_exception.args = (f"({name}) {primary}",)
+        if getattr(driver_error, "detail", None):  # asyncpg
+            driver_error.detail = None  # type: ignore[attr-defined]
+        driver_error = driver_error.__cause__
 
 
 # Without a pre-ping, a connection the server closed is found out by the statement that uses
@@ -112,7 +142,8 @@ def make_sync_engine(settings: Settings, *, pool_size: int | None = None, pre_pi
             "tcp_user_timeout": 35_000,
         }
     pool = _pool_args(settings, backend, pool_size=pool_size, pre_ping=pre_ping)
-    engine = create_engine(url, connect_args=connect_args, **pool)
+    engine = create_engine(url, connect_args=connect_args, hide_parameters=True, **pool)
+    hide_row_details(engine)
     if backend == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
@@ -127,7 +158,10 @@ def make_async_engine(settings: Settings) -> AsyncEngine:
         connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
     else:
         connect_args = {"timeout": 5, "command_timeout": 30}
-    engine = create_async_engine(url, connect_args=connect_args, **_pool_args(settings, backend))
+    engine = create_async_engine(
+        url, connect_args=connect_args, hide_parameters=True, **_pool_args(settings, backend)
+    )
+    hide_row_details(engine.sync_engine)
     if backend == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
