@@ -89,14 +89,12 @@ class InlineCalls:
         metrics.JOBS_SUBMITTED.labels(priority=spec.priority).inc()
         return claim
 
-    async def run(
-        self, claim: store.Claim, tenant_name: str, *, relay: Relay | None = None
-    ) -> tuple[Outcome, Verdict | None]:
+    async def run(self, claim: store.Claim, *, relay: Relay | None = None) -> tuple[Outcome, Verdict | None]:
         """Run the claimed job here (streamed to `relay` if given); its outcome once the result
         is written. A caller that stops waiting leaves the run to finish and be written."""
         self.in_flight += 1
         try:
-            return await self.engine.runtime.run_claimed(claim, tenant_name, relay=relay)
+            return await self.engine.runtime.run_claimed(claim, relay=relay)
         finally:
             self.in_flight -= 1
 

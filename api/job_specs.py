@@ -23,6 +23,21 @@ def check_model(config: GatewayConfig, model: str, param: str = "model") -> None
         raise InvalidRequest(f"The model {model!r} does not exist. Known models: {known}.", param=param)
 
 
+def check_output_bound(config: GatewayConfig, request: JobRequest, param_prefix: str = "") -> None:
+    """`max_tokens` may not pass what the model's targets can answer (their `max_output_tokens`):
+    a reservation for a million tokens would hold a provider's budget from everyone else."""
+    asked, field = request.max_completion_tokens, "max_completion_tokens"
+    if asked is None:
+        asked, field = request.max_tokens, "max_tokens"
+    limit = config.output_limit(request.model)
+    if asked is not None and asked > limit:
+        raise InvalidRequest(
+            f"{field} is {asked}, more than model {request.model!r} can answer ({limit} tokens,"
+            " its targets' max_output_tokens in the config); ask for at most that.",
+            param=f"{param_prefix}{field}",
+        )
+
+
 def check_webhook_url(settings: Settings, url: str, param: str = "webhook_url") -> None:
     """Refuse at submission what is plainly bad (scheme, private literal, userinfo...);
     what DNS returns is checked again at delivery time, on the connection itself."""
@@ -50,6 +65,7 @@ def job_spec(
             param=f"{param_prefix}stream",
         )
     check_model(config, request.model, param=f"{param_prefix}model")
+    check_output_bound(config, request, param_prefix)
     if principal is not None:
         principal.check_model(request.model)
         if default_priority == "batch":  # batch work raising itself needs the key's consent

@@ -27,7 +27,7 @@ from fastapi.responses import StreamingResponse
 from api.deps import AppState, Principal
 from api.sync_calls import Finished, SyncAsk, run_sync
 from core.domain.relay import Relay, chunks_of
-from core.errors import http_status_for
+from core.errors import http_status_for, openai_code
 from core.services.submit import JobSpec
 from core.store import jobs as store
 
@@ -59,7 +59,16 @@ class OpenAIEvents:
     def error(self, error_type: str, message: str) -> list[bytes]:
         status = http_status_for(error_type)
         return [
-            sse({"error": {"type": error_type, "code": error_type, "message": message, "status": status}})
+            sse(
+                {
+                    "error": {
+                        "type": error_type,
+                        "code": openai_code(error_type),
+                        "message": message,
+                        "status": status,
+                    }
+                }
+            )
         ]
 
     def end(self) -> list[bytes]:

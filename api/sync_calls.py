@@ -168,7 +168,7 @@ async def _call_here(
     exit_if_faulted(state.settings.fault_exit_after_commit, 1)
     try:
         outcome, verdict = await asyncio.wait_for(
-            inline.run(claim, principal.tenant_name, relay=relay), timeout=state.settings.sync_timeout_s
+            inline.run(claim, relay=relay), timeout=state.settings.sync_timeout_s
         )
     except TimeoutError:
         return Finished(claim.id, claim.model, None)

@@ -46,9 +46,15 @@ class ProviderConfig(_Strict):
         return os.environ.get(self.api_key_env, "")
 
 
+# A target's longest answer when its config does not say (`max_output_tokens`): requests
+# asking for more are refused at submission, so no reservation is absurd.
+DEFAULT_MAX_OUTPUT_TOKENS = 32_768
+
+
 class Target(_Strict):
     provider: str
     model: str
+    max_output_tokens: int = Field(default=DEFAULT_MAX_OUTPUT_TOKENS, ge=1)
 
 
 class ModelRoute(_Strict):
@@ -116,6 +122,12 @@ class GatewayConfig(_Strict):
                 if target.model == model:
                     return [target]
         return None
+
+    def output_limit(self, model: str) -> int:
+        """The longest answer any target of `model` may give (`max_output_tokens`)."""
+        return max(
+            (t.max_output_tokens for t in self.targets_for(model) or []), default=DEFAULT_MAX_OUTPUT_TOKENS
+        )
 
     def tenant_limits(self, tenant_name: str) -> TenantLimits:
         return self.tenants.get(tenant_name) or self.tenants.get("default") or TenantLimits()

@@ -105,6 +105,14 @@ class UnsupportedMediaType(ApiError):
     error_type = "invalid_request_error"
 
 
+class TooManyRequests(ApiError):
+    """A per-tenant (or per-address) rate limit refused the request; `retry_after_s` says when
+    it may come again."""
+
+    status_code = 429
+    error_type = "rate_limit_exceeded"
+
+
 class ServiceUnavailable(ApiError):
     status_code = 503
     error_type = "service_unavailable"
@@ -243,7 +251,20 @@ class NotFoundUpstream(UpstreamError):
 
 
 # Job error types that are not upstream errors, and the status the sync path answers with.
-_JOB_ERROR_STATUS = {"deadline_exceeded": 504, "cancelled": 409, "attempts_exhausted": 502}
+_JOB_ERROR_STATUS = {
+    "deadline_exceeded": 504,
+    "cancelled": 409,
+    "attempts_exhausted": 502,
+    "budget_exceeded": 429,
+}
+BUDGET_EXCEEDED = "budget_exceeded"
+# The `code` OpenAI gives the same refusal, where it differs from jobgate's error type.
+_OPENAI_CODES = {BUDGET_EXCEEDED: "insufficient_quota"}
+
+
+def openai_code(error_type: str) -> str:
+    """The `error.code` of the sync path's OpenAI-shaped error for a job's `error.type`."""
+    return _OPENAI_CODES.get(error_type, error_type)
 
 
 def http_status_for(error_type: str) -> int:

@@ -21,7 +21,7 @@ from api.job_specs import job_spec
 from api.schemas import JobRequest
 from api.streaming import OpenAIEvents, stream_response
 from api.sync_calls import TIMED_OUT_RETRY_AFTER_S, SyncAsk, retry_after_s, run_sync
-from core.errors import http_status_for
+from core.errors import BUDGET_EXCEEDED, http_status_for, openai_code
 from core.store import jobs as store
 
 router = APIRouter(prefix="/v1/chat", tags=["openai-compatible"])
@@ -81,8 +81,8 @@ async def chat_completions(
         return JSONResponse(finished.result, headers=headers)
     error = finished.error or {"type": "server_error", "message": "The job failed."}
     body_out = error_body(error["type"], error.get("message", ""))
-    body_out["error"]["code"] = error["type"]
+    body_out["error"]["code"] = openai_code(error["type"])
     http_status = http_status_for(error["type"])
-    if http_status in (429, 503):
+    if http_status in (429, 503) and error["type"] != BUDGET_EXCEEDED:  # a budget waits for its reset
         headers["Retry-After"] = str(await retry_after_s(state, finished.model))
     return JSONResponse(body_out, status_code=http_status, headers=headers)

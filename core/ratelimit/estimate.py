@@ -40,6 +40,13 @@ def estimate_prompt_tokens(request: ChatRequest) -> int:
     return total
 
 
+def output_bound(request: ChatRequest, limit: int) -> int:
+    """The most output tokens a call can be answered with: the request's own bound, else the
+    target's output limit (what a spend reservation must cover)."""
+    asked = request.max_output_tokens
+    return min(asked, limit) if asked is not None else limit
+
+
 def estimate_tokens(request: ChatRequest) -> int:
     """Prompt estimate plus the output budget."""
     return estimate_prompt_tokens(request) + (request.max_output_tokens or DEFAULT_OUTPUT_TOKENS)

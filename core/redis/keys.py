@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The window of `Keys.webhook_manual_retries`, which is also that counter's TTL.
+WEBHOOK_MANUAL_RETRY_WINDOW_S = 60
+
 
 @dataclass(frozen=True)
 class Keys:
@@ -55,9 +58,18 @@ class Keys:
         """Wake-up list of one flight (one leader's turn): followers block on it until it ends."""
         return f"{self.prefix}:flight-wake:{fingerprint}:{leader_token}"
 
+    def spend(self, owner: str, period: str) -> str:
+        """Spend in nano-USD of a budget's owner (`tenant:<id>`, `key:<id>`) in one period."""
+        return f"{self.prefix}:spend:{owner}:{period}"
+
     def maintenance_lock(self, task: str) -> str:
         """Held by the one worker in the fleet running a periodic task (sweeper, reaper)."""
         return f"{self.prefix}:lock:{task}"
 
     def provider_stats(self, target: str) -> str:
         return f"{self.prefix}:pstats:{target}"
+
+    def webhook_manual_retries(self, tenant_id: str) -> str:
+        """A tenant's hand-made delivery retries in the current window: a counter that expires
+        with it (`WEBHOOK_MANUAL_RETRY_WINDOW_S`)."""
+        return f"{self.prefix}:webhook-retries:{tenant_id}"

@@ -31,9 +31,11 @@ from core import metrics
 from core.config import GatewayConfig, Target
 from core.domain.chat import ChatRequest, Completion
 from core.domain.relay import Relay
-from core.errors import Unsupported, UpstreamError
+from core.errors import BUDGET_EXCEEDED, Unsupported, UpstreamError
 from core.fingerprint import SHARED_SCOPE, request_fingerprint
 from core.pricing import cost_usd
+from core.ratelimit.budget import Budget, SpendLedger
+from core.ratelimit.estimate import estimate_prompt_tokens, output_bound
 from core.ratelimit.limiter import Bucket, tenant_bucket
 from core.redis.cache import ResponseCache
 from core.redis.scripts import FleetOp, run_calls
@@ -41,6 +43,7 @@ from core.redis.single_flight import Flight, SingleFlight
 from core.services.retry_policy import GiveUp, RetryPolicy, after_all_targets
 from core.services.upstream import CallRecord, TargetUnavailable, UpstreamCaller
 from core.store import jobs as store
+from core.tenancy import KeyBudget, TenantPolicy
 
 log = structlog.get_logger("jobgate.execute")
 
@@ -101,6 +104,14 @@ def _none_can_honour(model: str, refusals: list[Unsupported]) -> dict[str, str]:
     }
 
 
+def over_budget(budget: Budget) -> dict[str, str]:
+    resets = budget.resets_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "type": BUDGET_EXCEEDED,
+        "message": f"The job would pass {budget.describe()}; it resets at {resets}.",
+    }
+
+
 def failed(records: list[CallRecord], error: dict[str, str]) -> Verdict:
     return Verdict(OutcomeStatus.FAILED, records, {"status": store.FAILED, "error": error})
 
@@ -113,6 +124,7 @@ class JobRunner:
         caller: UpstreamCaller,
         cache: ResponseCache,
         single_flight: SingleFlight,
+        ledger: SpendLedger,
         utcnow: Callable[[], datetime],
         policy: RetryPolicy | None = None,
         jitter: Callable[[], float] = random.random,
@@ -121,27 +133,36 @@ class JobRunner:
         self.caller = caller
         self.cache = cache
         self.single_flight = single_flight
+        self.ledger = ledger
         self.utcnow = utcnow
         self.policy = policy or RetryPolicy()
         self.jitter = jitter
 
-    async def run(self, claim: store.Claim, tenant: str, *, relay: Relay | None = None) -> Verdict:
+    async def run(
+        self,
+        claim: store.Claim,
+        tenant: TenantPolicy,
+        key: KeyBudget | None = None,
+        *,
+        relay: Relay | None = None,
+    ) -> Verdict:
         """The job's verdict; with a `relay` its call is streamed there (a cache hit or a
         twin's answer is not: the relay's owner streams the verdict's result itself)."""
         records: list[CallRecord] = []
         if claim.deadline is not None and claim.deadline <= self.utcnow():
             return failed(records, DEADLINE_PASSED)
         request = ChatRequest.from_body(claim.request)
+        payer = _Payer(tenant, self.ledger.budgets(tenant, key, self.utcnow()))
         if not claim.use_cache:
-            return await self._call_targets(claim, tenant, request, records, relay=relay)
-        scope = SHARED_SCOPE if self.config.tenant_limits(tenant).shared_cache else claim.tenant_id
+            return await self._call_targets(claim, payer, request, records, relay=relay)
+        scope = SHARED_SCOPE if tenant.shared_cache else claim.tenant_id
         fingerprint = request_fingerprint(claim.model, request, scope=scope)
-        return await self._single_flight(claim, tenant, request, records, fingerprint, relay)
+        return await self._single_flight(claim, payer, request, records, fingerprint, relay)
 
     async def _single_flight(
         self,
         claim: store.Claim,
-        tenant: str,
+        payer: _Payer,
         request: ChatRequest,
         records: list[CallRecord],
         fingerprint: str,
@@ -172,7 +193,7 @@ class JobRunner:
             if flight.is_leader:
                 share = functools.partial(self._share, flight, fingerprint)
                 verdict = await self._call_targets(
-                    claim, tenant, request, records, on_success=share, relay=relay
+                    claim, payer, request, records, on_success=share, relay=relay
                 )
                 if verdict.status is not OutcomeStatus.SUCCEEDED:
                     retryable = verdict.status is OutcomeStatus.REQUEUED
@@ -195,16 +216,10 @@ class JobRunner:
             self.single_flight.complete_call(flight, completion),
         ]
 
-    def _tenant_bucket(self, tenant: str) -> Bucket | None:
-        limits = self.config.tenant_limits(tenant)
-        if limits.rpm is None and limits.tpm is None:
-            return None
-        return tenant_bucket(tenant, rpm=limits.rpm, tpm=limits.tpm)
-
     async def _call_targets(
         self,
         claim: store.Claim,
-        tenant: str,
+        payer: _Payer,
         request: ChatRequest,
         records: list[CallRecord],
         on_success: Callable[[Completion], list[FleetOp]] | None = None,
@@ -219,8 +234,12 @@ class JobRunner:
         unsupported: list[Unsupported] = []
         last_error: UpstreamError | None = None
         fleet_updates: list[FleetOp] = []
-        bucket = self._tenant_bucket(tenant)
+        bucket = payer.bucket()
         for target in targets:
+            most_usd = self._most_cost_usd(target, request)
+            refused = await self.ledger.reserve(payer.budgets, most_usd)
+            if refused is not None:
+                return failed(records, over_budget(refused))
             try:
                 completion = await self.caller.call(
                     target,
@@ -232,16 +251,21 @@ class JobRunner:
                     relay=relay,
                 )
             except TargetUnavailable as busy:
+                await payer.refund(self.ledger, most_usd)
                 busy_for_s.append(busy.retry_after_s)
                 continue
             except Unsupported as exc:
+                await payer.refund(self.ledger, most_usd)
                 unsupported.append(exc)  # the next target may honour the request
                 continue
             except UpstreamError as exc:
+                # A failed call is not billed to the tenant.
+                await payer.refund(self.ledger, most_usd)
                 if not exc.retryable:
                     return failed(records, exc.to_error())
                 last_error = exc
                 continue
+            fleet_updates += payer.settle(self.ledger, most_usd, self._cost(completion))
             if on_success is not None:
                 fleet_updates += on_success(completion)
             return self._succeeded(records, completion, cached=False, updates=fleet_updates)
@@ -273,7 +297,7 @@ class JobRunner:
             target = Target(provider=completion.provider, model=completion.model)
             records.append(CallRecord(target, "cached", None, 0, self.utcnow()))
         else:
-            cost = cost_usd(self.config, completion.model, completion.input_tokens, completion.output_tokens)
+            cost = self._cost(completion)
             metrics.COST_USD.labels(model=completion.model).inc(float(cost))
         values: dict[str, Any] = {
             "status": store.SUCCEEDED,
@@ -287,3 +311,35 @@ class JobRunner:
             "cached": cached,
         }
         return Verdict(OutcomeStatus.SUCCEEDED, records, values, fleet_updates=updates)
+
+    def _cost(self, completion: Completion) -> Decimal:
+        return cost_usd(self.config, completion.model, completion.input_tokens, completion.output_tokens)
+
+    def _most_cost_usd(self, target: Target, request: ChatRequest) -> Decimal:
+        """The most this call can cost: its prompt estimate and its output bound, priced."""
+        return cost_usd(
+            self.config,
+            target.model,
+            estimate_prompt_tokens(request),
+            output_bound(request, target.max_output_tokens),
+        )
+
+
+@dataclass(frozen=True)
+class _Payer:
+    """Who pays for a job's calls: the tenant's rate bucket and the spend budgets that apply."""
+
+    tenant: TenantPolicy
+    budgets: list[Budget]
+
+    def bucket(self) -> Bucket | None:
+        if self.tenant.rpm is None and self.tenant.tpm is None:
+            return None
+        return tenant_bucket(self.tenant.name, rpm=self.tenant.rpm, tpm=self.tenant.tpm)
+
+    def settle(self, ledger: SpendLedger, reserved_usd: Decimal, cost_usd: Decimal) -> list[FleetOp]:
+        op = ledger.settle(self.budgets, reserved_usd, cost_usd)
+        return [op] if op is not None else []
+
+    async def refund(self, ledger: SpendLedger, reserved_usd: Decimal) -> None:
+        await run_calls(ledger.client, self.settle(ledger, reserved_usd, Decimal(0)))

@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 
 from core.config import GatewayConfig
 from core.providers import Provider, build_providers, close_providers
+from core.ratelimit.budget import SpendLedger
 from core.ratelimit.limiter import RateLimiter
 from core.redis.breaker import CircuitBreaker
 from core.redis.cache import ResponseCache
@@ -89,6 +90,7 @@ def build_runner(
         ),
         cache=ResponseCache(state, keys),
         single_flight=SingleFlight(state, keys, lock_ttl_s=longest_timeout_s(config) + 30, wait_client=waits),
+        ledger=SpendLedger(state, keys),
         utcnow=clock.utcnow,
     )
 

@@ -36,7 +36,6 @@ from typing import Any, Generic, TypeVar
 import redis
 import redis.asyncio as aioredis
 import structlog
-from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -47,8 +46,8 @@ from core.services.execute import JobRunner, Outcome, OutcomeStatus, Verdict
 from core.services.lifecycle import Effects
 from core.store import jobs as store
 from core.store.clock import SqlClock
-from core.store.models import Tenant
 from core.store.retry import is_connection_error, retrying_on_disconnect
+from core.tenancy import TenantPolicies
 from core.webhooks.outbox import JobRoute, commit_final
 
 log = structlog.get_logger("jobgate.runtime")
@@ -127,6 +126,7 @@ class JobRuntime:
         sleep: Callable[[float], None] = time.sleep,
         sql_threads: int = SQL_THREADS,
         gather_s: float = GATHER_S,
+        policies: TenantPolicies | None = None,
     ) -> None:
         self.runner = runner
         self.fleet_state = fleet_state
@@ -139,7 +139,8 @@ class JobRuntime:
         self._sql = concurrent.futures.ThreadPoolExecutor(sql_threads, thread_name_prefix="jobgate-sql")
         # Writes in flight at once: one SQL thread is always left to claims and leases.
         self._write_slots = max(1, sql_threads - 1)
-        self._tenant_names: dict[str, str] = {}
+        # Tenant policies and key budgets, read again by claims once `POLICY_TTL_S` old.
+        self.policies = policies or TenantPolicies(runner.config)
         self._active: dict[str, store.Claim] = {}
         self._to_claim: _Gathered[_Handed] | None = None
         self._to_write: _Gathered[_Finished] | None = None
@@ -197,7 +198,7 @@ class JobRuntime:
         retrying_on_disconnect(self.lease_s, sleep=self.sleep)(once)
 
     async def run_claimed(
-        self, claim: store.Claim, tenant_name: str, *, relay: Relay | None = None
+        self, claim: store.Claim, *, relay: Relay | None = None
     ) -> tuple[Outcome, Verdict | None]:
         """Run a job whose claim was made elsewhere (the API's sync path inserts its job
         claimed) as a claimed one: the same pipeline, group write and lease renewal. Returns
@@ -205,7 +206,9 @@ class JobRuntime:
         of its own: a caller that stops waiting leaves it to finish and be written."""
         assert self._to_write is not None, "start() the runtime first"
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._tenant_names[claim.tenant_id] = tenant_name
+        stale = self.policies.stale([claim.tenant_id], [claim.api_key_id])
+        if any(stale):
+            await self._in_sql(self._refresh_policies, *stale)
         self._active[claim.id] = claim
         run = self._spawn(self._run(claim, future, relay), name=f"job-{claim.id}")
         outcome = await asyncio.shield(future)
@@ -218,7 +221,7 @@ class JobRuntime:
         while True:
             group = await self._to_claim.next_group()
             try:
-                claims, names, outcomes = await self._in_sql(self._claim_retrying, group)
+                claims, outcomes = await self._in_sql(self._claim_retrying, group)
             except Exception:
                 # The ids stay `queued` in SQL: the sweeper dispatches them again.
                 log.exception("claim_failed", jobs=len(group))
@@ -226,7 +229,6 @@ class JobRuntime:
                     if not handed.future.done():
                         handed.future.set_result(Outcome(OutcomeStatus.SKIPPED))
                 continue
-            self._tenant_names.update(names)
             self._start_jobs(group, claims, outcomes)
 
     def _start_jobs(
@@ -245,19 +247,19 @@ class JobRuntime:
             self._active[claim.id] = claim
             self._spawn(self._run(claim, futures[claim.id]), name=f"job-{claim.id}")
 
-    def _claim_retrying(
-        self, group: list[_Handed]
-    ) -> tuple[list[store.Claim], dict[str, str], dict[str, Outcome]]:
+    def _claim_retrying(self, group: list[_Handed]) -> tuple[list[store.Claim], dict[str, Outcome]]:
         """`_claim_group`, tried again on a lost connection: the pool does not ping a connection
         before handing it out (a round trip per checkout), so a claim is the first to find one
         the server closed. A retry after a COMMIT that landed with its answer lost claims
         nothing; those jobs wait out their lease for the reaper."""
         return retrying_on_disconnect(self.lease_s, sleep=self.sleep)(lambda: self._claim_group(group))
 
-    def _claim_group(
-        self, group: list[_Handed]
-    ) -> tuple[list[store.Claim], dict[str, str], dict[str, Outcome]]:
-        """In a SQL thread: claim the group; name new tenants; decide the unclaimed.
+    def _refresh_policies(self, tenant_ids: set[str], key_ids: set[str]) -> None:
+        with self.sessions() as session:
+            self.policies.refresh(session, tenant_ids, key_ids)
+
+    def _claim_group(self, group: list[_Handed]) -> tuple[list[store.Claim], dict[str, Outcome]]:
+        """In a SQL thread: claim the group; read the stale tenant policies; decide the unclaimed.
 
         An early message is put back until its job is due, never dropped: the claim found the
         job not due by the SQL clock, so even when this process's clock already says it is (a
@@ -268,11 +270,11 @@ class JobRuntime:
             claims = store.claim_jobs(session, self.clock, ids, lease_s=self.lease_s)
             won = {c.id for c in claims}
             early = store.not_due(session, [i for i in ids if i not in won]) if len(won) < len(ids) else {}
-            unknown = {c.tenant_id for c in claims} - self._tenant_names.keys()
-            names: dict[str, str] = {}
-            if unknown:
-                rows = session.execute(select(Tenant.id, Tenant.name).where(Tenant.id.in_(unknown)))
-                names = {tenant_id: name for tenant_id, name in rows}
+            stale_tenants, stale_keys = self.policies.stale(
+                {c.tenant_id for c in claims}, {c.api_key_id for c in claims}
+            )
+            if stale_tenants or stale_keys:
+                self.policies.refresh(session, stale_tenants, stale_keys)
         outcomes: dict[str, Outcome] = {}
         effects = Effects()
         priorities = {h.job_id: h.priority for h in group}
@@ -284,19 +286,20 @@ class JobRuntime:
                 effects.dispatch.append((job_id, priorities[job_id], max(1, int(delay_s * 1000))))
         if effects:
             self.apply_effects(effects)
-        return claims, names, outcomes
+        return claims, outcomes
 
     # --- running ---------------------------------------------------------------------------
 
     async def _run(
         self, claim: store.Claim, future: asyncio.Future[Outcome], relay: Relay | None = None
     ) -> Verdict | None:
-        tenant = self._tenant_names.get(claim.tenant_id, claim.tenant_id)
+        tenant = self.policies.tenant(claim.tenant_id)
+        key = self.policies.key(claim.api_key_id)
         # Bound for this task's own context (each job runs as a task of its own), so nothing
         # needs unbinding; `bound_contextvars` copied the whole context twice a job.
         structlog.contextvars.bind_contextvars(job_id=claim.id, request_id=claim.request_id)
         try:
-            verdict = await self.runner.run(claim, tenant, relay=relay)
+            verdict = await self.runner.run(claim, tenant, key, relay=relay)
         except Exception as exc:
             # Its lease lapses and the reaper re-queues the job: nothing is lost.
             log.exception("run_job_crashed", job_id=claim.id)

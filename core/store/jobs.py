@@ -174,6 +174,8 @@ class Claim:
     # Where its final event goes (with the batch's own URL and the tenant's endpoints).
     batch_id: str | None = None
     webhook_url: str | None = None
+    # The key that submitted it (its own budgets apply).
+    api_key_id: str | None = None
 
 
 # Only what running a job needs: no ORM hydration of the whole row (DESIGN.md, claim in batches).
@@ -191,6 +193,7 @@ _CLAIM_COLUMNS = (
     Job.created_at,
     Job.batch_id,
     Job.webhook_url,
+    Job.api_key_id,
 )
 
 
@@ -233,6 +236,7 @@ def claim_jobs(session: Session, clock: SqlClock, job_ids: Sequence[str], *, lea
             created_at=as_utc(row[10]),
             batch_id=row[11],
             webhook_url=row[12],
+            api_key_id=row[13],
         )
         for row in rows
     ]
