@@ -38,6 +38,8 @@ class ProviderConfig(_Strict):
     tpm: int | None = Field(default=None, ge=1)
     timeout_s: float = Field(default=60, gt=0)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    # Its models cost nothing (a self-hosted server, the simulated upstream): they need no price.
+    free: bool = False
 
     def api_key(self) -> str:
         """The key from the environment; providers that need none (the sim) get a placeholder."""
@@ -101,6 +103,13 @@ class GatewayConfig(_Strict):
                     raise ValueError(
                         f"models.{alias}.targets.{i}.provider: unknown provider {target.provider!r}"
                         f" (known: {', '.join(sorted(self.providers))})"
+                    )
+                if target.model not in self.pricing and not self.providers[target.provider].free:
+                    # Budgets and usage would count it as free without a word.
+                    raise ValueError(
+                        f"models.{alias}.targets.{i}.model: no price for {target.model!r}; add"
+                        f" pricing.{target.model} (input_per_mtok, output_per_mtok; 0 if it is free),"
+                        f" or mark provider {target.provider!r} `free: true`"
                     )
         return self
 

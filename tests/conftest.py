@@ -219,7 +219,9 @@ def sim_calls(sim: SimHandle, model: str) -> int:
 def config_path(tmp_path: Path, sim: SimHandle, upstream_model: str) -> Path:
     """A providers/models YAML: alias `fast` → the sim (OpenAI wire format), cache off by default."""
     config = {
-        "providers": {"sim": {"kind": "openai", "base_url": sim.openai_base_url, "timeout_s": 10}},
+        "providers": {
+            "sim": {"kind": "openai", "base_url": sim.openai_base_url, "timeout_s": 10, "free": True}
+        },
         "models": {"fast": {"targets": [{"provider": "sim", "model": upstream_model}]}},
         "pricing": {upstream_model: {"input_per_mtok": "1.00", "output_per_mtok": "2.00"}},
         # Off, so "the upstream saw one call" always means "the job ran once".

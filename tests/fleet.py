@@ -130,7 +130,7 @@ def delete_prefix(redis_url: str, prefix: str) -> None:
 
 def sim_provider(sim: SimHandle, **options: Any) -> dict[str, Any]:
     """A provider entry of the config that points at the sim (OpenAI wire format)."""
-    return {"kind": "openai", "base_url": sim.openai_base_url, "timeout_s": 10, **options}
+    return {"kind": "openai", "base_url": sim.openai_base_url, "timeout_s": 10, "free": True, **options}
 
 
 # --- The fleet ----------------------------------------------------------------------------------

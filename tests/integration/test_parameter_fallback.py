@@ -21,8 +21,8 @@ from tests.sim_process import SimHandle
 def config_path(tmp_path: Path, sim: SimHandle, upstream_model: str) -> Iterator[Path]:
     config = {
         "providers": {
-            "claude-sim": {"kind": "anthropic", "base_url": sim.url, "timeout_s": 10},
-            "gpt-sim": {"kind": "openai", "base_url": sim.openai_base_url, "timeout_s": 10},
+            "claude-sim": {"kind": "anthropic", "base_url": sim.url, "timeout_s": 10, "free": True},
+            "gpt-sim": {"kind": "openai", "base_url": sim.openai_base_url, "timeout_s": 10, "free": True},
         },
         "models": {
             "mixed": {

@@ -57,8 +57,20 @@ def config_path(tmp_path: Path, sim: SimHandle, primary: str, fallback: str) -> 
     """`fast` → primary/<primary> then backup/<fallback>; cache on by default."""
     config = {
         "providers": {
-            "primary": {"kind": "openai", "base_url": sim.openai_base_url, "timeout_s": 10, "tpm": TPM},
-            "backup": {"kind": "openai", "base_url": sim.openai_base_url, "timeout_s": 10, "tpm": TPM},
+            "primary": {
+                "kind": "openai",
+                "base_url": sim.openai_base_url,
+                "timeout_s": 10,
+                "tpm": TPM,
+                "free": True,
+            },
+            "backup": {
+                "kind": "openai",
+                "base_url": sim.openai_base_url,
+                "timeout_s": 10,
+                "tpm": TPM,
+                "free": True,
+            },
         },
         "models": {
             "fast": {

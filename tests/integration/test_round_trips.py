@@ -49,7 +49,9 @@ def config_path(tmp_path: Path, sim: SimHandle, upstream_model: str) -> Path:
     """The sim behind `fast`, with the response cache on, as the built-in config has it: a job
     then also reads the cache and takes the single-flight lead."""
     config = {
-        "providers": {"sim": {"kind": "openai", "base_url": sim.openai_base_url, "timeout_s": 10}},
+        "providers": {
+            "sim": {"kind": "openai", "base_url": sim.openai_base_url, "timeout_s": 10, "free": True}
+        },
         "models": {"fast": {"targets": [{"provider": "sim", "model": upstream_model}]}},
         "cache": {"default": True, "ttl_s": 60},
     }
