@@ -28,14 +28,15 @@ for i = 1, n do
   local req_iv, tok_iv = tonumber(ARGV[5 + 2 * i]), tonumber(ARGV[6 + 2 * i])
   local f = redis.call('HMGET', KEYS[i], 'req_tat_us', 'tok_tat_us', 'tok_ahead_us')
   local b = {req_iv = req_iv, tok_iv = tok_iv, req_tat = tonumber(f[1]) or 0,
-    tok_tat = tonumber(f[2]) or 0, tok_ahead = tonumber(f[3]) or 0}
+    tok_tat = tonumber(f[2]) or 0, tok_ahead = tonumber(f[3]) or 0, at = now}
   if req_iv then
-    at = math.max(at, conform_at(b.req_tat, req_iv, burst))
+    b.at = math.max(b.at, conform_at(b.req_tat, req_iv, burst))
   end
   if tok_iv then
     b.tok_cost = math.floor(tokens * tok_iv + 0.5)
-    at = math.max(at, conform_at(b.tok_tat, b.tok_cost, burst))
+    b.at = math.max(b.at, conform_at(b.tok_tat, b.tok_cost, burst))
   end
+  at = math.max(at, b.at)
   buckets[i] = b
 end
 at = math.ceil(at)
@@ -51,15 +52,23 @@ if wait > max_wait then
   -- The waiting line: refused callers are handed slots one cost apart from the end of the
   -- line (or from `at`, if the line is behind it), so a backlog comes back spread at the
   -- bucket's rate instead of all at `at`, where all but a few would be refused again.
+  -- Only the buckets that refused the call hold its place: a tenant held back by its own
+  -- limit lines up in its own bucket, never ahead of other tenants in the provider's.
   local line, step = 0, 0
   for i = 1, n do
-    line = math.max(line, tonumber(redis.call('HGET', KEYS[i], 'line_us')) or 0)
-    step = math.max(step, buckets[i].req_iv or 0, buckets[i].tok_cost or 0)
+    local b = buckets[i]
+    b.binding = b.at - now > max_wait
+    if b.binding then
+      line = math.max(line, tonumber(redis.call('HGET', KEYS[i], 'line_us')) or 0)
+      step = math.max(step, b.req_iv or 0, b.tok_cost or 0)
+    end
   end
   local slot = math.ceil(math.max(at, line))
   for i = 1, n do
-    redis.call('HSET', KEYS[i], 'line_us', int(slot + step))
-    redis.call('PEXPIRE', KEYS[i], math.ceil((slot + step - now) / 1000) + KEEP_MS)
+    if buckets[i].binding then
+      redis.call('HSET', KEYS[i], 'line_us', int(slot + step))
+      redis.call('PEXPIRE', KEYS[i], math.ceil((slot + step - now) / 1000) + KEEP_MS)
+    end
   end
   return {0, 0, slot - now, 0}
 end

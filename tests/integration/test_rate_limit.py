@@ -139,6 +139,28 @@ async def test_callers_coming_back_at_their_slots_are_granted_one_after_the_othe
     assert all(r.granted for r in returns), [r.retry_after_s for r in returns if not r.granted]
 
 
+async def test_a_tenant_held_back_by_its_own_limit_does_not_line_up_ahead_of_other_tenants(
+    limiter: RateLimiter,
+) -> None:
+    provider = provider_bucket("p", rpm=1200, tpm=None)  # 50 ms per request
+    slow_tenant = tenant_bucket("a", rpm=120, tpm=None)  # 500 ms per request
+    other_tenant = tenant_bucket("b", rpm=None, tpm=None)
+    assert (await limiter.reserve([provider, slow_tenant], 0, max_wait_s=0.1, now_ms=T0_MS)).granted
+    held_back = [
+        await limiter.reserve([provider, slow_tenant], 0, max_wait_s=0.1, line=True, now_ms=T0_MS)
+        for _ in range(100)
+    ]
+
+    # b fills what the provider has free now; its next call waits for the provider alone.
+    while (await limiter.reserve([provider, other_tenant], 0, max_wait_s=0, now_ms=T0_MS)).granted:
+        pass
+    refused = await limiter.reserve([provider, other_tenant], 0, max_wait_s=0, line=True, now_ms=T0_MS)
+
+    assert not any(r.granted for r in held_back)
+    assert held_back[-1].retry_after_s > 40  # a's own line: 100 calls at 2 a second
+    assert not refused.granted and refused.retry_after_s <= 0.1
+
+
 async def test_the_line_is_forgotten_once_its_end_has_passed(limiter: RateLimiter) -> None:
     bucket = provider_bucket("openai", rpm=600, tpm=None)
     for _ in range(7):
