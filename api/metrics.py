@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from anyio import to_thread
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -21,7 +21,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from api.deps import AppState, StateDep
+from api.deps import AppState, StateDep, authenticate, get_operator
 from api.routes.providers import provider_health
 from core import queue
 from core.store import jobs as store
@@ -67,7 +67,9 @@ async def _fleet_gauges(state: AppState) -> _FleetGauges:
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics(state: StateDep) -> Response:
+async def metrics(request: Request, state: StateDep) -> Response:
+    if state.settings.metrics_auth == "operator":
+        await get_operator(await authenticate(request))
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         MultiProcessCollector(registry)

@@ -31,11 +31,21 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # Prometheus multiprocess files of this machine's processes (see core/metrics_dir.py).
     metrics_dir: Path | None = None
+    # Who may scrape the API's `/metrics`: anyone who reaches it ("none", CONTRACT.md's default:
+    # bind it where only Prometheus reaches it) or callers with an operator key ("operator").
+    metrics_auth: Literal["none", "operator"] = "none"
 
     webhook_allow_private: bool = False
     webhook_retry_schedule_s: Annotated[list[float], NoDecode] = [0, 5, 300, 1800, 7200, 18000, 36000, 36000]
     webhook_disable_after_s: float = 432000
     webhook_timeout_s: float = 10
+    # Abuse limits (core/webhooks/fairness.py): per worker process, the delivery attempts one
+    # tenant has in flight on the webhook threads (`--webhook-threads`, 16) and the DNS
+    # lookups its webhooks keep alive (of 32); a tenant at its cap waits its turn, pending.
+    webhook_max_in_flight_per_tenant: int = Field(default=4, ge=1)
+    webhook_dns_lookups_per_tenant: int = Field(default=8, ge=1)
+    # Hand-made delivery retries per tenant, fleet-wide; more answer 429 with Retry-After.
+    webhook_manual_retries_per_minute: int = Field(default=10, ge=1)
 
     lease_s: float = 60
     sweep_interval_s: float = 30
@@ -53,6 +63,22 @@ class Settings(BaseSettings):
     max_body_bytes: int = 1_000_000
     max_batch_bytes: int = 200_000_000
     max_batch_requests: int = 50_000
+
+    # Abuse limits (README, "Abuse limits"). A request body must keep coming: no chunk for
+    # `body_read_timeout_s`, or less than `body_min_rate_bytes_s` on average past that first
+    # allowance, ends the request with 408 (api/body_timeout.py).
+    body_read_timeout_s: float = Field(default=30, gt=0)
+    body_min_rate_bytes_s: int = Field(default=500, gt=0)
+    # Batch and file uploads one tenant has in progress at once in an API process; more: 429.
+    max_uploads_per_tenant: int = Field(default=4, ge=1)
+    # Long polls (`?wait=`) and sync calls waiting at once in an API process, per tenant and in
+    # all: past either cap a long poll answers at once (as wait=0 would), a sync call 429.
+    max_waits_per_tenant: int = Field(default=500, ge=1)
+    max_waits_per_process: int = Field(default=1000, ge=1)
+    # Unknown keys tried from one client address (an IPv6 /64) in a window, fleet-wide; past
+    # that, 429 until the window ends, without the key even being looked up.
+    auth_failures_per_address: int = Field(default=20, ge=1)
+    auth_failure_window_s: int = Field(default=60, ge=1)
 
     # Pools: sized explicitly, never the libraries' defaults (DESIGN.md, measured facts).
     db_pool_size: int = 10
@@ -72,6 +98,16 @@ class Settings(BaseSettings):
     # Longest back-off of an idle delay-queue consumer; job and webhook queues do not poll:
     # the enqueue wakes them (core/queue/wakeup.py).
     worker_idle_poll_ms: int = 1000
+
+    # Retention (core/services/retention.py): finished jobs with their attempts and webhook
+    # deliveries, finished batches and uploaded files are deleted this many days after they
+    # finished (or were uploaded); a tenant's `retention_days` may shorten it, not lengthen it.
+    retention_days: int = Field(default=30, ge=1)
+    # How often the fleet's one purge starts (it runs in turns on a worker's sweeper thread).
+    retention_interval_s: float = Field(default=3600, gt=0)
+    # An Idempotency-Key names its job or batch this long (CONTRACT.md: at least 24 h); an
+    # older key makes a new one, and the purge frees it.
+    idempotency_ttl_s: float = Field(default=86400, gt=0)
 
     @field_validator("webhook_retry_schedule_s", mode="before")
     @classmethod
