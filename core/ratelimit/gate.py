@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import BreakerConfig
-from core.ratelimit.limiter import Bucket, RateLimiter, Reservation, reservation_from, script_source
+from core.ratelimit.limiter import Bucket, Place, RateLimiter, Reservation, reservation_from, script_source
 from core.redis import breaker
 from core.redis.breaker import CircuitBreaker, Permit, permit_from
 from core.redis.scripts import FleetScript, run_call
@@ -50,9 +50,10 @@ class Gate:
         probe_timeout_s: float,
         max_wait_s: float,
         line: bool,
+        place: Place | None = None,
     ) -> GateAnswer:
         allow = self.breaker.call("allow", target, config, probe_timeout_s=probe_timeout_s)
-        reserve = self.limiter.reserve_call(buckets, tokens, max_wait_s=max_wait_s, line=line)
+        reserve = self.limiter.reserve_call(buckets, tokens, max_wait_s=max_wait_s, line=line, place=place)
         if reserve is None:
             permit = permit_from(await run_call(self.breaker.client, allow))
             granted = Reservation(True, tokens, tuple(buckets)) if permit.allowed else None

@@ -85,6 +85,17 @@ def tenant_bucket(tenant: str, *, rpm: int | None, tpm: int | None) -> Bucket:
 
 
 @dataclass(frozen=True)
+class Place:
+    """Who a refused caller waits in line for: a tenant and its weight in fair shares. With a
+    place, each tenant waiting on a bucket has a line of its own there, advanced by a call's
+    cost times (the waiting tenants' total weight / its own): a bucket's rate is shared by
+    weight between the tenants waiting on it, and a tenant alone gets all of it."""
+
+    owner: str
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
 class Reservation:
     """The answer of `reserve`.
 
@@ -147,6 +158,7 @@ class RateLimiter:
         *,
         max_wait_s: float,
         line: bool = False,
+        place: Place | None = None,
         now_ms: int | None = None,
     ) -> Reservation:
         """Book 1 request and `tokens` tokens in every bucket if that conforms within `max_wait_s`.
@@ -169,7 +181,9 @@ class RateLimiter:
         names = [b.name for b in buckets]
         if len(set(names)) != len(names):
             raise ValueError(f"a bucket appears twice in {names}")
-        call = self.reserve_call(buckets, tokens, max_wait_s=max_wait_s, line=line, now_ms=now_ms)
+        call = self.reserve_call(
+            buckets, tokens, max_wait_s=max_wait_s, line=line, place=place, now_ms=now_ms
+        )
         if call is None:
             return Reservation(True, tokens, tuple(buckets))
         return reservation_from(await run_call(self.client, call), tokens, buckets)
@@ -181,6 +195,7 @@ class RateLimiter:
         *,
         max_wait_s: float,
         line: bool = False,
+        place: Place | None = None,
         now_ms: int | None = None,
     ) -> ScriptCall | None:
         """The script call of `reserve` (to run alone or in the gate), or None when no bucket
@@ -200,6 +215,7 @@ class RateLimiter:
         for bucket in limited:
             args += [_interval_us(bucket.rpm), _interval_us(bucket.tpm)]
         args.append("1" if line else "0")
+        args += [place.owner, repr(float(place.weight))] if place is not None else ["", "1"]
         keys = [self._keys.rate_limit(b.name) for b in limited]
         keys += [self._keys.rate_limit_ahead(b.name) for b in limited]
         keys += [self._keys.provider_pause(p) for p in providers]

@@ -2,8 +2,12 @@
 --   KEYS[1..n] bucket hashes;  KEYS[n+1..2n] their sorted sets;  KEYS[2n+1..] pause keys
 --   ARGV[3] n, ARGV[4] tokens, ARGV[5] max_wait_us, ARGV[6] burst_us,
 --   ARGV[5+2i], ARGV[6+2i]  bucket i's µs per request and µs per token ("" = no such limit)
---   ARGV[7+2n] "1": a refused caller takes a place in the buckets' waiting line (`line_us`,
---   the end of the line, in every bucket hash) and its retry_after is its slot in the line
+--   ARGV[7+2n] "1": a refused caller takes a place in the waiting line of every bucket that
+--   refused it (`line_us`, the end of the line, in the bucket hash) and its retry_after is its
+--   slot in the line
+--   ARGV[8+2n] the caller's tenant ("" = one line for all) and ARGV[9+2n] its weight: each
+--   tenant then has a line of its own in the bucket (`line_us:<tenant>`, its weight in
+--   `w:<tenant>`), advanced by a cost times the waiting tenants' total weight over its own
 --   returns {granted 0|1, wait_us, retry_after_us, paused 0|1}
 --   Atomic because the earliest conforming time is a maximum over all buckets: reading them
 --   and moving every TAT must not interleave with another worker's booking.
@@ -54,20 +58,46 @@ if wait > max_wait then
   -- bucket's rate instead of all at `at`, where all but a few would be refused again.
   -- Only the buckets that refused the call hold its place: a tenant held back by its own
   -- limit lines up in its own bucket, never ahead of other tenants in the provider's.
-  local line, step = 0, 0
+  local owner, weight = ARGV[8 + 2 * n], tonumber(ARGV[9 + 2 * n]) or 1
+  local field = 'line_us'
+  if owner ~= '' then
+    field = 'line_us:' .. owner
+  end
+  local line = 0
   for i = 1, n do
     local b = buckets[i]
     b.binding = b.at - now > max_wait
     if b.binding then
-      line = math.max(line, tonumber(redis.call('HGET', KEYS[i], 'line_us')) or 0)
-      step = math.max(step, b.req_iv or 0, b.tok_cost or 0)
+      line = math.max(line, tonumber(redis.call('HGET', KEYS[i], field)) or 0)
+      -- The waiting tenants' total weight (this one's included); lines that ended are dropped.
+      local share = 1
+      if owner ~= '' then
+        local total = weight
+        local fields = redis.call('HGETALL', KEYS[i])
+        for j = 1, #fields, 2 do
+          local other = string.match(fields[j], '^line_us:(.+)$')
+          if other and other ~= owner then
+            if tonumber(fields[j + 1]) > now then
+              total = total + (tonumber(redis.call('HGET', KEYS[i], 'w:' .. other)) or 1)
+            else
+              redis.call('HDEL', KEYS[i], fields[j], 'w:' .. other)
+            end
+          end
+        end
+        share = total / weight
+      end
+      b.step = math.max(b.req_iv or 0, b.tok_cost or 0) * share
     end
   end
   local slot = math.ceil(math.max(at, line))
   for i = 1, n do
-    if buckets[i].binding then
-      redis.call('HSET', KEYS[i], 'line_us', int(slot + step))
-      redis.call('PEXPIRE', KEYS[i], math.ceil((slot + step - now) / 1000) + KEEP_MS)
+    local b = buckets[i]
+    if b.binding then
+      redis.call('HSET', KEYS[i], field, int(slot + b.step))
+      if owner ~= '' then
+        redis.call('HSET', KEYS[i], 'w:' .. owner, ARGV[9 + 2 * n])
+      end
+      redis.call('PEXPIRE', KEYS[i], math.ceil((slot + b.step - now) / 1000) + KEEP_MS)
     end
   end
   return {0, 0, slot - now, 0}

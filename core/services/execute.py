@@ -36,7 +36,7 @@ from core.fingerprint import SHARED_SCOPE, request_fingerprint
 from core.pricing import cost_usd
 from core.ratelimit.budget import Budget, SpendLedger
 from core.ratelimit.estimate import estimate_prompt_tokens, output_bound
-from core.ratelimit.limiter import Bucket, tenant_bucket
+from core.ratelimit.limiter import Bucket, Place, tenant_bucket
 from core.redis.cache import ResponseCache
 from core.redis.scripts import FleetOp, run_calls
 from core.redis.single_flight import Flight, SingleFlight
@@ -246,6 +246,7 @@ class JobRunner:
                     request,
                     interactive=claim.priority == "interactive",
                     tenant_bucket=bucket,
+                    place=Place(payer.tenant.tenant_id, payer.tenant.share),
                     records=records,
                     deferred=fleet_updates,
                     relay=relay,

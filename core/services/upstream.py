@@ -31,7 +31,7 @@ from core.providers.base import Provider
 from core.ratelimit import wait
 from core.ratelimit.estimate import estimate_tokens
 from core.ratelimit.gate import Gate
-from core.ratelimit.limiter import Bucket, RateLimiter, Reservation, provider_bucket
+from core.ratelimit.limiter import Bucket, Place, RateLimiter, Reservation, provider_bucket
 from core.redis.breaker import CircuitBreaker, Permit
 from core.redis.scripts import FleetOp
 
@@ -119,6 +119,7 @@ class UpstreamCaller:
         records: list[CallRecord],
         deferred: list[FleetOp],
         relay: Relay | None = None,
+        place: Place | None = None,
     ) -> Completion:
         """The completion, or UpstreamError (after retries), or TargetUnavailable; `Unsupported`
         before anything is booked when the target cannot honour the request. With a `relay`,
@@ -145,7 +146,15 @@ class UpstreamCaller:
         for tries in range(1, TRIES_PER_TARGET + 1):
             try:
                 return await self._call_once(
-                    target, request, buckets, estimate, interactive, records, deferred, relay=relay
+                    target,
+                    request,
+                    buckets,
+                    estimate,
+                    interactive,
+                    records,
+                    deferred,
+                    relay=relay,
+                    place=place,
                 )
             except UpstreamError as exc:
                 failure = exc
@@ -171,12 +180,13 @@ class UpstreamCaller:
         deferred: list[FleetOp],
         *,
         relay: Relay | None = None,
+        place: Place | None = None,
     ) -> Completion:
         cfg = self.config.providers[target.provider]
         name = target_name(target)
         started_at = self.utcnow()
         permit, reservation = await self._pass_gate(
-            target, buckets, estimate, interactive, records, started_at
+            target, buckets, estimate, interactive, records, started_at, place
         )
         t0 = self.monotonic()
         try:
@@ -232,6 +242,7 @@ class UpstreamCaller:
         interactive: bool,
         records: list[CallRecord],
         started_at: datetime,
+        place: Place | None = None,
     ) -> tuple[Permit, Reservation]:
         """Breaker, pause and reservation in one round trip, then the reserved wait; raises
         `TargetUnavailable` when the call may not go out now."""
@@ -244,6 +255,7 @@ class UpstreamCaller:
             probe_timeout_s=cfg.timeout_s + 5,
             max_wait_s=wait.max_wait_s(interactive),
             line=wait.joins_line(interactive),
+            place=place,
         )
         permit, reservation = answer.permit, answer.reservation
         if reservation is None:

@@ -7,6 +7,7 @@ many tasks, each booking over its own pooled connection, against one shared fake
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections.abc import Awaitable, Callable
 
@@ -16,6 +17,7 @@ import redis.asyncio as aioredis
 from core.ratelimit.limiter import (
     Bucket,
     Headroom,
+    Place,
     RateLimiter,
     Reservation,
     model_bucket,
@@ -159,6 +161,32 @@ async def test_a_tenant_held_back_by_its_own_limit_does_not_line_up_ahead_of_oth
     assert not any(r.granted for r in held_back)
     assert held_back[-1].retry_after_s > 40  # a's own line: 100 calls at 2 a second
     assert not refused.granted and refused.retry_after_s <= 0.1
+
+
+async def test_tenants_waiting_on_one_provider_share_it_by_weight_and_one_alone_gets_all(
+    limiter: RateLimiter,
+) -> None:
+    shared, own = provider_bucket("p", rpm=600, tpm=None), provider_bucket("q", rpm=600, tpm=None)
+    for bucket in (shared, own):  # 100 ms per request, booked up
+        while (await limiter.reserve([bucket], 0, max_wait_s=0, now_ms=T0_MS)).granted:
+            pass
+
+    async def wait_in_line(bucket: Bucket, place: Place) -> float:
+        refused = await limiter.reserve([bucket], 0, max_wait_s=0, line=True, place=place, now_ms=T0_MS)
+        assert not refused.granted and refused.retry_after_s is not None
+        return refused.retry_after_s
+
+    slots: dict[str, list[float]] = {"light": [], "heavy": []}
+    for _ in range(60):  # both keep asking, turn about
+        for place in (Place("light", 1.0), Place("heavy", 3.0)):
+            slots[place.owner].append(await wait_in_line(shared, place))
+    alone = [await wait_in_line(own, Place("alone", 1.0)) for _ in range(10)]
+
+    within_6_s = {owner: sum(s < 6 for s in owned) for owner, owned in slots.items()}
+    assert 2.5 <= within_6_s["heavy"] / within_6_s["light"] <= 3.5, within_6_s
+    assert sum(within_6_s.values()) <= 62  # never more than the provider's rate
+    gaps = {round(b - a, 3) for a, b in itertools.pairwise(alone)}
+    assert gaps == {0.1}  # alone, one request's cost apart: the whole rate
 
 
 async def test_the_line_is_forgotten_once_its_end_has_passed(limiter: RateLimiter) -> None:
