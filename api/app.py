@@ -15,6 +15,8 @@ from fastapi import FastAPI
 
 from api import metrics
 from api.body_limit import BodyLimitMiddleware
+from api.body_timeout import BodyTimeoutMiddleware
+from api.concurrency import ConcurrencyCap
 from api.deps import AppState
 from api.documentation import ERROR_RESPONSES
 from api.errors import install_error_handlers
@@ -41,10 +43,14 @@ from api.routes import (
 from core import queue
 from core.config import load_config
 from core.logging import configure_logging
+from core.redis.auth_failures import AuthFailureLimit
 from core.redis.keys import Keys
 from core.settings import Settings
 from core.store.clock import SqlClock
 from core.store.db import make_async_engine, make_async_sessions
+
+# An upload takes a while: a client refused one may try again in a few seconds.
+UPLOAD_RETRY_AFTER_S = 5
 
 
 def _redis_clients(settings: Settings) -> tuple[aioredis.Redis, aioredis.Redis]:
@@ -90,6 +96,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             broker=broker,
             notifier=notifier,
             principals=KeyCache(settings.key_cache_ttl_s),
+            uploads=ConcurrencyCap(
+                "uploads",
+                per_tenant=settings.max_uploads_per_tenant,
+                tenant_setting="JOBGATE_MAX_UPLOADS_PER_TENANT",
+                retry_after_s=UPLOAD_RETRY_AFTER_S,
+            ),
+            waits=ConcurrencyCap(
+                "long polls and sync calls",
+                per_tenant=settings.max_waits_per_tenant,
+                tenant_setting="JOBGATE_MAX_WAITS_PER_TENANT",
+                per_process=settings.max_waits_per_process,
+                process_setting="JOBGATE_MAX_WAITS_PER_PROCESS",
+            ),
+            auth_failures=AuthFailureLimit(
+                commands,
+                keys,
+                per_window=settings.auth_failures_per_address,
+                window_s=settings.auth_failure_window_s,
+            ),
             inline=inline,
         )
         try:
@@ -112,6 +137,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(
         BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, max_batch_bytes=settings.max_batch_bytes
+    )
+    app.add_middleware(
+        BodyTimeoutMiddleware,
+        read_timeout_s=settings.body_read_timeout_s,
+        min_rate_bytes_s=settings.body_min_rate_bytes_s,
     )
     app.add_middleware(KeyGateMiddleware)  # a missing key is a 401 before any body check
     # Outermost, so 413s and errors carry the id too.

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from api.concurrency import ConcurrencyCap
 from api.inline_calls import InlineCalls
 from api.key_cache import KeyCache
 from api.key_gate import MISSING_KEY, api_key_of
@@ -22,6 +23,7 @@ from api.notifier import JobNotifier
 from core.auth import hash_key
 from core.config import GatewayConfig
 from core.errors import KeyExpired, KeyRevoked, NotFound, PermissionDenied, Unauthenticated
+from core.redis.auth_failures import AuthFailureLimit
 from core.redis.keys import Keys
 from core.representation import rfc3339
 from core.settings import Settings
@@ -44,6 +46,10 @@ class AppState:
     broker: RedisBroker
     notifier: JobNotifier
     principals: KeyCache[KeyHolder]
+    # Abuse limits (README): uploads and waits in progress in this process; failed key checks.
+    uploads: ConcurrencyCap
+    waits: ConcurrencyCap
+    auth_failures: AuthFailureLimit
     # The sync path's own calls (api/inline_calls.py); None: every sync request takes the queue.
     inline: InlineCalls | None = None
 
@@ -126,13 +132,17 @@ def _bearer(request: Request) -> str:
     return token
 
 
-async def authenticate(request: Request, session: Annotated[AsyncSession, Depends(get_session)]) -> KeyHolder:
-    """The key's holder; 401 for a wrong, revoked or expired key."""
+async def authenticate(request: Request) -> KeyHolder:
+    """The key's holder; 401 for a wrong, revoked or expired key. The lookup has a session of
+    its own, closed at once: an upload whose body is still coming holds no pool connection.
+    An address that tried too many unknown keys lately is refused (429) before any lookup."""
     token = _bearer(request)
     key_hash = hash_key(token)
     state = app_state(request)
     holder = state.principals.get(key_hash)
     if holder is None:
+        address = request.client.host if request.client is not None else None
+        await state.auth_failures.refuse_if_blocked(address)
         stmt = (
             select(
                 ApiKey.id,
@@ -147,8 +157,10 @@ async def authenticate(request: Request, session: Annotated[AsyncSession, Depend
             .outerjoin(Tenant, Tenant.id == ApiKey.tenant_id)
             .where(ApiKey.key_hash == key_hash)
         )
-        row = (await session.execute(stmt)).first()
+        async with state.sessions() as session:
+            row = (await session.execute(stmt)).first()
         if row is None:
+            await state.auth_failures.count_failure(address)
             raise Unauthenticated("Incorrect API key provided.")
         holder = KeyHolder(
             key_id=row[0],
@@ -189,6 +201,24 @@ async def get_operator(holder: Annotated[KeyHolder, Depends(authenticate)]) -> K
     return holder
 
 
+async def upload_slot(
+    request: Request, principal: Annotated[Principal, Depends(get_principal)]
+) -> AsyncIterator[None]:
+    """One of the tenant's upload slots (`JOBGATE_MAX_UPLOADS_PER_TENANT`) while the request
+    lasts; 429 when they are all taken."""
+    with app_state(request).uploads.hold(principal.tenant_id):
+        yield
+
+
+async def wait_slot(
+    request: Request, principal: Annotated[Principal, Depends(get_principal)]
+) -> AsyncIterator[None]:
+    """A sync call's waiting slot (`JOBGATE_MAX_WAITS_PER_TENANT`, `..._PER_PROCESS`) while the
+    request lasts, its streamed answer included; 429 when the tenant or the process is full."""
+    with app_state(request).waits.hold(principal.tenant_id):
+        yield
+
+
 Owned = TypeVar("Owned", bound=TenantOwned)
 
 
@@ -208,3 +238,5 @@ StateDep = Annotated[AppState, Depends(get_state)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 OperatorDep = Annotated[KeyHolder, Depends(get_operator)]
+UPLOAD_SLOT = Depends(upload_slot)
+WAIT_SLOT = Depends(wait_slot)

@@ -129,9 +129,12 @@ def install_error_handlers(app: FastAPI) -> None:
             # too deep, bytes that are not UTF-8): say which.
             message = f"The body is not valid JSON: {describe_json_error(exc.__cause__)}."
             return error_response(400, "invalid_request_error", message, path=request.url.path)
-        error_type = {404: "not_found_error", 405: "invalid_request_error", 413: "request_too_large"}.get(
-            exc.status_code, "api_error"
-        )
+        error_type = {
+            404: "not_found_error",
+            405: "invalid_request_error",
+            408: "request_timeout",
+            413: "request_too_large",
+        }.get(exc.status_code, "api_error")
         return error_response(exc.status_code, error_type, str(exc.detail), path=request.url.path)
 
     async def _database_down(request: Request, exc: Exception) -> JSONResponse:

@@ -23,7 +23,7 @@ from api.anthropic_wire import (
     openai_body,
     with_original,
 )
-from api.deps import PrincipalDep, SessionDep, StateDep
+from api.deps import WAIT_SLOT, PrincipalDep, SessionDep, StateDep
 from api.documentation import ANTHROPIC_ERROR_RESPONSES, AnthropicMessage, answer
 from api.idempotency import IdempotencyKeyHeader
 from api.job_specs import job_spec
@@ -40,6 +40,7 @@ router = APIRouter(prefix="/anthropic/v1", tags=["anthropic-compatible"])
 @router.post(
     "/messages",
     response_model=None,
+    dependencies=[WAIT_SLOT],
     responses={
         **ANTHROPIC_ERROR_RESPONSES,
         200: answer(AnthropicMessage, "An Anthropic Message; header x-jobgate-job-id names the job."),

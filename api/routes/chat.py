@@ -13,7 +13,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from api.deps import PrincipalDep, SessionDep, StateDep
+from api.deps import WAIT_SLOT, PrincipalDep, SessionDep, StateDep
 from api.documentation import ErrorBody, answer
 from api.errors import error_body
 from api.idempotency import IdempotencyKeyHeader
@@ -30,6 +30,7 @@ router = APIRouter(prefix="/v1/chat", tags=["openai-compatible"])
 @router.post(
     "/completions",
     response_model=None,
+    dependencies=[WAIT_SLOT],
     responses={
         200: {
             "description": "The chat.completion body; header x-jobgate-job-id names the job. A repeat"

@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from starlette.datastructures import UploadFile
 
-from api.deps import PrincipalDep, SessionDep, StateDep
+from api.deps import UPLOAD_SLOT, PrincipalDep, SessionDep, StateDep
 from api.file_store import (
     CHUNK_BYTES,
     FileLimits,
@@ -43,7 +43,7 @@ def new_file_id() -> str:
     return "file-" + new_id("file").removeprefix("file_")
 
 
-@router.post("", response_model=None)
+@router.post("", response_model=None, dependencies=[UPLOAD_SLOT])
 async def create_file(
     request: Request, state: StateDep, session: SessionDep, principal: PrincipalDep
 ) -> dict[str, Any]:

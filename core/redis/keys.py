@@ -73,3 +73,8 @@ class Keys:
         """A tenant's hand-made delivery retries in the current window: a counter that expires
         with it (`WEBHOOK_MANUAL_RETRY_WINDOW_S`)."""
         return f"{self.prefix}:webhook-retries:{tenant_id}"
+
+    def auth_failures(self, address: str) -> str:
+        """Unknown keys tried from one client address in the current window: a counter that
+        expires with the window (`JOBGATE_AUTH_FAILURE_WINDOW_S`)."""
+        return f"{self.prefix}:auth-failures:{address}"
