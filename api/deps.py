@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Annotated, TypeVar
 
 import redis.asyncio as aioredis
@@ -15,20 +14,19 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from api.authentication import HOLDER_SCOPE_KEY, KeyHolder, check_key
 from api.concurrency import ConcurrencyCap
 from api.inline_calls import InlineCalls
 from api.key_cache import KeyCache
 from api.key_gate import MISSING_KEY, api_key_of
 from api.notifier import JobNotifier
-from core.auth import hash_key
 from core.config import GatewayConfig
-from core.errors import KeyExpired, KeyRevoked, NotFound, PermissionDenied, Unauthenticated
+from core.errors import NotFound, PermissionDenied, Unauthenticated
 from core.redis.auth_failures import AuthFailureLimit
 from core.redis.keys import Keys
-from core.representation import rfc3339
 from core.settings import Settings
-from core.store.clock import SqlClock, system_utcnow
-from core.store.models import ApiKey, Tenant, TenantOwned, as_utc
+from core.store.clock import SqlClock
+from core.store.models import TenantOwned
 
 log = structlog.get_logger("jobgate.api")
 
@@ -52,21 +50,6 @@ class AppState:
     auth_failures: AuthFailureLimit
     # The sync path's own calls (api/inline_calls.py); None: every sync request takes the queue.
     inline: InlineCalls | None = None
-
-
-@dataclass(frozen=True)
-class KeyHolder:
-    """What a key is, as the key cache keeps it: a revoked key stays revoked, so it is kept
-    too (each retry with it is refused without a round trip); expiry is checked on every use."""
-
-    key_id: str
-    scope: str
-    tenant_id: str | None
-    tenant_name: str | None
-    models: frozenset[str] | None
-    allow_interactive: bool
-    expires_at: datetime | None
-    revoked: bool
 
 
 @dataclass(frozen=True)
@@ -133,51 +116,13 @@ def _bearer(request: Request) -> str:
 
 
 async def authenticate(request: Request) -> KeyHolder:
-    """The key's holder; 401 for a wrong, revoked or expired key. The lookup has a session of
-    its own, closed at once: an upload whose body is still coming holds no pool connection.
-    An address that tried too many unknown keys lately is refused (429) before any lookup."""
-    token = _bearer(request)
-    key_hash = hash_key(token)
-    state = app_state(request)
-    holder = state.principals.get(key_hash)
-    if holder is None:
-        address = request.client.host if request.client is not None else None
-        await state.auth_failures.refuse_if_blocked(address)
-        stmt = (
-            select(
-                ApiKey.id,
-                ApiKey.scope,
-                ApiKey.tenant_id,
-                Tenant.name,
-                ApiKey.models,
-                ApiKey.allow_interactive,
-                ApiKey.expires_at,
-                ApiKey.revoked_at,
-            )
-            .outerjoin(Tenant, Tenant.id == ApiKey.tenant_id)
-            .where(ApiKey.key_hash == key_hash)
-        )
-        async with state.sessions() as session:
-            row = (await session.execute(stmt)).first()
-        if row is None:
-            await state.auth_failures.count_failure(address)
-            raise Unauthenticated("Incorrect API key provided.")
-        holder = KeyHolder(
-            key_id=row[0],
-            scope=row[1],
-            tenant_id=row[2],
-            tenant_name=row[3],
-            models=frozenset(row[4]) if row[4] is not None else None,
-            allow_interactive=bool(row[5]),
-            expires_at=as_utc(row[6]),
-            revoked=row[7] is not None,
-        )
-        state.principals.put(key_hash, holder)
-    if holder.revoked:
-        raise KeyRevoked("This API key has been revoked.")
-    if holder.expires_at is not None and holder.expires_at <= system_utcnow():
-        raise KeyExpired(f"This API key expired at {rfc3339(holder.expires_at)}.")
-    return holder
+    """The key's holder: checked by `KeyGateMiddleware` before the body was read, or here for
+    an app without it (and `/metrics`, outside the keyed prefixes)."""
+    checked = request.scope.get("state", {}).get(HOLDER_SCOPE_KEY)
+    if isinstance(checked, KeyHolder):
+        return checked
+    address = request.client.host if request.client is not None else None
+    return await check_key(app_state(request), _bearer(request), address)
 
 
 async def get_principal(holder: Annotated[KeyHolder, Depends(authenticate)]) -> Principal:

@@ -1,18 +1,22 @@
-"""A missing API key is refused before anything reads the request's body.
+"""A missing, wrong, revoked or expired API key is refused before anything reads the body.
 
 FastAPI parses and validates a route's JSON body before it runs the route's dependencies, and
-the body limit answers 413 before routing; without this gate a request with no key and a
-malformed or over-size body would hear about its body (400, 413) before being told it has no
-key. OpenAI answers 401 first, and so does jobgate. Only the header's presence and scheme are
-checked here; the key itself is checked against SQL by `api.deps.get_principal`.
+the body limit answers 413 before routing; without this gate a request with a bad key and a
+malformed or over-size body would hear about its body (400, 413) before being told its key is
+no good. OpenAI answers 401 first, and so does jobgate. The key is checked here
+(`api.authentication.check_key`) and its holder left in the request's scope for the route's
+dependencies (`api.deps`), which decide what its scope may do.
 """
 
 from __future__ import annotations
 
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.authentication import HOLDER_SCOPE_KEY, check_key
 from api.errors import error_response
-from core.errors import Unauthenticated
+from core.errors import ApiError, Unauthenticated
 
 MISSING_KEY = "Missing API key: send 'Authorization: Bearer <key>' (create one with `jobgate keys create`)."
 # The surfaces whose every route needs a key; under /anthropic/ the key may come as `x-api-key`,
@@ -47,10 +51,27 @@ class KeyGateMiddleware:
             headers = {
                 k: v.decode("latin-1") for k, v in scope["headers"] if k in (b"authorization", b"x-api-key")
             }
-            if api_key_of(path, headers.get(b"authorization", ""), headers.get(b"x-api-key", "")) is None:
-                refused = Unauthenticated(MISSING_KEY)
-                await error_response(refused.status_code, refused.error_type, refused.message, path=path)(
-                    scope, receive, send
+            token = api_key_of(path, headers.get(b"authorization", ""), headers.get(b"x-api-key", ""))
+            try:
+                if token is None:
+                    raise Unauthenticated(MISSING_KEY)
+                client = scope.get("client")
+                holder = await check_key(scope["app"].state.jobgate, token, client[0] if client else None)
+            except ApiError as refused:
+                answer = error_response(
+                    refused.status_code,
+                    refused.error_type,
+                    refused.message,
+                    refused.param,
+                    refused.retry_after_s,
+                    path=path,
                 )
+                await answer(scope, receive, send)
                 return
+            except (SQLAlchemyError, RedisError, OSError):
+                # SQL or Redis down: the route's own check meets it again, where the app's
+                # error handlers answer 503 with Retry-After.
+                holder = None
+            if holder is not None:
+                scope.setdefault("state", {})[HOLDER_SCOPE_KEY] = holder
         await self.app(scope, receive, send)

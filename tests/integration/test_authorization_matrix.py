@@ -11,8 +11,8 @@ takes its key as `x-api-key` too. Each test gathers every mismatch before failin
 names every route that answers otherwise.
 
 Requests carry no body unless the check needs the route to get past body validation: a key is
-refused by a dependency, which FastAPI runs before it validates a body (though after it has
-parsed the JSON: the strict xfail below shows where a malformed body is reported first).
+refused by `api/key_gate.py` before the body is read, so a malformed body is never reported to
+a caller whose key is no good.
 """
 
 from __future__ import annotations
@@ -239,12 +239,6 @@ async def test_every_operation_refuses_a_missing_wrong_revoked_or_expired_key_wi
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a present but wrong key is checked by a route dependency, after FastAPI has parsed"
-    " the JSON body: a malformed body hears 400 first (only a missing key is refused before"
-    " the body, by api/key_gate.py)",
-)
 async def test_a_wrong_key_is_refused_with_401_before_a_malformed_body_is_reported(
     client: httpx.AsyncClient,
 ) -> None:
