@@ -71,6 +71,8 @@ def describe_validation_error(errors: list[dict[str, Any]], prefix: str = "") ->
     if first.get("type") == "extra_forbidden":
         return f"Unrecognized request argument supplied: {param}", param
     if first.get("type") == "missing":
+        if param is None:  # the body itself is missing
+            return "The request has no body; send a JSON object with 'Content-Type: application/json'.", None
         return f"Missing required parameter: '{param}'.", param
     if param is None and first.get("type") in ("model_attributes_type", "dict_type"):
         return "The request body must be a JSON object; send it with 'Content-Type: application/json'.", None

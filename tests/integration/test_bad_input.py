@@ -561,3 +561,11 @@ async def test_ndjson_batch_over_the_request_limit_is_refused_naming_the_limit(
     assert f"at most {MAX_BATCH_REQUESTS} requests" in error["message"]
     assert error["param"] == "requests"
     await assert_nothing_stored(api_client, sql)
+
+
+async def test_a_missing_body_is_named_as_such(api_client: httpx.AsyncClient) -> None:
+    answer = await api_client.post("/v1/jobs")
+
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["param"] is None and "no body" in error["message"] and "None" not in error["message"]
