@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from api.deps import AppState, load_owned
 from api.dispatch import apply_after_commit, commit_final_events
 from core import metrics
+from core.errors import NotFound
 from core.store import jobs as store
 from core.store.models import Batch, Job
 
@@ -21,7 +22,10 @@ RESULTS_PAGE = 1_000
 
 async def load_batch(session: AsyncSession, tenant_id: str, batch_id: str) -> Batch:
     missing = f"No batch with id {batch_id!r}."
-    return await load_owned(session, Batch, tenant_id, batch_id, missing=missing, param="batch_id")
+    batch = await load_owned(session, Batch, tenant_id, batch_id, missing=missing, param="batch_id")
+    if batch.erased_at is not None:  # deleted by its tenant: gone, as an unknown id
+        raise NotFound(missing, param="batch_id")
+    return batch
 
 
 async def summary(session: AsyncSession, batch: Batch) -> store.BatchSummary:

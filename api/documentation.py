@@ -104,6 +104,12 @@ class BatchList(BaseModel):
     last_id: str | None
 
 
+class DeletedObject(BaseModel):
+    id: str
+    object: Literal["job.deleted", "batch.deleted"]
+    deleted: Literal[True]
+
+
 class ModelObject(BaseModel):
     id: str
     object: Literal["model"]

@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.deps import AppState, Principal
 from api.dispatch import dispatch_committed, exit_if_faulted
+from api.idempotency import keys_since
 from api.inline_calls import InlineCalls
 from api.request_id import request_id_of
 from api.waiting import wait_for_job
@@ -111,6 +112,7 @@ async def run_sync(
         idempotency_key=ask.idempotency_key,
         body_hash=ask.fingerprint,
         request_id=request_id_of(request),
+        keys_since=keys_since(state),
     )
     if created:
         await dispatch_committed(
@@ -128,7 +130,9 @@ async def _earlier_job(
     came with another body), or for an SDK's retry the newest job from the same body within the
     sync timeout (and a minute) that is still to finish or succeeded."""
     if ask.idempotency_key is not None:
-        job = await existing_for_key(session, principal.tenant_id, ask.idempotency_key, ask.fingerprint)
+        job = await existing_for_key(
+            session, principal.tenant_id, ask.idempotency_key, ask.fingerprint, keys_since=keys_since(state)
+        )
         return job.id if job is not None else None
     if not ask.retry:
         return None
@@ -161,7 +165,9 @@ async def _call_here(
     )
     if claim is None:  # a concurrent request with the same key recorded its job first
         assert ask.idempotency_key is not None
-        winner = await existing_for_key(session, principal.tenant_id, ask.idempotency_key, ask.fingerprint)
+        winner = await existing_for_key(
+            session, principal.tenant_id, ask.idempotency_key, ask.fingerprint, keys_since=None
+        )
         if winner is None:
             raise RuntimeError("an Idempotency-Key's job was neither inserted nor found")
         return await _when_final(state, session, principal, winner.id, deadline - loop.time())

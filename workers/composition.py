@@ -19,6 +19,7 @@ from core import queue
 from core.config import load_config
 from core.redis.keys import Keys
 from core.services.job_engine import JOB_SQL_CONNECTIONS, JobEngine, build_job_engine, longest_timeout_s
+from core.services.retention import RetentionPurger
 from core.settings import Settings
 from core.store.clock import SqlClock
 from core.store.db import make_sync_engine, make_sync_sessions
@@ -45,6 +46,8 @@ class WorkerComponents:
     deliverer: WebhookDeliverer
     sender: WebhookSender
     longest_timeout_s: float
+    # The fleet's retention purge, run in turns by the sweeper thread (workers/maintenance.py).
+    purger: RetentionPurger
 
 
 def compose(
@@ -90,4 +93,14 @@ def compose(
         deliverer=deliverer,
         sender=sender,
         longest_timeout_s=longest_timeout_s(config),
+        purger=RetentionPurger(
+            sessions,
+            clock,
+            broker.client,
+            keys,
+            config,
+            retention_days=settings.retention_days,
+            idempotency_ttl_s=settings.idempotency_ttl_s,
+            interval_s=settings.retention_interval_s,
+        ),
     )

@@ -1,9 +1,10 @@
-"""Background threads of a worker process: the broker heartbeat and the sweeper.
+"""Background threads of a worker process: the broker heartbeat and the sweeper (with retention).
 
 The heartbeat keeps the broker's view of this process alive (the messages it has prefetched)
 while its threads wait on full hand-offs; the job runtime renews its jobs' SQL leases itself.
 The sweeper runs in every worker process but does its work only while holding a Redis lock,
 so it runs once per fleet in effect, with nothing extra for the operator to deploy or forget.
+After each sweep it gives the retention purge a turn, which takes a fleet lock of its own.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core import queue
 from core.redis.keys import Keys
 from core.services.maintenance import sweep
+from core.services.retention import RetentionPurger
 from core.settings import Settings
 from core.store.clock import SqlClock
 
@@ -52,8 +54,10 @@ class FleetSweeper(threading.Thread):
         client: redis.Redis,
         keys: Keys,
         settings: Settings,
+        purger: RetentionPurger | None = None,
     ) -> None:
         super().__init__(name="fleet-sweeper", daemon=True)
+        self.purger = purger
         self.sessions, self.clock, self.broker, self.client = sessions, clock, broker, client
         self.keys = keys
         self.lock_key = keys.maintenance_lock("sweep")
@@ -86,3 +90,8 @@ class FleetSweeper(threading.Thread):
                     )
             except Exception:
                 log.exception("sweep_failed")
+            if self.purger is not None:
+                try:
+                    self.purger.run_turn()
+                except Exception:
+                    log.exception("retention_purge_failed")

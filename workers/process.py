@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     workers = _dramatiq_workers(parts, args, threads)
     heartbeat = BrokerHeartbeat(parts.broker)
     sweeper = FleetSweeper(
-        parts.sessions, parts.clock, parts.broker, parts.broker.client, parts.keys, settings
+        parts.sessions, parts.clock, parts.broker, parts.broker.client, parts.keys, settings, parts.purger
     )
 
     stop = threading.Event()

@@ -36,7 +36,7 @@ from api.deps import AppState, PrincipalDep, SessionDep, StateDep
 from api.dispatch import dispatch_after_answer
 from api.documentation import ANTHROPIC_ERROR_RESPONSES
 from api.errors import describe_validation_error
-from api.idempotency import IdempotencyKeyHeader
+from api.idempotency import IdempotencyKeyHeader, keys_since
 from api.request_id import request_id_of
 from api.schemas import MAX_ID_CHARS
 from core.errors import Conflict, InvalidRequest, NotFound
@@ -68,7 +68,9 @@ async def create_message_batch(
 ) -> JSONResponse:
     body_hash = request_hash(body.model_dump(mode="json"))
     if idempotency_key is not None:
-        earlier = await existing_batch_for_key(session, principal.tenant_id, idempotency_key, body_hash)
+        earlier = await existing_batch_for_key(
+            session, principal.tenant_id, idempotency_key, body_hash, keys_since=keys_since(state)
+        )
         if earlier is not None:
             return JSONResponse(await _view(request, session, earlier))
     parser = BatchParser(

@@ -1,4 +1,4 @@
-"""`/v1/batches`: submit (JSON or NDJSON), read with counts, list, cancel, stream results."""
+"""`/v1/batches`: submit (JSON or NDJSON), read with counts, list, cancel, stream results, delete."""
 
 from __future__ import annotations
 
@@ -18,14 +18,15 @@ from api.batch_ops import cancel, final_job_pages, load_batch, summary
 from api.batch_upload import BatchParser, parse_json_requests, parse_ndjson_batch, split_json_batch
 from api.deps import AppState, Principal, PrincipalDep, SessionDep, StateDep
 from api.dispatch import dispatch_after_answer
-from api.documentation import BatchList, BatchObject, answer
+from api.documentation import BatchList, BatchObject, DeletedObject, answer
 from api.errors import describe_validation_error
-from api.idempotency import IdempotencyKeyHeader, fingerprinted
+from api.idempotency import IdempotencyKeyHeader, fingerprinted, keys_since
 from api.job_specs import check_webhook_url
 from api.request_id import request_id_of
 from api.schemas import MAX_ID_CHARS, BatchOptions
 from core.errors import InvalidRequest, UnsupportedMediaType
 from core.representation import batch_object
+from core.services.erasure import erase_batch
 from core.services.submit import BatchSpec, existing_batch_for_key, submit_batch
 from core.store import jobs as store
 from core.store.models import Batch
@@ -143,7 +144,9 @@ async def create_batch(
     specs = parser.finish()
     body_hash = digest.hexdigest()
     if idempotency_key is not None:
-        earlier = await existing_batch_for_key(session, principal.tenant_id, idempotency_key, body_hash)
+        earlier = await existing_batch_for_key(
+            session, principal.tenant_id, idempotency_key, body_hash, keys_since=keys_since(state)
+        )
         if earlier is not None:
             return JSONResponse(await _batch_view(session, earlier), status_code=200)
     batch_spec = BatchSpec(
@@ -210,6 +213,24 @@ async def cancel_batch(
 ) -> dict[str, Any]:
     await cancel(state, session, await load_batch(session, principal.tenant_id, batch_id))
     return await _batch_view(session, await load_batch(session, principal.tenant_id, batch_id))
+
+
+@router.delete(
+    "/{batch_id}",
+    response_model=None,
+    responses={
+        200: answer(
+            DeletedObject, "The batch and its jobs are erased; it is gone (409 until every job is final)."
+        )
+    },
+)
+async def delete_batch(
+    batch_id: str, state: StateDep, session: SessionDep, principal: PrincipalDep
+) -> dict[str, Any]:
+    """Erase a finished batch's content and its jobs', keeping only usage (core/services/erasure.py)."""
+    await erase_batch(session, await load_batch(session, principal.tenant_id, batch_id), state.clock.utcnow())
+    log.info("batch_deleted", batch_id=batch_id)
+    return {"id": batch_id, "object": "batch.deleted", "deleted": True}
 
 
 async def _result_lines(state: AppState, batch_id: str) -> AsyncIterator[bytes]:

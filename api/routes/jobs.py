@@ -1,4 +1,4 @@
-"""`/v1/jobs`: submit, read (with long-poll), list, cancel."""
+"""`/v1/jobs`: submit, read (with long-poll), list, cancel, delete."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ from fastapi.responses import JSONResponse
 
 from api.deps import PrincipalDep, SessionDep, StateDep
 from api.dispatch import apply_after_commit, commit_final_events, dispatch_committed
-from api.documentation import JobList, JobObject, JobStatus, answer
-from api.idempotency import IdempotencyKeyHeader
+from api.documentation import DeletedObject, JobList, JobObject, JobStatus, answer
+from api.idempotency import IdempotencyKeyHeader, keys_since
 from api.job_specs import job_spec
 from api.request_id import request_id_of
 from api.schemas import MAX_ID_CHARS, JobRequest
 from api.waiting import load_job, wait_for_job
 from core import metrics
 from core.representation import attempt_object, job_object
+from core.services.erasure import erase_job
 from core.services.submit import request_hash, submit_job
 from core.store import jobs as store
 from core.store.models import Job
@@ -60,6 +61,7 @@ async def create_job(
         idempotency_key=idempotency_key,
         body_hash=request_hash(body.model_dump(mode="json", exclude_unset=True)) if idempotency_key else None,
         request_id=request_id_of(request),
+        keys_since=keys_since(state),
     )
     log.info("job_submitted", job_id=job.id, priority=job.priority, created=created)
     if created:
@@ -100,6 +102,22 @@ async def cancel_job(
         metrics.record_jobs_finished("cancelled")
         await apply_after_commit(state.broker, state.keys, effects)
     return job_object(await load_job(session, principal.tenant_id, job_id))
+
+
+@router.delete(
+    "/{job_id}",
+    response_model=None,
+    responses={
+        200: answer(DeletedObject, "The job's prompt and answer are erased; it is gone (409 until final).")
+    },
+)
+async def delete_job(
+    job_id: str, state: StateDep, session: SessionDep, principal: PrincipalDep
+) -> dict[str, Any]:
+    """Erase a final job's content at once, keeping only its usage (core/services/erasure.py)."""
+    await erase_job(session, await load_job(session, principal.tenant_id, job_id), state.clock.utcnow())
+    log.info("job_deleted", job_id=job_id)
+    return {"id": job_id, "object": "job.deleted", "deleted": True}
 
 
 @router.get("", response_model=None, responses={200: answer(JobList, "The tenant's jobs, newest first.")})

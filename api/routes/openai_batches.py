@@ -31,7 +31,7 @@ from api.batch_upload import BatchParser, NdjsonLines
 from api.deps import AppState, PrincipalDep, SessionDep, StateDep, load_owned
 from api.dispatch import dispatch_after_answer
 from api.file_store import delete_file, load_file, new_stored_file, read_file, write_file
-from api.idempotency import IdempotencyKeyHeader
+from api.idempotency import IdempotencyKeyHeader, keys_since
 from api.openai_wire import ENDPOINT, batch_object, batch_status, result_line
 from api.request_id import request_id_of
 from api.routes.openai_files import new_file_id
@@ -75,7 +75,9 @@ async def create_batch(
 ) -> JSONResponse:
     body_hash = request_hash(body.model_dump(mode="json"))
     if idempotency_key is not None:
-        earlier = await existing_batch_for_key(session, principal.tenant_id, idempotency_key, body_hash)
+        earlier = await existing_batch_for_key(
+            session, principal.tenant_id, idempotency_key, body_hash, keys_since=keys_since(state)
+        )
         if earlier is not None:
             return JSONResponse(
                 await _view(state, session, await _load(session, principal.tenant_id, earlier.id))

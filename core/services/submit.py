@@ -13,9 +13,9 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,7 +23,9 @@ from core import metrics
 from core.errors import Conflict
 from core.ids import new_id
 from core.store import jobs as store
-from core.store.models import Batch, Job
+from core.store.models import Batch, Job, as_utc
+
+Keyed = TypeVar("Keyed", Job, Batch)
 
 
 @dataclass(frozen=True)
@@ -95,11 +97,31 @@ def job_row(
     }
 
 
-async def existing_for_key(session: AsyncSession, tenant_id: str, key: str, body_hash: str) -> Job | None:
-    """The tenant's job made with this Idempotency-Key, if any; a Conflict when that job was
-    made from another body."""
-    stmt = select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key)
-    existing = (await session.execute(stmt)).scalars().first()
+async def made_with_key(
+    session: AsyncSession, model: type[Keyed], tenant_id: str, key: str, keys_since: datetime | None
+) -> Keyed | None:
+    """The tenant's job or batch made with this Idempotency-Key, unless the key has expired
+    (made before `keys_since`; None: keys never expire here). An expired key is cleared, and
+    committed, so the new request's row can take it; the retention purge clears the rest."""
+    stmt = select(model).where(model.tenant_id == tenant_id, model.idempotency_key == key)
+    found = (await session.execute(stmt)).scalars().first()
+    created_at = as_utc(found.created_at) if found is not None else None
+    if found is None or keys_since is None or (created_at is not None and created_at >= keys_since):
+        return found
+    release = update(model).where(model.id == found.id, model.idempotency_key == key)
+    await session.execute(
+        release.values(idempotency_key=None), execution_options={"synchronize_session": False}
+    )
+    await session.commit()
+    return None
+
+
+async def existing_for_key(
+    session: AsyncSession, tenant_id: str, key: str, body_hash: str, *, keys_since: datetime | None
+) -> Job | None:
+    """The tenant's job made with this Idempotency-Key since `keys_since`, if any; a Conflict
+    when that job was made from another body."""
+    existing = await made_with_key(session, Job, tenant_id, key, keys_since)
     if existing is not None and existing.request_hash != body_hash:
         raise Conflict(
             "This Idempotency-Key was already used with a different request body; use a new key.",
@@ -118,12 +140,16 @@ async def submit_job(
     idempotency_key: str | None = None,
     body_hash: str | None = None,
     request_id: str | None = None,
+    keys_since: datetime | None,
 ) -> tuple[Job, bool]:
     """Insert and commit one job; returns (job, created). A repeat with the same key and body
-    returns the first job with created=False; the same key with another body is a Conflict."""
+    (made since `keys_since`) returns the first job with created=False; the same key with
+    another body is a Conflict."""
     if idempotency_key is not None:
         assert body_hash is not None
-        existing = await existing_for_key(session, tenant_id, idempotency_key, body_hash)
+        existing = await existing_for_key(
+            session, tenant_id, idempotency_key, body_hash, keys_since=keys_since
+        )
         if existing is not None:
             return existing, False
     row = job_row(
@@ -143,7 +169,9 @@ async def submit_job(
         await session.rollback()
         if idempotency_key is None:
             raise
-        existing = await existing_for_key(session, tenant_id, idempotency_key, body_hash or "")
+        existing = await existing_for_key(
+            session, tenant_id, idempotency_key, body_hash or "", keys_since=None
+        )
         if existing is None:
             raise
         return existing, False
@@ -192,12 +220,11 @@ def claimed_job(
 
 
 async def existing_batch_for_key(
-    session: AsyncSession, tenant_id: str, key: str, body_hash: str
+    session: AsyncSession, tenant_id: str, key: str, body_hash: str, *, keys_since: datetime | None
 ) -> Batch | None:
-    """The tenant's batch made with this Idempotency-Key, if any; a Conflict when that batch
-    was made from another body."""
-    stmt = select(Batch).where(Batch.tenant_id == tenant_id, Batch.idempotency_key == key)
-    existing = (await session.execute(stmt)).scalars().first()
+    """The tenant's batch made with this Idempotency-Key since `keys_since`, if any; a
+    Conflict when that batch was made from another body."""
+    existing = await made_with_key(session, Batch, tenant_id, key, keys_since)
     if existing is not None and existing.request_hash != body_hash:
         raise Conflict(
             "This Idempotency-Key was already used with a different request body; use a new key.",
@@ -256,7 +283,11 @@ async def submit_batch(
     except IntegrityError:
         await session.rollback()
         key, body_hash = batch_spec.idempotency_key, batch_spec.request_hash
-        earlier = await existing_batch_for_key(session, tenant_id, key, body_hash or "") if key else None
+        earlier = (
+            await existing_batch_for_key(session, tenant_id, key, body_hash or "", keys_since=None)
+            if key
+            else None
+        )
         if earlier is None:
             raise
         return earlier, []

@@ -32,14 +32,15 @@ CANCELLED_ERROR = {"type": "cancelled", "message": "The job was cancelled."}
 
 
 def select_job(tenant_id: str, job_id: str) -> Select[Job]:
-    return select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id)
+    """The tenant's job, unless it was erased (DELETE): then it is gone, as any unknown id."""
+    return select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id, Job.erased_at.is_(None))
 
 
 def select_jobs_page(
     tenant_id: str, *, status: str | None, batch_id: str | None, limit: int, after: str | None
 ) -> Select[Job]:
     """Newest first; `after` is the last id of the previous page (ids grow with time)."""
-    stmt = select(Job).where(Job.tenant_id == tenant_id)
+    stmt = select(Job).where(Job.tenant_id == tenant_id, Job.erased_at.is_(None))
     if status is not None:
         stmt = stmt.where(Job.status == status)
     if batch_id is not None:
@@ -54,7 +55,7 @@ def select_batches_page(
 ) -> Select[Batch]:
     """Newest first: the page older than `after`, or the one just newer than `before`
     (then read in ascending order: reverse it); `id_prefix` keeps one surface's batches."""
-    stmt = select(Batch).where(Batch.tenant_id == tenant_id)
+    stmt = select(Batch).where(Batch.tenant_id == tenant_id, Batch.erased_at.is_(None))
     if id_prefix is not None:
         stmt = stmt.where(Batch.id.startswith(id_prefix, autoescape=True))
     if before is not None:
