@@ -37,6 +37,7 @@ from api.routes import (
     openai_batches,
     openai_files,
     providers,
+    ui,
     usage,
     webhooks,
 )
@@ -147,7 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost, so 413s and errors carry the id too.
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
-    routers = (health, metrics, jobs, batches, chat, models, providers, usage, webhooks, admin)
+    routers = (health, metrics, jobs, batches, chat, models, providers, usage, webhooks, admin, ui)
     for module in (*routers, anthropic, anthropic_batches, openai_files, openai_batches):
         app.include_router(module.router)
     # OpenAI's surface under its own prefix too (CONTRACT.md): an SDK with base_url .../openai/v1.
