@@ -30,6 +30,13 @@ class BreakerConfig(_Strict):
     cooldown_s: float = Field(default=60, gt=0)
 
 
+class ModelLimits(_Strict):
+    """A model's own budget inside its provider (OpenAI limits each model separately)."""
+
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+
+
 class ProviderConfig(_Strict):
     kind: Literal["openai", "anthropic"]
     base_url: str | None = None
@@ -40,6 +47,13 @@ class ProviderConfig(_Strict):
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     # Its models cost nothing (a self-hosted server, the simulated upstream): they need no price.
     free: bool = False
+    # Per-model limits (`providers.<p>.models.<model>: {rpm, tpm}`), beside the provider's own.
+    models: dict[str, ModelLimits] = Field(default_factory=dict)
+
+    def pause_scope(self, provider: str, model: str) -> str:
+        """What a 429 or a spent `x-ratelimit-*` budget pauses: the model alone when it has
+        limits of its own (its budget is the one spent), else the whole provider."""
+        return f"{provider}/{model}" if model in self.models else provider
 
     def api_key(self) -> str:
         """The key from the environment; providers that need none (the sim) get a placeholder."""

@@ -75,8 +75,9 @@ def provider_bucket(provider: str, *, rpm: int | None, tpm: int | None) -> Bucke
 
 
 def model_bucket(provider: str, model: str, *, rpm: int | None, tpm: int | None) -> Bucket:
-    """A per-model budget inside a provider, where the provider limits models separately."""
-    return Bucket(f"model:{provider}/{model}", rpm, tpm, provider=provider)
+    """A per-model budget inside a provider, where the provider limits models separately; its
+    pause is the model's own (`provider/model`), so one model's 429 leaves the others running."""
+    return Bucket(f"model:{provider}/{model}", rpm, tpm, provider=f"{provider}/{model}")
 
 
 def tenant_bucket(tenant: str, *, rpm: int | None, tpm: int | None) -> Bucket:

@@ -23,7 +23,7 @@ from datetime import datetime
 import structlog
 
 from core import metrics
-from core.config import GatewayConfig, Target
+from core.config import GatewayConfig, ProviderConfig, Target
 from core.domain.chat import ChatRequest, Completion
 from core.domain.relay import Relay
 from core.errors import RateLimited, StreamInterrupted, UpstreamError
@@ -31,7 +31,7 @@ from core.providers.base import Provider
 from core.ratelimit import wait
 from core.ratelimit.estimate import estimate_tokens
 from core.ratelimit.gate import Gate
-from core.ratelimit.limiter import Bucket, Place, RateLimiter, Reservation, provider_bucket
+from core.ratelimit.limiter import Bucket, Place, RateLimiter, Reservation, model_bucket, provider_bucket
 from core.redis.breaker import CircuitBreaker, Permit
 from core.redis.scripts import FleetOp
 
@@ -44,6 +44,15 @@ MAX_INLINE_RETRY_WAIT_S = 2.0
 # Failures the provider did not count against its limits (refused before it ran the call).
 NOT_CHARGED = frozenset({"rate_limited", "connection_error", "bad_request", "auth"})
 BREAKER_FAILURES = frozenset({"server_error", "overloaded", "timeout", "connection_error", "truncated"})
+
+
+def target_buckets(target: Target, provider: ProviderConfig) -> list[Bucket]:
+    """The budgets a call to `target` books: its provider's, and its model's own if it has one."""
+    buckets = [provider_bucket(target.provider, rpm=provider.rpm, tpm=provider.tpm)]
+    limits = provider.models.get(target.model)
+    if limits is not None:
+        buckets.append(model_bucket(target.provider, target.model, rpm=limits.rpm, tpm=limits.tpm))
+    return buckets
 
 
 class TargetUnavailable(Exception):
@@ -138,7 +147,7 @@ class UpstreamCaller:
             records.append(CallRecord(target, refused.error_type, refused.message, 0, self.utcnow()))
             raise refused
         cfg = self.config.providers[target.provider]
-        buckets = [provider_bucket(target.provider, rpm=cfg.rpm, tpm=cfg.tpm)]
+        buckets = target_buckets(target, cfg)
         if tenant_bucket is not None:
             buckets.append(tenant_bucket)
         estimate = estimate_tokens(request)
@@ -198,7 +207,7 @@ class UpstreamCaller:
                 # since the provider may well have charged the call.
                 await self.limiter.reconcile(reservation, 0)
             if exc.retry_after_s and _asks_to_wait(exc):
-                await self.limiter.pause(target.provider, exc.retry_after_s)
+                await self.limiter.pause(cfg.pause_scope(target.provider, target.model), exc.retry_after_s)
             self._observe(target, exc.error_type, latency_ms)
             if exc.error_type in BREAKER_FAILURES:
                 state = await self.breaker.record_failure(name, cfg.breaker, probe=permit.probe)
@@ -230,7 +239,7 @@ class UpstreamCaller:
         reconcile = self.limiter.reconcile_call(reservation, charged)
         if reconcile is not None:
             deferred.append(reconcile)
-        await self._apply_provider_limits(target.provider, completion)
+        await self._apply_provider_limits(cfg.pause_scope(target.provider, target.model), completion)
         records.append(CallRecord(target, "succeeded", None, latency_ms, started_at))
         return completion
 
@@ -273,7 +282,8 @@ class UpstreamCaller:
             # Other calls booked before this one may have been told to stop meanwhile (a 429,
             # `x-ratelimit-remaining-requests: 0`): a slot booked before a pause is no licence
             # to call through it.
-            paused_s = await self.limiter.longest_pause_left_s([target.provider])
+            scopes = {target.provider, cfg.pause_scope(target.provider, target.model)}
+            paused_s = await self.limiter.longest_pause_left_s(sorted(scopes))
             if paused_s > 0:
                 await self.limiter.reconcile(reservation, 0)
                 if permit.probe:
@@ -287,8 +297,9 @@ class UpstreamCaller:
         metrics.UPSTREAM_REQUESTS.labels(target.provider, target.model, outcome).inc()
         metrics.UPSTREAM_LATENCY.labels(target.provider, target.model).observe(latency_ms / 1000)
 
-    async def _apply_provider_limits(self, provider: str, completion: Completion) -> None:
-        """The provider says a budget is spent: pause it fleet-wide until that budget resets."""
+    async def _apply_provider_limits(self, scope: str, completion: Completion) -> None:
+        """The provider says a budget is spent: pause its scope (the provider, or the model with
+        limits of its own) fleet-wide until that budget resets."""
         limits = completion.rate_limits
         if limits is None:
             return
@@ -297,4 +308,4 @@ class UpstreamCaller:
             (limits.remaining_tokens, limits.reset_tokens_s),
         ):
             if remaining == 0 and reset_s:
-                await self.limiter.pause(provider, reset_s)
+                await self.limiter.pause(scope, reset_s)

@@ -244,3 +244,50 @@ def test_interactive_job_is_not_stuck_behind_a_saturating_batch(own_sim: SimHand
         "the batch was not saturating the provider when the interactive job ran"
     )
     assert own_sim.stats()["rate_limited"] == 0
+
+
+# --- 4. Per-model limits ------------------------------------------------------------------------
+
+MODEL_TPM = 150_000  # each model's own budget, as OpenAI limits models separately
+MODEL_JOBS = 225  # per model: ~18 s of its budget at ~200 tokens a job
+
+
+def test_two_models_of_one_provider_each_use_their_own_budget_without_a_429(own_sim: SimHandle) -> None:
+    """The sim limits every model separately (its buckets are per key and model), as OpenAI
+    does; the config gives each model its own `tpm` under `providers.p.models`. Both run at
+    once, each saturating its own budget: one model's bookings never hold the other back."""
+    models = ("model-a", "model-b")
+    own_sim.configure(tpm=MODEL_TPM)
+    config = {
+        "providers": {"p": sim_provider(own_sim, models={m: {"tpm": MODEL_TPM} for m in models})},
+        "models": {m: {"targets": [{"provider": "p", "model": m}]} for m in models},
+        "cache": {"default": False},
+    }
+    requests = {
+        f"{m}-{i:04d}": chat_body(m, padded_prompt(i, PROMPT_CHARS))
+        for m in models
+        for i in range(MODEL_JOBS)
+    }
+
+    with run_fleet(sim=own_sim, config=config, workers=WORKERS, threads=8) as fleet:
+        batch = fleet.wait_for_batch(fleet.submit_batch(requests), timeout_s=90)
+
+    assert batch["counts"]["succeeded"] == len(requests)
+    stats = own_sim.stats()
+    assert stats["rate_limited"] == 0, f"the sim answered {stats['rate_limited']} 429s"
+    for model in models:
+        counters = stats["models"][model]
+        times = [c["t"] for c in own_sim.calls(model=model) if c["status"] == 200]
+        use = token_use(
+            {
+                "calls": counters["calls"],
+                "rate_limited": counters["rate_limited"],
+                "input_tokens": counters["input_tokens"],
+                "output_tokens": counters["output_tokens"],
+                "first_call_at": min(times),
+                "last_call_at": max(times),
+            },
+            tpm=MODEL_TPM,
+        )
+        assert use.calls == MODEL_JOBS
+        assert use.utilisation >= 0.90, f"{model} used {use.tokens} of {use.allowed_tokens:.0f} tokens"

@@ -307,7 +307,7 @@ async def test_a_paused_provider_refuses_reservations_until_its_deadline(limiter
     model = model_bucket("openai", "gpt-4o-mini", rpm=None, tpm=None)
     await limiter.pause("openai", 12, now_ms=T0_MS)
 
-    during = await limiter.reserve([model], 10, max_wait_s=10, now_ms=T0_MS + 2_000)
+    during = await limiter.reserve([provider, model], 10, max_wait_s=10, now_ms=T0_MS + 2_000)
     after = await limiter.reserve([provider, model], 10, max_wait_s=10, now_ms=T0_MS + 12_000)
 
     assert not during.granted and during.paused and during.retry_after_s == 10
@@ -316,6 +316,22 @@ async def test_a_paused_provider_refuses_reservations_until_its_deadline(limiter
     assert (
         await limiter.reserve([tenant_bucket("acme", rpm=60, tpm=None)], 0, max_wait_s=0, now_ms=T0_MS)
     ).granted
+
+
+async def test_one_models_pause_leaves_the_providers_other_models_running(limiter: RateLimiter) -> None:
+    provider = provider_bucket("openai", rpm=None, tpm=None)
+    mini = model_bucket("openai", "gpt-4o-mini", rpm=None, tpm=6_000)
+    big = model_bucket("openai", "gpt-4o", rpm=None, tpm=6_000)
+    await limiter.pause("openai/gpt-4o-mini", 12, now_ms=T0_MS)
+
+    paused = await limiter.reserve([provider, mini], 10, max_wait_s=1, now_ms=T0_MS + 2_000)
+    running = await limiter.reserve([provider, big], 10, max_wait_s=1, now_ms=T0_MS + 2_000)
+    await limiter.pause("openai", 12, now_ms=T0_MS)
+    whole_provider = await limiter.reserve([provider, big], 10, max_wait_s=1, now_ms=T0_MS + 2_000)
+
+    assert not paused.granted and paused.paused
+    assert running.granted
+    assert not whole_provider.granted and whole_provider.paused
 
 
 async def test_a_pause_on_redis_time_expires_by_itself(
