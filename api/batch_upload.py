@@ -4,12 +4,14 @@ Every line is validated before anything is stored; the first bad one rejects the
 a 400 naming its line number (1-based; for JSON, the index in `requests` plus one). One
 request is held to the same size as a single job's body (`JOBGATE_MAX_BODY_BYTES`): a line
 (or a `requests` item) over it is a 413 naming it. The NDJSON form is read as a stream, line
-by line, so it is never held twice in memory.
+by line, so it is never held twice in memory; the JSON form is read as a stream too
+(`api/json_batch.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -44,6 +46,8 @@ class BatchParser:
         self.default_priority = default_priority
         self.specs: list[JobSpec] = []
         self._seen: set[str] = set()
+        # The specs whose line set no priority of its own: they take the batch's.
+        self._defaulted: list[int] = []
 
     def add(self, line_number: int, item: Any, param: str) -> None:
         if len(self.specs) >= self.settings.max_batch_requests:
@@ -75,36 +79,19 @@ class BatchParser:
             )
         except InvalidRequest as exc:
             raise InvalidRequest(f"Line {line_number}: {exc.message}", param=exc.param) from None
+        if line.body.priority is None:
+            self._defaulted.append(len(self.specs))
         self.specs.append(spec)
 
-    def finish(self) -> list[JobSpec]:
+    def finish(self, default_priority: str | None = None) -> list[JobSpec]:
+        """The specs; `default_priority`: the batch's priority, when it became known only after
+        its lines were parsed (a JSON batch's options may follow its requests)."""
         if not self.specs:
             raise InvalidRequest("The batch has no requests.", param="requests")
+        if default_priority is not None and default_priority != self.default_priority:
+            for index in self._defaulted:
+                self.specs[index] = dataclasses.replace(self.specs[index], priority=default_priority)
         return self.specs
-
-
-def split_json_batch(raw: bytes) -> tuple[dict[str, Any], list[Any]]:
-    """Parse `{"requests": [...], <options>}` into (options, requests)."""
-    try:
-        document = json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # ValueError: bad JSON or UTF-8, a number too long
-        raise InvalidRequest(f"The body is not valid JSON: {describe_json_error(exc)}.") from None
-    if not isinstance(document, dict) or not isinstance(document.get("requests"), list):
-        raise InvalidRequest("Expected a JSON object with a 'requests' array.", param="requests")
-    requests = document.pop("requests")
-    return document, requests
-
-
-def parse_json_requests(requests: list[Any], parser: BatchParser, *, upload_bytes: int) -> None:
-    limit = parser.settings.max_body_bytes
-    for index, item in enumerate(requests):
-        # Only an upload larger than one request's limit can hold a request over it.
-        if (
-            upload_bytes > limit
-            and len(json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode()) > limit
-        ):
-            raise line_too_long(index + 1, limit, f"requests.{index}")
-        parser.add(index + 1, item, f"requests.{index}")
 
 
 async def parse_ndjson_batch(chunks: AsyncIterator[bytes], parser: BatchParser) -> None:

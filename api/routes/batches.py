@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 from collections.abc import AsyncIterator
@@ -15,13 +14,14 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.batch_ops import cancel, final_job_pages, load_batch, summary
-from api.batch_upload import BatchParser, parse_json_requests, parse_ndjson_batch, split_json_batch
-from api.deps import AppState, Principal, PrincipalDep, SessionDep, StateDep
+from api.batch_upload import BatchParser, parse_ndjson_batch
+from api.deps import UPLOAD_SLOT, AppState, Principal, PrincipalDep, SessionDep, StateDep
 from api.dispatch import dispatch_after_answer
 from api.documentation import BatchList, BatchObject, DeletedObject, answer
 from api.errors import describe_validation_error
 from api.idempotency import IdempotencyKeyHeader, fingerprinted, keys_since
 from api.job_specs import check_webhook_url
+from api.json_batch import JsonBatchLines, read_json_batch
 from api.request_id import request_id_of
 from api.schemas import MAX_ID_CHARS, BatchOptions
 from core.errors import InvalidRequest, UnsupportedMediaType
@@ -93,10 +93,14 @@ def _query_options(request: Request) -> BatchOptions:
     return _options(data)
 
 
-def _parser(state: AppState, options: BatchOptions, principal: Principal) -> BatchParser:
+def _check_options(state: AppState, options: BatchOptions, principal: Principal) -> None:
     principal.check_priority(options.priority)
     if options.webhook_url is not None:
         check_webhook_url(state.settings, options.webhook_url)
+
+
+def _parser(state: AppState, options: BatchOptions, principal: Principal) -> BatchParser:
+    _check_options(state, options, principal)
     return BatchParser(
         config=state.config, settings=state.settings, default_priority=options.priority, principal=principal
     )
@@ -109,6 +113,7 @@ async def _batch_view(session: AsyncSession, batch: Batch) -> dict[str, Any]:
 @router.post(
     "",
     status_code=201,
+    dependencies=[UPLOAD_SLOT],
     openapi_extra=BATCH_BODY_DOC,
     responses={
         201: answer(BatchObject, "The batch, every job queued."),
@@ -129,19 +134,22 @@ async def create_batch(
         parser = _parser(state, options, principal)
         await parse_ndjson_batch(fingerprinted(request.stream(), digest), parser)
     elif content_type == "application/json":
-        raw = await request.body()
-        digest.update(raw)
-        # Parsed in a worker thread, as NDJSON chunks are: up to 200 MB must not hold the loop.
-        document, requests = await asyncio.to_thread(split_json_batch, raw)
-        options = _options(document)
-        parser = _parser(state, options, principal)
-        await asyncio.to_thread(parse_json_requests, requests, parser, upload_bytes=len(raw))
+        # Read as it streams, a request at a time (api/json_batch.py). The options may follow
+        # the requests: they are checked once the body is read, before any bad request is named,
+        # and the batch's priority goes to the requests that set none (`finish` below).
+        lines = JsonBatchLines(_parser(state, BatchOptions(), principal))
+        await read_json_batch(fingerprinted(request.stream(), digest), lines)
+        options = _options(lines.options)
+        _check_options(state, options, principal)
+        if lines.refusal is not None:
+            raise lines.refusal
+        parser = lines.parser
     else:
         raise UnsupportedMediaType(
             f"Unsupported Content-Type {content_type!r}: send application/json or application/x-ndjson.",
             param="Content-Type",
         )
-    specs = parser.finish()
+    specs = parser.finish(options.priority)
     body_hash = digest.hexdigest()
     if idempotency_key is not None:
         earlier = await existing_batch_for_key(
