@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
 from core.errors import ConfigError
-from core.metrics_dir import use_metrics_dir
+from core.metrics_dir import deployment_metrics_dir, open_metrics_dir
 from jobgate.admin_cli import add_admin_commands
+from jobgate.batch_cli import add_batch_commands
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
@@ -52,14 +52,20 @@ def _cmd_api(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
+    from core.config import load_config
+    from core.settings import Settings
     from jobgate.worker_pool import run_worker_pool
 
+    # Checked once here: a bad config exits with the key named instead of a supervisor
+    # restarting worker processes that die on it forever.
+    load_config(Settings().config_path())
     return run_worker_pool(
         processes=args.processes,
         threads=args.threads,
         max_in_flight=args.max_in_flight,
         queues=args.queues,
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
     )
 
 
@@ -84,6 +90,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     checkout = str(Path(__file__).resolve().parents[1])
     if checkout not in sys.path:
         sys.path.insert(0, checkout)
+    if not (Path(checkout) / "bench" / "run.py").exists():
+        print("jobgate bench runs from a checkout of the repository (make bench)", file=sys.stderr)
+        return 2
     from bench.run import main as bench_main
 
     return bench_main(args.rest)
@@ -122,14 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--queues", default="interactive,batch")
     worker.add_argument(
-        "--metrics-port", type=int, default=None, help="serve this machine's worker metrics on this port"
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve this machine's worker metrics (/metrics) and the pool's health (/healthz) on this port",
     )
+    worker.add_argument("--metrics-host", default="0.0.0.0", help="address of --metrics-port")
     worker.set_defaults(func=_cmd_worker)
 
     migrate = sub.add_parser("migrate", help="upgrade the database schema to the latest version")
     migrate.set_defaults(func=_cmd_migrate)
 
     add_admin_commands(sub)
+    add_batch_commands(sub)
 
     sim = sub.add_parser("sim", help="run the simulated upstream", add_help=False)
     sim.add_argument("rest", nargs=argparse.REMAINDER)
@@ -149,35 +163,37 @@ PASSTHROUGH = {"sim": _cmd_sim, "bench": _cmd_bench}
 @contextmanager
 def _metrics_dir(command: str) -> Iterator[None]:
     """Before anything imports prometheus-client: `jobgate dev` keeps the files under ./var/,
-    `jobgate api` and `jobgate worker` in a temporary folder of their own, removed when the
-    command returns, unless JOBGATE_METRICS_DIR names one (to add up API and workers of one
-    machine)."""
+    `jobgate api` and `jobgate worker` in their deployment's folder (core/metrics_dir.py),
+    shared by every process of that deployment on this machine, unless JOBGATE_METRICS_DIR
+    names one."""
     from core.settings import Settings
 
-    configured = Settings().metrics_dir
-    if command in ("api", "worker") and configured is None:
-        with tempfile.TemporaryDirectory(prefix=f"jobgate-{command}-metrics-") as own:
-            use_metrics_dir(None, Path(own))
-            yield
+    if command not in ("api", "worker", "dev"):
+        yield
         return
+    settings = Settings()
     if command == "dev":
-        use_metrics_dir(configured, Path("var/metrics"), fresh=True)
-    elif command in ("api", "worker"):
-        use_metrics_dir(configured)
-    yield
+        folder = open_metrics_dir(settings.metrics_dir, Path("var/metrics"), default_is_private=False)
+    else:
+        deployment = deployment_metrics_dir(settings.database_url, settings.redis_prefix)
+        folder = open_metrics_dir(settings.metrics_dir, deployment, default_is_private=True)
+    try:
+        yield
+    finally:
+        folder.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    with _metrics_dir(argv[0] if argv else ""):
-        if argv and argv[0] in PASSTHROUGH:
-            args = argparse.Namespace(func=PASSTHROUGH[argv[0]], rest=argv[1:])
-        else:
-            args = build_parser().parse_args(argv)
-        try:
+    try:
+        with _metrics_dir(argv[0] if argv else ""):
+            if argv and argv[0] in PASSTHROUGH:
+                args = argparse.Namespace(func=PASSTHROUGH[argv[0]], rest=argv[1:])
+            else:
+                args = build_parser().parse_args(argv)
             return int(args.func(args))
-        except ConfigError as exc:
-            print(f"jobgate: bad config: {exc}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            return 130
+    except ConfigError as exc:
+        print(f"jobgate: bad config: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
