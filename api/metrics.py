@@ -3,7 +3,8 @@
 Counters and histograms come from prometheus-client's multiprocess files (every API and
 worker process on this machine writes its own; see `core/metrics.py`). Fleet-wide gauges are
 computed here, at scrape time, from Redis and SQL: queue depth per queue, age of the oldest
-queued job, and each provider's breaker state (0 closed, 1 half-open, 2 open).
+queued job, each provider's breaker state (0 closed, 1 half-open, 2 open), and the limiter's
+headroom of each provider's configured `rpm` / `tpm` beside that limit.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 
 
 class _FleetGauges(Collector):
-    def __init__(self, depths: dict[str, int], oldest_age_s: float, breakers: dict[str, str]) -> None:
-        self.depths, self.oldest_age_s, self.breakers = depths, oldest_age_s, breakers
+    def __init__(self, depths: dict[str, int], oldest_age_s: float, health: list[dict[str, Any]]) -> None:
+        self.depths, self.oldest_age_s, self.health = depths, oldest_age_s, health
 
     def collect(self) -> Iterator[Any]:
         depth = GaugeMetricFamily("jobgate_queue_depth", "Messages waiting in each queue", labels=["queue"])
@@ -49,9 +50,23 @@ class _FleetGauges(Collector):
             "Worst breaker state per provider (0 closed, 1 half-open, 2 open)",
             labels=["provider"],
         )
-        for provider, state in self.breakers.items():
-            breaker.add_metric([provider], BREAKER_VALUES[state])
+        headroom = GaugeMetricFamily(
+            "jobgate_limiter_headroom",
+            "Requests (rpm) or tokens (tpm) a provider's limiter would grant now",
+            labels=["provider", "budget"],
+        )
+        limit = GaugeMetricFamily(
+            "jobgate_limiter_limit", "A provider's configured limit per minute", labels=["provider", "budget"]
+        )
+        for provider in self.health:
+            breaker.add_metric([provider["provider"]], BREAKER_VALUES[provider["breaker"]])
+            for budget in ("rpm", "tpm"):
+                if provider[budget] is not None and provider[f"{budget}_available"] is not None:
+                    headroom.add_metric([provider["provider"], budget], provider[f"{budget}_available"])
+                    limit.add_metric([provider["provider"], budget], provider[budget])
         yield breaker
+        yield headroom
+        yield limit
 
 
 async def _fleet_gauges(state: AppState) -> _FleetGauges:
@@ -62,8 +77,7 @@ async def _fleet_gauges(state: AppState) -> _FleetGauges:
         ).scalar_one_or_none()
     oldest_at = as_utc(oldest)
     age_s = max((state.clock.utcnow() - oldest_at).total_seconds(), 0.0) if oldest_at else 0.0
-    health = await provider_health(state)
-    return _FleetGauges(depths, age_s, {p["provider"]: p["breaker"] for p in health})
+    return _FleetGauges(depths, age_s, await provider_health(state))
 
 
 @router.get("/metrics", include_in_schema=False)
