@@ -69,8 +69,8 @@ function setText(node, value) {
 // Rows keyed by id are updated in place, so a row someone is about to click stays the same node.
 function syncRows(tbody, items, keyOf, cellsOf) {
   const existing = new Map([...tbody.rows].map((row) => [row.dataset.key, row]));
-  const rows = items.map((item) => {
-    const key = keyOf(item);
+  const rows = items.map((item, index) => {
+    const key = keyOf(item, index);
     const cells = cellsOf(item);
     let row = existing.get(key);
     if (!row) {
@@ -270,7 +270,8 @@ async function refreshJob(jobId) {
   );
   setText($("job-error-type"), job.error ? job.error.type : "none");
   setText($("job-error-message"), job.error ? job.error.message : "");
-  syncRows($("attempts").tBodies[0], attempts.data, (a) => String(a.attempt) + a.started_at + a.model, (a) => [
+  // Attempts only ever grow, oldest first: a row per position.
+  syncRows($("attempts").tBodies[0], attempts.data, (a, index) => String(index), (a) => [
     a.attempt,
     a.provider,
     a.model,
@@ -297,9 +298,10 @@ function openJob(jobId) {
   $("deliveries").tBodies[0].replaceChildren();
   delete $("job-detail").dataset.status;
   $("job-detail").hidden = false;
-  $("job-detail").scrollIntoView({ block: "start" });
-  if (location.hash !== `#job=${jobId}`) history.replaceState(null, "", `#job=${encodeURIComponent(jobId)}`);
-  refreshJob(jobId).catch(showProblem);
+  history.replaceState(null, "", `#job=${encodeURIComponent(jobId)}`);
+  refreshJob(jobId)
+    .then(() => $("job-detail").scrollIntoView({ block: "start" }))
+    .catch(showProblem);
 }
 
 function closeJob() {
@@ -401,6 +403,17 @@ async function poll(generation) {
   if (generation === session.generation) setTimeout(() => poll(generation), POLL_MS);
 }
 
+// The job named by the URL's `#job=ID`, if any.
+function linkedJob() {
+  const match = /^#job=(.+)$/.exec(location.hash);
+  if (!match) return null;
+  try {
+    return decodeURIComponent(match[1]);
+  } catch {
+    return null; // a mangled link: open nothing rather than fail the sign-in
+  }
+}
+
 async function signIn(key) {
   const scope = await scopeOf(key);
   session.key = key;
@@ -412,8 +425,8 @@ async function signIn(key) {
   $("sign-out").hidden = false;
   $("tenant-view").hidden = scope !== "tenant";
   $("operator-view").hidden = scope !== "operator";
-  const linked = /^#job=(.+)$/.exec(location.hash);
-  if (scope === "tenant" && linked) openJob(decodeURIComponent(linked[1]));
+  const linked = linkedJob();
+  if (scope === "tenant" && linked) openJob(linked);
   poll(session.generation);
 }
 

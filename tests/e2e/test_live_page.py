@@ -46,7 +46,8 @@ T = TypeVar("T")
 
 
 @pytest.fixture
-def browser() -> Iterator[WebDriver]:
+def browser(request: pytest.FixtureRequest) -> Iterator[WebDriver]:
+    """Headless Chromium; the page as the test left it is saved as `last-<test>.png`."""
     chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
     if chromium is None or chromedriver is None:
         message = (
@@ -62,6 +63,7 @@ def browser() -> Iterator[WebDriver]:
     driver = webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
     try:
         yield driver
+        screenshot(driver, f"last-{request.node.name}")
     finally:
         driver.quit()
 
