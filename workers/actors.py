@@ -1,5 +1,6 @@
 """The Dramatiq actors. Thin: `run_job` hands a job id to the process's job runtime and
-returns; `deliver_webhook` delivers one webhook on its own thread.
+returns; `deliver_webhook` delivers one webhook on its own thread, or, when the delivery's
+tenant already has its cap of attempts in flight, sends it back to the queue until its turn.
 
 The hand-off blocks while the process already holds `WORKER_MAX_IN_FLIGHT` batch jobs, or
 that and a tenth more with interactive ones (the back-pressure: the message stays unacked in
@@ -19,7 +20,8 @@ from dramatiq.brokers.redis import RedisBroker
 
 from core import queue
 from core.services.runtime import JobRuntime
-from core.webhooks.delivery import WebhookDeliverer
+from core.webhooks.delivery import WAITING, WebhookDeliverer
+from core.webhooks.outbox import PENDING
 
 log = structlog.get_logger("jobgate.actors")
 
@@ -79,7 +81,8 @@ def _deliver_webhook_fn(deliverer: WebhookDeliverer, broker: RedisBroker) -> Cal
         try:
             result = deliverer.deliver(delivery_id, manual=manual)
             retry_in_s = result.retry_in_s
-            if result.status == "pending" and retry_in_s is not None and retry_in_s <= MAX_BROKER_DELAY_S:
+            comes_back = result.status in (PENDING, WAITING)
+            if comes_back and retry_in_s is not None and retry_in_s <= MAX_BROKER_DELAY_S:
                 # Under the delivery's id, as its first dispatch: a copy still in flight (a fast
                 # failure's retry overtaking the ack of its delay-queue copy) is safe, as acks
                 # settle only their own message (core/queue/own_ack.py).
@@ -111,15 +114,19 @@ def declare_actors(
                 options=options,
             )
         )
-    spec = queue.DELIVER_WEBHOOK
-    actors.append(
-        dramatiq.Actor(
-            _deliver_webhook_fn(deliverer, broker),
-            broker=broker,
-            actor_name=spec.actor_name,
-            queue_name=spec.queue_name,
-            priority=spec.priority,
-            options=options,
-        )
-    )
+    actors.append(declare_webhook_actor(broker, deliverer, time_limit_s=time_limit_s))
     return actors
+
+
+def declare_webhook_actor(
+    broker: RedisBroker, deliverer: WebhookDeliverer, *, time_limit_s: float
+) -> dramatiq.Actor:
+    spec = queue.DELIVER_WEBHOOK
+    return dramatiq.Actor(
+        _deliver_webhook_fn(deliverer, broker),
+        broker=broker,
+        actor_name=spec.actor_name,
+        queue_name=spec.queue_name,
+        priority=spec.priority,
+        options={"max_retries": 0, "time_limit": int(time_limit_s * 1000)},
+    )

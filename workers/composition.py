@@ -24,6 +24,7 @@ from core.settings import Settings
 from core.store.clock import SqlClock
 from core.store.db import make_sync_engine, make_sync_sessions
 from core.webhooks.delivery import WebhookDeliverer
+from core.webhooks.fairness import AttemptSlots
 from core.webhooks.sender import WebhookSender
 from core.webhooks.ssrf import UrlPolicy
 from workers.actors import interactive_reserve
@@ -50,6 +51,17 @@ class WorkerComponents:
     purger: RetentionPurger
 
 
+def tenant_cap(per_tenant: int, webhook_threads: int) -> int:
+    """The per-tenant cap on attempts in flight, below the webhook threads so that one tenant
+    never holds them all, whatever the setting says."""
+    cap = max(1, min(per_tenant, webhook_threads - 1))
+    if cap != per_tenant:
+        log.warning(
+            "webhook_tenant_cap_lowered", setting=per_tenant, webhook_threads=webhook_threads, cap=cap
+        )
+    return cap
+
+
 def compose(
     settings: Settings, *, threads: int, webhook_threads: int, max_in_flight: int
 ) -> WorkerComponents:
@@ -73,6 +85,7 @@ def compose(
         UrlPolicy.from_settings(settings),
         timeout_s=settings.webhook_timeout_s,
         max_connections=webhook_threads + 8,
+        dns_lookups_per_tenant=settings.webhook_dns_lookups_per_tenant,
     )
     deliverer = WebhookDeliverer(
         sessions=sessions,
@@ -81,6 +94,7 @@ def compose(
         disable_after_s=settings.webhook_disable_after_s,
         attempt_timeout_s=settings.webhook_timeout_s,
         utcnow=clock.utcnow,
+        attempt_slots=AttemptSlots(tenant_cap(settings.webhook_max_in_flight_per_tenant, webhook_threads)),
     )
     return WorkerComponents(
         settings=settings,

@@ -16,6 +16,7 @@ from api.waiting import load_job
 from core.representation import rfc3339
 from core.webhooks import admin
 from core.webhooks.outbox import EVENT_TYPES
+from core.webhooks.retry_limit import count_manual_retry
 
 router = APIRouter(tags=["webhooks"])
 
@@ -167,6 +168,8 @@ async def job_deliveries(job_id: str, session: SessionDep, principal: PrincipalD
 async def retry_delivery(
     delivery_id: str, state: StateDep, session: SessionDep, principal: PrincipalDep
 ) -> dict[str, Any]:
+    per_window = state.settings.webhook_manual_retries_per_minute
+    await count_manual_retry(state.redis, state.keys, principal.tenant_id, per_window=per_window)
     now = state.clock.utcnow()
     delivery = await session.run_sync(
         lambda s: admin.reopen_delivery(s, principal.tenant_id, delivery_id, now)

@@ -7,6 +7,11 @@ errors included, is retried on `JOBGATE_WEBHOOK_RETRY_SCHEDULE_S` with the same
 endpoint that has failed every attempt for `JOBGATE_WEBHOOK_DISABLE_AFTER_S` (or answered
 410 Gone) is disabled with the reason shown; a disabled endpoint gets nothing more until it
 is enabled again.
+
+A tenant with `JOBGATE_WEBHOOK_MAX_IN_FLIGHT_PER_TENANT` attempts in flight in this process
+gets no thread for another: the delivery stays pending with its attempt count unchanged, takes
+the next turn in the tenant's waiting line (`core/webhooks/fairness.py`) as its due time, and
+comes back then, so other tenants' deliveries go ahead of it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from core import metrics
 from core.representation import rfc3339
 from core.store.jobs import rowcount
 from core.store.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, as_utc
+from core.webhooks.fairness import AttemptSlots
 from core.webhooks.outbox import DELIVERED, FAILED, PENDING, active_secrets, tenant_secret
 from core.webhooks.sender import DeliveryOutcome, WebhookSender
 from core.webhooks.signing import webhook_headers
@@ -30,12 +36,17 @@ from core.webhooks.signing import webhook_headers
 log = structlog.get_logger("jobgate.webhooks")
 
 SNIPPET_CHARS = 1000
+# The tenant is at its cap: no attempt made, the delivery comes back at its turn.
+WAITING = "waiting"
 
 
 @dataclass(frozen=True)
 class AttemptResult:
-    status: str  # delivered | pending (retry scheduled) | failed | skipped
-    retry_in_s: float | None = None
+    status: str  # delivered | pending (retry scheduled) | failed | skipped | waiting
+    retry_in_s: float | None = None  # when it comes back (pending, waiting)
+
+
+SKIPPED = AttemptResult("skipped")
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,8 @@ class _Claimed:
     delivery: WebhookDelivery
     attempt: int
     secrets: list[str]
+    tenant_id: str
+    slot: int | None  # the tenant's attempt slot, when the deliverer caps tenants
 
 
 class WebhookDeliverer:
@@ -55,6 +68,7 @@ class WebhookDeliverer:
         disable_after_s: float,
         attempt_timeout_s: float,
         utcnow: Callable[[], datetime],
+        attempt_slots: AttemptSlots | None = None,
     ) -> None:
         self.sessions = sessions
         self.sender = sender
@@ -62,56 +76,116 @@ class WebhookDeliverer:
         self.disable_after_s = disable_after_s
         self.attempt_timeout_s = attempt_timeout_s
         self.utcnow = utcnow
+        # None: no per-tenant cap (a deliverer driven one attempt at a time, as tests do).
+        self.attempt_slots = attempt_slots
 
     def deliver(self, delivery_id: str, *, manual: bool = False) -> AttemptResult:
         claimed = self._claim(delivery_id, manual=manual)
-        if claimed is None:
-            return AttemptResult("skipped")
+        if isinstance(claimed, AttemptResult):
+            return claimed
         delivery = claimed.delivery
-        body = delivery.payload.encode()
-        now = self.utcnow()
-        headers = webhook_headers(claimed.secrets, delivery.webhook_id, int(now.timestamp()), body)
-        outcome = self.sender.send(delivery.url, body, headers)
-        return self._record(claimed, outcome)
+        took_s: float | None = None
+        # Every path out gives the slot back: one lost would shrink the tenant's cap for good.
+        try:
+            body = delivery.payload.encode()
+            now = self.utcnow()
+            headers = webhook_headers(claimed.secrets, delivery.webhook_id, int(now.timestamp()), body)
+            outcome = self.sender.send(delivery.url, body, headers, tenant_id=delivery.tenant_id)
+            took_s = outcome.latency_ms / 1000
+            return self._record(claimed, outcome)
+        finally:
+            self._give_back(claimed.tenant_id, claimed.slot, took_s)
 
-    def _claim(self, delivery_id: str, *, manual: bool) -> _Claimed | None:
+    def _give_back(self, tenant_id: str, slot: int | None, took_s: float | None) -> None:
+        if self.attempt_slots is not None and slot is not None:
+            self.attempt_slots.give_back(tenant_id, slot, took_s=took_s)
+
+    def _claim(self, delivery_id: str, *, manual: bool) -> _Claimed | AttemptResult:
         now = self.utcnow()
         with self.sessions() as session:
             delivery = session.get(WebhookDelivery, delivery_id)
             if delivery is None or delivery.status != PENDING:
-                return None
+                return SKIPPED
             due = as_utc(delivery.next_attempt_at)
             if not manual and due is not None and due > now + timedelta(seconds=1):
-                return None  # an early duplicate message; the scheduled one will come
+                return SKIPPED  # an early duplicate message; the scheduled one will come
             endpoint = session.get(WebhookEndpoint, delivery.endpoint_id) if delivery.endpoint_id else None
             if endpoint is not None and (not endpoint.enabled or endpoint.deleted_at is not None):
-                return None
-            attempt = delivery.attempt_count + 1
-            # Hold the delivery for the length of one attempt; a crash lets the sweeper retry it.
-            hold_until = now + timedelta(seconds=self.attempt_timeout_s * 2 + 5)
-            won = rowcount(
-                session.execute(
-                    update(WebhookDelivery)
-                    .where(
-                        WebhookDelivery.id == delivery_id,
-                        WebhookDelivery.status == PENDING,
-                        WebhookDelivery.attempt_count == delivery.attempt_count,
-                    )
-                    .values(attempt_count=attempt, next_attempt_at=hold_until)
+                return SKIPPED
+            # Read now: after a failed statement the session cannot load an expired attribute.
+            tenant_id = delivery.tenant_id
+            slot: int | None = None
+            if self.attempt_slots is not None:
+                slot = self.attempt_slots.take(tenant_id)
+                if slot is None:
+                    return self._wait_turn(session, delivery, self.attempt_slots, now)
+            try:
+                claimed = self._claim_attempt(session, delivery, endpoint, slot, now)
+            except BaseException:
+                self._give_back(tenant_id, slot, None)
+                raise
+            if claimed is None:
+                self._give_back(tenant_id, slot, None)
+                return SKIPPED
+            return claimed
+
+    def _wait_turn(
+        self, session: Session, delivery: WebhookDelivery, slots: AttemptSlots, now: datetime
+    ) -> AttemptResult:
+        """The tenant is at its cap: the delivery stays pending, no attempt counted, due at its
+        turn in the tenant's line (which also keeps the sweeper from sending a copy sooner)."""
+        wait_s = slots.take_turn(delivery.tenant_id)
+        moved = rowcount(
+            session.execute(
+                update(WebhookDelivery)
+                .where(
+                    WebhookDelivery.id == delivery.id,
+                    WebhookDelivery.status == PENDING,
+                    WebhookDelivery.attempt_count == delivery.attempt_count,
                 )
+                .values(next_attempt_at=now + timedelta(seconds=wait_s))
             )
-            if not won:
-                session.rollback()
-                return None
-            if endpoint is not None:
-                secrets = active_secrets(
-                    endpoint.secret, endpoint.previous_secret, endpoint.previous_expires_at, now
+        )
+        session.commit()
+        if not moved:
+            return SKIPPED  # claimed meanwhile by a copy of its message
+        log.debug("webhook_delivery_waits_for_tenant_slot", delivery_id=delivery.id, wait_s=round(wait_s, 3))
+        return AttemptResult(WAITING, wait_s)
+
+    def _claim_attempt(
+        self,
+        session: Session,
+        delivery: WebhookDelivery,
+        endpoint: WebhookEndpoint | None,
+        slot: int | None,
+        now: datetime,
+    ) -> _Claimed | None:
+        attempt = delivery.attempt_count + 1
+        # Hold the delivery for the length of one attempt; a crash lets the sweeper retry it.
+        hold_until = now + timedelta(seconds=self.attempt_timeout_s * 2 + 5)
+        won = rowcount(
+            session.execute(
+                update(WebhookDelivery)
+                .where(
+                    WebhookDelivery.id == delivery.id,
+                    WebhookDelivery.status == PENDING,
+                    WebhookDelivery.attempt_count == delivery.attempt_count,
                 )
-            else:
-                row = tenant_secret(session, delivery.tenant_id, now)
-                secrets = active_secrets(row.secret, row.previous_secret, row.previous_expires_at, now)
-            session.commit()
-            return _Claimed(delivery, attempt, secrets)
+                .values(attempt_count=attempt, next_attempt_at=hold_until)
+            )
+        )
+        if not won:
+            session.rollback()
+            return None
+        if endpoint is not None:
+            secrets = active_secrets(
+                endpoint.secret, endpoint.previous_secret, endpoint.previous_expires_at, now
+            )
+        else:
+            row = tenant_secret(session, delivery.tenant_id, now)
+            secrets = active_secrets(row.secret, row.previous_secret, row.previous_expires_at, now)
+        session.commit()
+        return _Claimed(delivery, attempt, secrets, delivery.tenant_id, slot)
 
     def _record(self, claimed: _Claimed, outcome: DeliveryOutcome) -> AttemptResult:
         now = self.utcnow()

@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -280,13 +281,21 @@ def _announce_batch(session: Session, batch: Batch, now: datetime) -> list[str]:
 
 
 def tenant_secret(session: Session, tenant_id: str, now: datetime) -> TenantWebhookSecret:
-    """The tenant's signing secret for per-job URLs, created on first use."""
+    """The tenant's signing secret for per-job URLs, created on first use. Concurrent first
+    uses (two webhook threads sending the tenant's first deliveries) all get the row of the
+    one whose insert landed first: the others' inserts do nothing rather than fail."""
     row = session.get(TenantWebhookSecret, tenant_id)
-    if row is None:
-        row = TenantWebhookSecret(tenant_id=tenant_id, secret=new_secret(), created_at=now)
-        session.add(row)
-        session.flush()
-    return row
+    if row is not None:
+        return row
+    dialect_insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    session.execute(
+        dialect_insert(TenantWebhookSecret)
+        .values(tenant_id=tenant_id, secret=new_secret(), created_at=now)
+        .on_conflict_do_nothing(index_elements=[TenantWebhookSecret.tenant_id])
+    )
+    return session.execute(
+        select(TenantWebhookSecret).where(TenantWebhookSecret.tenant_id == tenant_id)
+    ).scalar_one()
 
 
 def active_secrets(

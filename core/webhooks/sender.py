@@ -10,7 +10,9 @@ httpcore, the HTTP engine under httpx, directly.
 An attempt has one time budget, `timeout_s`: every socket operation (connect, TLS handshake,
 each read and write) gets only what is left of it, so a server that trickles bytes cannot hold
 a worker thread longer. The DNS lookup (which cannot be interrupted) runs in a thread of its
-own; one that outlasts the budget ends the attempt as a connect timeout. Redirects are never
+own; one that outlasts the budget ends the attempt as a connect timeout. Lookups alive at once
+are capped per process, and per tenant within that (`core/webhooks/fairness.py`), so one
+tenant's hanging name servers cannot take every slot. Redirects are never
 followed; only a 2xx is a success. `send` returns a `DeliveryOutcome` for every network problem and never logs
 header values: they carry the signature.
 """
@@ -37,14 +39,17 @@ import httpcore
 import structlog
 
 from core.errors import ForbiddenDestination, InvalidRequest, UnresolvableDestination
+from core.webhooks.fairness import TenantShares
 from core.webhooks.ssrf import IPAddress, ParsedUrl, Resolver, UrlPolicy, resolve_host
 
 log = structlog.get_logger("jobgate.webhooks")
 
 SNIPPET_BYTES = 1024
 USER_AGENT = "jobgate-webhooks/1"
-# DNS lookups alive at once per sender (one per worker process), hung ones included.
+# DNS lookups alive at once per sender (one per worker process), hung ones included, and of
+# those, by default, one tenant's (`JOBGATE_WEBHOOK_DNS_LOOKUPS_PER_TENANT`).
 MAX_DNS_LOOKUPS = 32
+DNS_LOOKUPS_PER_TENANT = 8
 # Headers the sender owns: the caller's copies could contradict the URL or the body.
 _SENDER_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 _DELAY_SECONDS = re.compile(r"\d+")
@@ -53,6 +58,8 @@ _DELAY_SECONDS = re.compile(r"\d+")
 # I/O in the calling thread, and a pooled stream serves requests of several attempts, so the
 # deadline is read from the attempt's context rather than stored on the stream.
 _attempt_deadline: ContextVar[float | None] = ContextVar("jobgate_webhook_attempt_deadline", default=None)
+# The tenant whose attempt runs in this thread, for its share of the DNS lookup slots.
+_attempt_tenant: ContextVar[str | None] = ContextVar("jobgate_webhook_attempt_tenant", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,16 +125,21 @@ class _BudgetedStream(httpcore.NetworkStream):
         return self._stream.get_extra_info(info)
 
 
-def _bounded(resolver: Resolver, timeout: float | None, slots: threading.BoundedSemaphore) -> Resolver:
+def _bounded(
+    resolver: Resolver, timeout: float | None, slots: TenantShares, tenant_id: str | None
+) -> Resolver:
     """`resolver`, waited for at most `timeout` s. getaddrinfo cannot be interrupted and whoever
     owns a webhook's domain owns its DNS, so the lookup runs in a daemon thread of its own and
     the attempt stops waiting for it at the budget (a connect timeout); the thread ends alone.
-    `slots` caps the lookups alive at once, those left behind included: with none free, the
-    attempt fails at once rather than start one more thread."""
+    `slots` caps the lookups alive at once, those left behind included, in all and for
+    `tenant_id`: with none free, the attempt fails at once rather than start one more thread."""
 
     def resolve(host: str, port: int) -> Sequence[IPAddress]:
-        if not slots.acquire(blocking=False):
-            raise httpcore.ConnectTimeout(f"too many dns lookups in flight; {host} not looked up")
+        if not slots.try_take(tenant_id):
+            whose = (
+                "" if tenant_id is None or slots.held(tenant_id) < slots.per_tenant else " for this tenant"
+            )
+            raise httpcore.ConnectTimeout(f"too many dns lookups in flight{whose}; {host} not looked up")
         answer: Future[Sequence[IPAddress]] = Future()
 
         def look_up() -> None:
@@ -136,7 +148,7 @@ def _bounded(resolver: Resolver, timeout: float | None, slots: threading.Bounded
             except BaseException as exc:  # handed to the waiting attempt, which raises it
                 answer.set_exception(exc)
             finally:
-                slots.release()
+                slots.give_back(tenant_id)
 
         threading.Thread(target=look_up, name="webhook-dns", daemon=True).start()
         try:
@@ -150,10 +162,10 @@ def _bounded(resolver: Resolver, timeout: float | None, slots: threading.Bounded
 class _CheckedBackend(httpcore.NetworkBackend):
     """Every TCP connection of the pool: resolve once, check every address, connect to a checked one."""
 
-    def __init__(self, policy: UrlPolicy, resolver: Resolver) -> None:
+    def __init__(self, policy: UrlPolicy, resolver: Resolver, lookups_per_tenant: int) -> None:
         self._policy = policy
         self._resolver = resolver
-        self._lookups = threading.BoundedSemaphore(MAX_DNS_LOOKUPS)
+        self._lookups = TenantShares(MAX_DNS_LOOKUPS, lookups_per_tenant)
         self._tcp = httpcore.SyncBackend()
 
     def connect_tcp(
@@ -164,7 +176,8 @@ class _CheckedBackend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.NetworkStream:
-        lookup = _bounded(self._resolver, _budget(timeout, httpcore.ConnectTimeout), self._lookups)
+        budget = _budget(timeout, httpcore.ConnectTimeout)
+        lookup = _bounded(self._resolver, budget, self._lookups, _attempt_tenant.get())
         *fallbacks, last = self._policy.resolve_and_check(host, port, lookup)
         for address in fallbacks:
             try:
@@ -252,6 +265,7 @@ class WebhookSender:
         max_connections: int = 100,
         resolver: Resolver | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        dns_lookups_per_tenant: int = DNS_LOOKUPS_PER_TENANT,
     ) -> None:
         self._policy = policy
         self._timeout_s = timeout_s
@@ -262,7 +276,7 @@ class WebhookSender:
             # Below the 5 s idle timeout of common servers (uvicorn, Node), so we drop an idle
             # connection before the receiver does rather than race its close with a request.
             keepalive_expiry=4.0,
-            network_backend=_CheckedBackend(policy, resolver or resolve_host),
+            network_backend=_CheckedBackend(policy, resolver or resolve_host, dns_lookups_per_tenant),
         )
         self._timeouts = {phase: timeout_s for phase in ("connect", "read", "write", "pool")}
 
@@ -280,14 +294,19 @@ class WebhookSender:
     def close(self) -> None:
         self._pool.close()
 
-    def send(self, url: str, body: bytes, headers: Mapping[str, str]) -> DeliveryOutcome:
-        """POST `body` to `url` once; the outcome of the attempt, whatever the network did."""
+    def send(
+        self, url: str, body: bytes, headers: Mapping[str, str], *, tenant_id: str | None = None
+    ) -> DeliveryOutcome:
+        """POST `body` to `url` once, for `tenant_id` (whose share of the DNS lookups it uses);
+        the outcome of the attempt, whatever the network did."""
         started = time.monotonic()
-        token = _attempt_deadline.set(started + self._timeout_s)
+        deadline = _attempt_deadline.set(started + self._timeout_s)
+        tenant = _attempt_tenant.set(tenant_id)
         try:
             outcome = self._attempt(url, body, headers, started)
         finally:
-            _attempt_deadline.reset(token)
+            _attempt_tenant.reset(tenant)
+            _attempt_deadline.reset(deadline)
         (log.info if outcome.success else log.warning)(
             "webhook_attempt",
             webhook_id=headers.get("webhook-id"),
