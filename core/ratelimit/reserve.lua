@@ -2,9 +2,9 @@
 --   KEYS[1..n] bucket hashes;  KEYS[n+1..2n] their sorted sets;  KEYS[2n+1..] pause keys
 --   ARGV[3] n, ARGV[4] tokens, ARGV[5] max_wait_us, ARGV[6] burst_us,
 --   ARGV[5+2i], ARGV[6+2i]  bucket i's µs per request and µs per token ("" = no such limit)
---   ARGV[7+2n] "1": a refused caller takes a place in the waiting line of every bucket that
---   refused it (`line_us`, the end of the line, in the bucket hash) and its retry_after is its
---   slot in the line
+--   ARGV[7+2n] "1": a refused caller takes a place in the waiting line of the buckets that
+--   refused it and hold it back longest (`line_us`, the end of the line, in the bucket hash)
+--   and its retry_after is its slot in the line
 --   ARGV[8+2n] the caller's tenant ("" = one line for all) and ARGV[9+2n] its weight: each
 --   tenant then has a line of its own in the bucket (`line_us:<tenant>`, its weight in
 --   `w:<tenant>`), advanced by a cost times the waiting tenants' total weight over its own
@@ -56,19 +56,22 @@ if wait > max_wait then
   -- The waiting line: refused callers are handed slots one cost apart from the end of the
   -- line (or from `at`, if the line is behind it), so a backlog comes back spread at the
   -- bucket's rate instead of all at `at`, where all but a few would be refused again.
-  -- Only the buckets that refused the call hold its place: a tenant held back by its own
-  -- limit lines up in its own bucket, never ahead of other tenants in the provider's.
+  -- The caller's slot is the latest of its places in the buckets that refused it, and only
+  -- the buckets whose own place for it is that late (within one step) hold it and count its
+  -- tenant as waiting: a tenant held back by its own limit lines up in its own bucket, never
+  -- in the provider's, even when the provider refused the call too, so it takes no share of
+  -- the provider from the tenants really waiting there.
   local owner, weight = ARGV[8 + 2 * n], tonumber(ARGV[9 + 2 * n]) or 1
   local field = 'line_us'
   if owner ~= '' then
     field = 'line_us:' .. owner
   end
-  local line = 0
+  local slot = at
   for i = 1, n do
     local b = buckets[i]
-    b.binding = b.at - now > max_wait
-    if b.binding then
-      line = math.max(line, tonumber(redis.call('HGET', KEYS[i], field)) or 0)
+    if b.at - now > max_wait then
+      b.place = math.max(b.at, tonumber(redis.call('HGET', KEYS[i], field)) or 0)
+      slot = math.max(slot, b.place)
       -- The waiting tenants' total weight (this one's included); lines that ended are dropped.
       local share = 1
       if owner ~= '' then
@@ -89,10 +92,10 @@ if wait > max_wait then
       b.step = math.max(b.req_iv or 0, b.tok_cost or 0) * share
     end
   end
-  local slot = math.ceil(math.max(at, line))
+  slot = math.ceil(slot)
   for i = 1, n do
     local b = buckets[i]
-    if b.binding then
+    if b.place and slot - b.place < math.max(b.step, 1) then
       redis.call('HSET', KEYS[i], field, int(slot + b.step))
       if owner ~= '' then
         redis.call('HSET', KEYS[i], 'w:' .. owner, ARGV[9 + 2 * n])

@@ -163,6 +163,31 @@ async def test_a_tenant_held_back_by_its_own_limit_does_not_line_up_ahead_of_oth
     assert not refused.granted and refused.retry_after_s <= 0.1
 
 
+async def test_a_tenant_held_back_by_its_own_limit_takes_no_share_of_a_provider_that_refused_it_too(
+    limiter: RateLimiter,
+) -> None:
+    provider = provider_bucket("p", rpm=1200, tpm=None)  # 50 ms per request
+    slow_tenant = tenant_bucket("a", rpm=120, tpm=None)  # 500 ms per request
+    a, b = Place("a"), Place("b")
+    for _ in range(100):  # a's own line reaches 50 s ahead while the provider has room
+        await limiter.reserve([provider, slow_tenant], 0, max_wait_s=0.1, line=True, place=a, now_ms=T0_MS)
+    while (await limiter.reserve([provider], 0, max_wait_s=0.1, now_ms=T0_MS)).granted:
+        pass  # b books the provider up, so it refuses a's next call as well
+
+    refused_by_both = await limiter.reserve(
+        [provider, slow_tenant], 0, max_wait_s=0.1, line=True, place=a, now_ms=T0_MS
+    )
+    b_slots: list[float] = []
+    for _ in range(10):
+        refused = await limiter.reserve([provider], 0, max_wait_s=0.1, line=True, place=b, now_ms=T0_MS)
+        assert refused.retry_after_s is not None
+        b_slots.append(refused.retry_after_s)
+
+    assert refused_by_both.retry_after_s is not None and refused_by_both.retry_after_s > 40
+    # a waits in its own line, not in the provider's: b, the only tenant waiting there, has it all.
+    assert {round(later - earlier, 3) for earlier, later in itertools.pairwise(b_slots)} == {0.05}, b_slots
+
+
 async def test_tenants_waiting_on_one_provider_share_it_by_weight_and_one_alone_gets_all(
     limiter: RateLimiter,
 ) -> None:
