@@ -31,6 +31,7 @@ from core import queue
 from core.redis.keys import WEBHOOK_MANUAL_RETRY_WINDOW_S, Keys
 from core.settings import Settings
 from core.store.models import Tenant, WebhookAttempt, WebhookDelivery
+from core.webhooks import sender as sender_module
 from core.webhooks.delivery import WebhookDeliverer
 from core.webhooks.fairness import AttemptSlots
 from core.webhooks.outbox import tenant_secret
@@ -235,8 +236,6 @@ async def test_a_slow_tenant_holds_at_most_its_cap_of_threads_and_another_tenant
 def test_a_tenant_whose_dns_hangs_holds_only_its_share_of_lookup_slots_and_another_tenant_still_resolves(
     receiver: HoldingReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from core.webhooks import sender as sender_module
-
     monkeypatch.setattr(sender_module, "MAX_DNS_LOOKUPS", 4)
     release = threading.Event()
 
