@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -298,3 +299,8 @@ def test_the_image_runs_as_an_ordinary_user_and_has_what_the_commands_import() -
         assert (PROJECT_ROOT / source).exists(), f"COPY {source}"
     # The packages the commands import (bench runs from a checkout: README says so).
     assert {"core", "api", "workers", "jobgate", "sim", "migrations", "alembic.ini"} <= copied
+    ignored = [
+        line for line in (PROJECT_ROOT / ".dockerignore").read_text().splitlines() if line and line[0] != "#"
+    ]
+    assert ".env" in ignored, "provider keys never reach the build context"
+    assert not [source for source in copied for pattern in ignored if fnmatch(source, pattern)]
