@@ -23,7 +23,9 @@ from jobgate.client._core import (
     Pause,
     ReadLine,
     Send,
+    Step,
     Streamed,
+    advance,
     build_request,
     client_options,
 )
@@ -107,29 +109,31 @@ class AsyncClient:
     async def _drive(self, op: Operation[Any]) -> AsyncGenerator[Any, None]:
         """Run `op`'s steps: yields what it emits, then `Done(its return value)`."""
         opened: list[httpx.Response] = []
-        reply: Any = None
         try:
-            while True:
-                try:
-                    step = op.send(reply)
-                except StopIteration as stop:
-                    yield Done(stop.value)
-                    return
-                reply = None
-                if isinstance(step, Send):
-                    reply = await self._send(step.call, opened)
-                elif isinstance(step, ReadLine):
-                    reply = await _next_line(step.lines)
-                elif isinstance(step, Pause):
-                    await asyncio.sleep(step.seconds)
-                elif isinstance(step, Close):
-                    await step.response.aclose()
-                elif isinstance(step, Emit):
+            step = advance(op, None)
+            while not isinstance(step, Done):
+                if isinstance(step, Emit):
                     yield step.item
+                    step = advance(op, None)
+                else:
+                    step = advance(op, await self._perform(step, opened))
+            yield step
         finally:
             op.close()
             for response in opened:
                 await response.aclose()
+
+    async def _perform(self, step: Step, opened: list[httpx.Response]) -> Any:
+        if isinstance(step, Send):
+            return await self._send(step.call, opened)
+        if isinstance(step, ReadLine):
+            return await _next_line(step.lines)
+        if isinstance(step, Pause):
+            await asyncio.sleep(step.seconds)
+        elif isinstance(step, Close):
+            await step.response.aclose()
+            opened.remove(step.response)
+        return None
 
     async def _send(self, call: Call, opened: list[httpx.Response]) -> Any:
         request = build_request(self._http, call, call.upload.achunks() if call.upload else None)
@@ -137,10 +141,13 @@ class AsyncClient:
             response = await self._http.send(request, stream=call.stream)
             if not call.stream:
                 return response
-            opened.append(response)
             if response.is_error:
-                await response.aread()
+                try:
+                    await response.aread()  # the error's body, for its type and message
+                finally:
+                    await response.aclose()
                 return response
+            opened.append(response)
             return Streamed(response, response.aiter_lines())
         except httpx.TransportError as exc:
             return exc

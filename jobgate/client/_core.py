@@ -167,6 +167,14 @@ class Done:
     value: Any
 
 
+def advance(op: Operation[Any], reply: Any) -> Step | Done:
+    """`op`'s next step, sent `reply` (the outcome of the previous one); `Done` once it returns."""
+    try:
+        return op.send(reply)
+    except StopIteration as stop:
+        return Done(stop.value)
+
+
 def build_request(http: httpx.Client | httpx.AsyncClient, call: Call, content: Any = None) -> httpx.Request:
     """The `httpx.Request` for `call`; `content` is the upload's chunks, sync or async."""
     return http.build_request(

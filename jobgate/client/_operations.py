@@ -198,22 +198,9 @@ class Operations:
                     continue  # nothing new has finished: no need to read the lines again
             call = Call("GET", f"/v1/batches/{_id(batch_id)}/results", stream=True)
             streamed: Streamed = yield from exchange(call, self.policy)
-            cut = False
-            while True:
-                line = yield ReadLine(streamed.lines)
-                if line is None:
-                    break
-                item = None if isinstance(line, httpx.TransportError) else _result_line(line)
-                if item is None:
-                    if isinstance(line, str) and not line.strip():
-                        continue
-                    cut = True
-                    break
-                if item["job_id"] not in seen:
-                    seen.add(item["job_id"])
-                    cuts = 0
-                    yield Emit(item)
-            yield Close(streamed.response)
+            emitted, cut = yield from _emit_new_lines(streamed, seen)
+            if emitted:
+                cuts = 0
             if cut:
                 error = APIConnectionError(f"the results of batch {batch_id} were cut off")
                 delay = self.policy.delay_s(cuts, error)
@@ -226,6 +213,28 @@ class Operations:
                 return None
             read_when_done = done
             yield Pause(poll_interval_s)
+
+
+def _emit_new_lines(streamed: Streamed, seen: set[str]) -> Operation[tuple[int, bool]]:
+    """Emit the stream's lines whose job is not in `seen` (adding it); how many were emitted,
+    and whether the stream was cut before its end (a transport error, a partial line)."""
+    emitted = 0
+    while True:
+        line = yield ReadLine(streamed.lines)
+        if line is None:
+            break
+        if isinstance(line, str) and not line.strip():
+            continue
+        item = None if isinstance(line, httpx.TransportError) else _result_line(line)
+        if item is None:
+            yield Close(streamed.response)
+            return emitted, True
+        if item["job_id"] not in seen:
+            seen.add(item["job_id"])
+            emitted += 1
+            yield Emit(item)
+    yield Close(streamed.response)
+    return emitted, False
 
 
 def _result_line(line: str) -> dict[str, Any] | None:

@@ -20,7 +20,9 @@ from jobgate.client._core import (
     Pause,
     ReadLine,
     Send,
+    Step,
     Streamed,
+    advance,
     build_request,
     client_options,
 )
@@ -120,29 +122,31 @@ class Client:
     def _drive(self, op: Operation[Any]) -> Generator[Any, None, None]:
         """Run `op`'s steps: yields what it emits, then `Done(its return value)`."""
         opened: list[httpx.Response] = []
-        reply: Any = None
         try:
-            while True:
-                try:
-                    step = op.send(reply)
-                except StopIteration as stop:
-                    yield Done(stop.value)
-                    return
-                reply = None
-                if isinstance(step, Send):
-                    reply = self._send(step.call, opened)
-                elif isinstance(step, ReadLine):
-                    reply = _next_line(step.lines)
-                elif isinstance(step, Pause):
-                    time.sleep(step.seconds)
-                elif isinstance(step, Close):
-                    step.response.close()
-                elif isinstance(step, Emit):
+            step = advance(op, None)
+            while not isinstance(step, Done):
+                if isinstance(step, Emit):
                     yield step.item
+                    step = advance(op, None)
+                else:
+                    step = advance(op, self._perform(step, opened))
+            yield step
         finally:
             op.close()
             for response in opened:
                 response.close()
+
+    def _perform(self, step: Step, opened: list[httpx.Response]) -> Any:
+        if isinstance(step, Send):
+            return self._send(step.call, opened)
+        if isinstance(step, ReadLine):
+            return _next_line(step.lines)
+        if isinstance(step, Pause):
+            time.sleep(step.seconds)
+        elif isinstance(step, Close):
+            step.response.close()
+            opened.remove(step.response)
+        return None
 
     def _send(self, call: Call, opened: list[httpx.Response]) -> Any:
         request = build_request(self._http, call, call.upload.chunks() if call.upload else None)
@@ -150,10 +154,13 @@ class Client:
             response = self._http.send(request, stream=call.stream)
             if not call.stream:
                 return response
-            opened.append(response)
             if response.is_error:
-                response.read()
+                try:
+                    response.read()  # the error's body, for its type and message
+                finally:
+                    response.close()
                 return response
+            opened.append(response)
             return Streamed(response, response.iter_lines())
         except httpx.TransportError as exc:
             return exc

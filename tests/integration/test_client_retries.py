@@ -3,7 +3,7 @@
 A 429 with `Retry-After` is waited out and the submit sent again with the same
 Idempotency-Key (and, for a batch file, the same bytes), so the API can answer the repeat
 with the first submission; a refusal (404, 409) is raised at once, typed; a results stream
-cut mid-line or mid-body is read again, each line emitted once. Each case runs on `Client`
+refused, or cut mid-line or mid-body, is read again, each line emitted once. Each case runs on `Client`
 and `AsyncClient`.
 """
 
@@ -216,7 +216,11 @@ def test_a_results_stream_cut_off_is_read_again_and_each_line_comes_once(
     ndjson = {"Content-Type": "application/x-ndjson"}
     scripted.on(
         "GET /v1/batches/batch_1/results",
-        # The connection drops mid-body (fewer bytes than declared), then mid-line.
+        # Refused for a moment, then the connection drops mid-body (fewer bytes than declared),
+        # then mid-line.
+        Reply.json(
+            503, {"error": {"type": "service_unavailable", "message": "later"}}, **{"Retry-After": "0"}
+        ),
         Reply(200, whole[: whole.index(b"job_2")], ndjson, declared_length=len(whole)),
         Reply(200, cut_mid_line, ndjson),
         Reply(200, whole, ndjson),
@@ -225,7 +229,7 @@ def test_a_results_stream_cut_off_is_read_again_and_each_line_comes_once(
     got = call(kind, url, "iter_results", "batch_1", follow=False)
 
     assert got == lines
-    assert len(scripted.requests("GET /v1/batches/batch_1/results")) == 3
+    assert len(scripted.requests("GET /v1/batches/batch_1/results")) == 4
 
 
 @KINDS
