@@ -38,9 +38,14 @@ class ModelLimits(_Strict):
 
 
 class ProviderConfig(_Strict):
-    kind: Literal["openai", "anthropic"]
+    kind: Literal["openai", "anthropic", "azure", "gemini"]
     base_url: str | None = None
     api_key_env: str | None = None
+    # Kind azure: the resource's endpoint (`https://NAME.openai.azure.com`), the API version every
+    # call names (`?api-version=`), and a Microsoft Entra ID token instead of a key (`[azure]` extra).
+    endpoint: str | None = None
+    api_version: str | None = None
+    entra_id: bool = False
     rpm: int | None = Field(default=None, ge=1)
     tpm: int | None = Field(default=None, ge=1)
     timeout_s: float = Field(default=60, gt=0)
@@ -54,6 +59,22 @@ class ProviderConfig(_Strict):
         """What a 429 or a spent `x-ratelimit-*` budget pauses: the model alone when it has
         limits of its own (its budget is the one spent), else the whole provider."""
         return f"{provider}/{model}" if model in self.models else provider
+
+    @model_validator(mode="after")
+    def _azure_fields_only_for_azure(self) -> ProviderConfig:
+        if self.kind != "azure":
+            given = [name for name in ("endpoint", "api_version", "entra_id") if getattr(self, name)]
+            if given:
+                raise ValueError(f"{', '.join(given)}: only for kind azure")
+            return self
+        missing = [name for name in ("endpoint", "api_version") if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"kind azure needs {' and '.join(missing)}")
+        if self.base_url is not None:
+            raise ValueError("kind azure takes `endpoint` (https://NAME.openai.azure.com), not base_url")
+        if self.entra_id and self.api_key_env is not None:
+            raise ValueError("entra_id and api_key_env: an azure provider uses one or the other")
+        return self
 
     def api_key(self) -> str:
         """The key from the environment; providers that need none (the sim) get a placeholder."""
@@ -70,6 +91,8 @@ DEFAULT_MAX_OUTPUT_TOKENS = 32_768
 class Target(_Strict):
     provider: str
     model: str
+    # Kind azure: the deployment that serves `model` (default: a deployment named as the model).
+    deployment: str | None = None
     max_output_tokens: int = Field(default=DEFAULT_MAX_OUTPUT_TOKENS, ge=1)
 
 

@@ -1,6 +1,8 @@
-"""A simulated LLM upstream speaking OpenAI and Anthropic on one port, for tests, demos and benchmarks.
+"""A simulated LLM upstream speaking OpenAI, Anthropic, Azure OpenAI and Gemini on one port, for
+tests, demos and benchmarks.
 
-It stands in for api.openai.com and api.anthropic.com: deterministic answers and usage,
+It stands in for api.openai.com, api.anthropic.com, an Azure OpenAI resource and Gemini's
+OpenAI-compatible endpoint: deterministic answers and usage,
 per-second rate limits enforced like the real services, injected latency and failures, and a
 record of what it saw. It imports nothing from the rest of jobgate.
 
@@ -13,7 +15,20 @@ Running it::
 `--port 0` picks a free port; once ready it prints `sim listening on http://HOST:PORT`.
 Point `openai.OpenAI(base_url="http://HOST:PORT/v1")` or
 `anthropic.Anthropic(base_url="http://HOST:PORT")` at it; any model name and any non-empty key
-work (`Authorization: Bearer`, or `x-api-key` for Anthropic).
+work (`Authorization: Bearer`, or `x-api-key` for Anthropic). Two more wire formats share the port:
+
+- Azure OpenAI (`sim.azure_api`), for `openai.AzureOpenAI(azure_endpoint="http://HOST:PORT",
+  api_version=…)`: `POST /openai/deployments/{deployment}/chat/completions?api-version=V`, the
+  key in an `api-key` header (or an Entra ID token as `Authorization: Bearer`); without
+  `api-version` it answers 404. The deployment's name is its model (knobs, limits, stats and the
+  answer's `model`). Answers carry Azure's content-filter results; a last user message starting
+  `filter_prompt:` gets Azure's 400 `code: content_filter`, one starting `filter_answer:` a 200
+  with `finish_reason: content_filter`. Its 401, 404 and 429 bodies are Azure's.
+- Gemini's OpenAI-compatible endpoint (`sim.gemini_api`), for `openai.OpenAI(base_url=
+  "http://HOST:PORT/v1beta/openai/")`: `POST /v1beta/openai/chat/completions`, Bearer key. Its
+  errors are Google's: a JSON list of one RPC status (`RESOURCE_EXHAUSTED` for a 429, with a
+  `RetryInfo` detail whose `retryDelay` ("12s") is the only word on the wait: no `retry-after`
+  and no rate-limit headers).
 
 Answers: the text is `"echo: " + <text of the last user message>` (a list content's text parts
 are joined with no separator). Token rule (`sim.tokens`): `tokens(text) = ceil(len(text) / 4)`;
@@ -28,11 +43,13 @@ stripped>}` (finish_reason "tool_calls", stop_reason "tool_use").
 Knobs (`sim.knobs`), set by flags at start and by `POST /sim/config` (a JSON merge, also
 `{"models": {"<model>": {...}}}` per model; `GET /sim/config` shows them): `latency_ms`,
 `latency_jitter_ms`, `fail_rate`, `fail_status` (400..599 or "timeout": hold the request
-`hang_s` seconds, then close the connection unanswered), `retry_after_s` (Retry-After on injected
-429/503/529), `hang_s`, `rpm`, `tpm` (null = unlimited), `organization` (default `org-sim`: the
-organisation id every 429's message names, injected or the limiter's, as OpenAI's "Rate limit
-reached for M in organization org-… on requests per min…" and Anthropic's "…for your organization
-(…)…" do; tests set a canary there to prove it never reaches a tenant), and the global `seed`. Headers
+`hang_s` seconds, then close the connection unanswered), `retry_after_s` (Retry-After on
+injected 429/503/529; Gemini's 429 `retryDelay`), `hang_s`, `rpm`, `tpm` (null = unlimited),
+`organization` (default `org-sim`: the organisation id every 429's message names, injected or
+the limiter's, as OpenAI's "Rate limit reached for M in organization org-… on requests per
+min…" and Anthropic's "…for your organization (…)…" do; Azure's names it as the resource, Gemini's
+as the project; tests set a canary there to prove it never reaches a tenant), and the global
+`seed`. Headers
 `x-sim-latency-ms` and `x-sim-fail-status` override latency and force a failure per request.
 
 Limits (`sim.limits`): per API key and model, token buckets holding one second's share of
@@ -47,6 +64,8 @@ time since the last reset, in request-seconds), "first_call_at", "last_call_at",
 counters}, "by_key": {key: counters}}`, where counters are `{"requests", "calls",
 "rate_limited", "input_tokens", "output_tokens", "injected_failures"}`; `calls` counts 200s and
 `rate_limited` only the limiter's 429s. `GET /sim/calls?model=M&since=T` lists recent
-`{"t": arrival unix time, "status"}` (status 0: closed unanswered). `POST /sim/reset` zeroes
-stats and buckets; `?config=true` also restores the start-up knobs.
+`{"t": arrival unix time, "status"}` (status 0: closed unanswered). `GET /sim/requests?model=M`
+lists the last 1,000 model requests as sent: `{"t", "path", "query", "auth_headers" (which of
+`authorization`, `api-key`, `x-api-key`, `x-goog-api-key` came), "key", "model", "status"}`.
+`POST /sim/reset` zeroes stats and buckets; `?config=true` also restores the start-up knobs.
 """

@@ -84,6 +84,7 @@ def _first_tool_name(tools: Any) -> str | None:
 
 class AnthropicDialect:
     request_id_header = b"request-id"
+    retry_after_header = True
 
     def api_key(self, headers: Mapping[str, str]) -> str | None:
         key = headers.get("x-api-key", "").strip()

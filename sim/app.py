@@ -5,7 +5,9 @@ and stats, and hands them to `SimApp`. Every model request goes through the same
 whatever its wire format: authenticate, parse, compose the answer, charge the rate limits (429
 straight away when short, as providers do), wait the latency, maybe fail as injected, answer.
 The control routes read and change that state: `GET /sim/stats`, `GET|POST /sim/config`,
-`POST /sim/reset[?config=true]` and `GET /sim/calls[?model=M&since=T]`.
+`POST /sim/reset[?config=true]`, `GET /sim/calls[?model=M&since=T]` and
+`GET /sim/requests[?model=M]`. Model routes are fixed paths (OpenAI, Anthropic, Gemini), or an
+Azure deployment's path, which names the model itself.
 """
 
 from __future__ import annotations
@@ -20,16 +22,20 @@ from urllib.parse import parse_qs
 from sim.answer import compose_answer
 from sim.anthropic_api import AnthropicDialect
 from sim.asgi import Receive, Scope, Send, hang_up, read_body, request_headers, send_json, send_stream
+from sim.azure_api import azure_dialect
 from sim.faults import FaultInjector, overrides_from_headers
+from sim.gemini_api import GeminiDialect
 from sim.knobs import TIMEOUT, KnobError, Knobs, KnobSet
 from sim.limits import RateLimiter
 from sim.openai_api import OpenAIDialect
-from sim.stats import Outcome, Stats
+from sim.stats import Outcome, SeenRequest, Stats
 from sim.wire import ChatRequest, Dialect, Headers, SimError
 
 logger = logging.getLogger("sim")
 
 _RETRY_AFTER_STATUSES = frozenset({429, 503, 529})
+# The headers that can carry a caller's credentials; `/sim/requests` names which ones came.
+_AUTH_HEADERS = ("authorization", "api-key", "x-api-key", "x-goog-api-key")
 
 
 def _retry_after_headers(seconds: float, *, at_least_one_s: bool) -> Headers:
@@ -51,6 +57,7 @@ class SimApp:
         self._model_routes: dict[str, Dialect] = {
             "/v1/chat/completions": OpenAIDialect(),
             "/v1/messages": AnthropicDialect(),
+            "/v1beta/openai/chat/completions": GeminiDialect(),
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -60,7 +67,7 @@ class SimApp:
         if scope["type"] != "http":
             return
         path, method = scope["path"], scope["method"]
-        dialect = self._model_routes.get(path)
+        dialect = self._model_routes.get(path) or azure_dialect(path, scope.get("query_string", b""))
         if dialect is not None and method == "POST":
             await self._serve_model_request(dialect, scope, receive, send)
         elif path.startswith("/sim/"):
@@ -85,6 +92,7 @@ class SimApp:
         knobs = self.knobs.base
         key: str | None = None
         status, outcome, failure_name, input_tokens, output_tokens = 0, Outcome.REJECTED, None, 0, 0
+        incoming: dict[str, str] = {}
         try:
             incoming = request_headers(scope)
             body = await read_body(receive)
@@ -113,8 +121,9 @@ class SimApp:
             headers += dialect.limit_headers(verdict)
             if not verdict.admitted:
                 outcome = Outcome.RATE_LIMITED
-                headers += _retry_after_headers(verdict.retry_after_s, at_least_one_s=True)
-                raise SimError(429, limit=verdict)
+                if dialect.retry_after_header:
+                    headers += _retry_after_headers(verdict.retry_after_s, at_least_one_s=True)
+                raise SimError(429, limit=verdict, retry_after_s=max(1.0, verdict.retry_after_s))
             delay_s = self.faults.delay_s(knobs, overrides)
             if delay_s > 0:
                 await asyncio.sleep(delay_s)
@@ -125,9 +134,10 @@ class SimApp:
                     await hang_up(receive, send, knobs.hang_s)
                     return
                 assert isinstance(failure, int)
-                if failure in _RETRY_AFTER_STATUSES and knobs.retry_after_s:
-                    headers += _retry_after_headers(knobs.retry_after_s, at_least_one_s=False)
-                raise SimError(failure)
+                asked_s = knobs.retry_after_s if failure in _RETRY_AFTER_STATUSES else None
+                if asked_s and dialect.retry_after_header:
+                    headers += _retry_after_headers(asked_s, at_least_one_s=False)
+                raise SimError(failure, retry_after_s=asked_s)
             status, outcome = 200, Outcome.OK
             input_tokens, output_tokens = request.prompt_tokens, answer.completion_tokens
             if request.stream:
@@ -140,6 +150,17 @@ class SimApp:
             answer_body = dialect.error_body(error, request, request_id, organization=knobs.organization)
             await send_json(send, status, answer_body, headers)
         finally:
+            self.stats.request_seen(
+                SeenRequest(
+                    t=arrived_at,
+                    path=scope["path"],
+                    query=scope.get("query_string", b"").decode("latin-1"),
+                    auth_headers=tuple(name for name in _AUTH_HEADERS if name in incoming),
+                    key=key,
+                    model=request.model if request else None,
+                    status=status,
+                )
+            )
             self.stats.request_ended(
                 arrived_at=arrived_at,
                 status=status,
@@ -177,6 +198,8 @@ class SimApp:
                 await send_json(send, 400, {"error": {"message": "since must be a unix time in seconds"}})
                 return
             await send_json(send, 200, self.stats.calls(query.get("model"), since))
+        elif route == ("GET", "/sim/requests"):
+            await send_json(send, 200, self.stats.requests(query.get("model")))
         else:
             await send_json(send, 404, {"error": {"message": f"Unknown control route: {method} {path}"}})
 

@@ -102,6 +102,7 @@ def _first_tool_name(tools: Any) -> str | None:
 
 class OpenAIDialect:
     request_id_header = b"x-request-id"
+    retry_after_header = True
 
     def api_key(self, headers: Mapping[str, str]) -> str | None:
         scheme, _, key = headers.get("authorization", "").partition(" ")

@@ -9,8 +9,10 @@ and in exactly one outcome when it ends: `calls` (answered 200), `rate_limited` 
 limit), `injected_failures` (by status, or "timeout"), or only in `responses` (rejected: 400,
 401, 404). `in_flight_s` integrates the in-flight gauge over time (request-seconds since the
 last reset): divided by a span it is the exact time-averaged number of requests in flight,
-where the peak (`max_in_flight`) says nothing of the rest of the run. Everything runs on the
-event loop thread, so plain counters suffice.
+where the peak (`max_in_flight`) says nothing of the rest of the run. `GET /sim/requests`
+serves `Stats.requests()`: the shape of the last 1,000 model requests (path, query string, which
+credential headers came, the key, the model, the status), so a test can see what a client sent.
+Everything runs on the event loop thread, so plain counters suffice.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from enum import Enum
 from typing import Any
 
 CALL_RING_SIZE = 100_000
+REQUEST_LOG_SIZE = 1_000
 
 
 class Outcome(Enum):
@@ -30,6 +33,30 @@ class Outcome(Enum):
     RATE_LIMITED = "rate_limited"
     INJECTED = "injected"
     REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class SeenRequest:
+    """What one model request looked like on the wire (its credentials only by header name)."""
+
+    t: float
+    path: str
+    query: str
+    auth_headers: tuple[str, ...]
+    key: str | None
+    model: str | None
+    status: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "t": self.t,
+            "path": self.path,
+            "query": self.query,
+            "auth_headers": list(self.auth_headers),
+            "key": self.key,
+            "model": self.model,
+            "status": self.status,
+        }
 
 
 @dataclass
@@ -86,6 +113,7 @@ class Stats:
         self.first_call_at: float | None = None
         self.last_call_at: float | None = None
         self._rings: dict[str, deque[tuple[float, int, float]]] = {}
+        self._seen: deque[SeenRequest] = deque(maxlen=REQUEST_LOG_SIZE)
         self._in_flight_s = 0.0
         self._gauge_changed_at = self._monotonic()
 
@@ -141,6 +169,13 @@ class Stats:
             if self.first_call_at is None:
                 self.first_call_at = now
             self.last_call_at = now
+
+    def request_seen(self, seen: SeenRequest) -> None:
+        self._seen.append(seen)
+
+    def requests(self, model: str | None = None) -> list[dict[str, Any]]:
+        """The last model requests' shapes (of one model, or all), oldest first."""
+        return [seen.as_json() for seen in self._seen if model is None or seen.model == model]
 
     def calls(self, model: str | None = None, since: float | None = None) -> list[dict[str, Any]]:
         """Recent calls of one model (or of all, each naming its model), by arrival time."""

@@ -1,8 +1,9 @@
 """The seam between the request pipeline and the two wire formats it speaks.
 
-A `Dialect` (OpenAI chat completions, Anthropic messages) reads the caller's API key, turns a
-JSON body into a provider-neutral `ChatRequest`, and renders answers, errors and rate-limit
-headers in its provider's exact shape. The pipeline in `sim.app` only ever sees these types, so
+A `Dialect` (OpenAI chat completions, Anthropic messages, Azure OpenAI deployments, Gemini's
+OpenAI-compatible endpoint) reads the caller's API key, turns a JSON body into a
+provider-neutral `ChatRequest`, and renders answers, errors and rate-limit headers in its
+provider's exact shape. The pipeline in `sim.app` only ever sees these types, so
 adding a provider is one new module implementing `Dialect`.
 """
 
@@ -16,6 +17,8 @@ from sim.answer import Answer
 from sim.limits import LimitVerdict
 
 Headers = list[tuple[bytes, bytes]]
+# An error answer's JSON: an object for most providers, a list of one status for Gemini.
+ErrorBody = dict[str, Any] | list[Any]
 
 
 @dataclass(frozen=True)
@@ -38,10 +41,17 @@ class SimError(Exception):
     message: str | None = None
     param: str | None = None
     limit: LimitVerdict | None = None
+    # The provider's error code when the dialect names one (Azure's `content_filter`).
+    code: str | None = None
+    # How long the caller is asked to wait (a 429 or 503), for dialects that say it in the body.
+    retry_after_s: float | None = None
 
 
 class Dialect(Protocol):
     request_id_header: bytes
+    # Whether a 429/503/529 carries `retry-after` and `retry-after-ms` headers (Gemini puts its
+    # wait in the body instead).
+    retry_after_header: bool
 
     def api_key(self, headers: Mapping[str, str]) -> str | None:
         """The caller's API key, or None when the request carries none."""
@@ -59,7 +69,7 @@ class Dialect(Protocol):
 
     def error_body(
         self, error: SimError, request: ChatRequest | None, request_id: str, *, organization: str = ...
-    ) -> dict[str, Any]:
+    ) -> ErrorBody:
         """The error answer; a 429 names `organization` as the provider names the caller's."""
         ...
 

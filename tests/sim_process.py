@@ -43,6 +43,16 @@ class SimHandle:
         """The `base_url` for `anthropic.Anthropic` (no /v1)."""
         return self.url
 
+    @property
+    def azure_endpoint(self) -> str:
+        """The `azure_endpoint` for `openai.AzureOpenAI` (the SDK adds /openai/deployments/...)."""
+        return self.url
+
+    @property
+    def gemini_base_url(self) -> str:
+        """The `base_url` of Gemini's OpenAI-compatible endpoint."""
+        return f"{self.url}/v1beta/openai/"
+
     def _call(self, method: str, path: str, payload: Any = None) -> Any:
         data = None if payload is None else json.dumps(payload).encode()
         request = urllib.request.Request(
@@ -73,6 +83,12 @@ class SimHandle:
             {name: value for name, value in (("model", model), ("since", since)) if value is not None}
         )
         return self._call("GET", f"/sim/calls?{query}")
+
+    def requests(self, model: str | None = None) -> list[dict[str, Any]]:
+        """The last model requests as sent (`GET /sim/requests`): path, query string, which
+        credential headers came, the key, the model and the status, oldest first."""
+        query = urllib.parse.urlencode({"model": model} if model is not None else {})
+        return self._call("GET", f"/sim/requests?{query}")
 
     def wait_for_stats(
         self, predicate: Callable[[dict[str, Any]], bool], timeout_s: float = 5.0

@@ -4,18 +4,22 @@
 `base.sdk_client`) per configured provider, choosing the adapter class by its `kind`; a process's
 composition root calls it once and awaits `close_providers` on shutdown, on the event loop
 that ran the calls. Adding a provider kind means one new module with an adapter class plus one
-line in `ADAPTERS` (and the kind in `ProviderConfig.kind`).
+line in `ADAPTERS` (and the kind in `ProviderConfig.kind`). Kind `azure` also takes the
+deployment each of its models is served from, read from the targets (`azure_deployments`).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Protocol
 
 from core.config import GatewayConfig, ProviderConfig
 from core.errors import ConfigError
 from core.providers.anthropic import AnthropicProvider
+from core.providers.azure import AzureProvider, azure_deployments
 from core.providers.base import Provider
+from core.providers.gemini import GeminiProvider
 from core.providers.openai import OpenAIProvider
 
 __all__ = ["ADAPTERS", "AdapterFactory", "Provider", "build_providers", "close_providers"]
@@ -28,6 +32,8 @@ class AdapterFactory(Protocol):
 ADAPTERS: Mapping[str, AdapterFactory] = {
     OpenAIProvider.kind: OpenAIProvider,
     AnthropicProvider.kind: AnthropicProvider,
+    AzureProvider.kind: AzureProvider,
+    GeminiProvider.kind: GeminiProvider,
 }
 
 
@@ -41,6 +47,7 @@ def build_providers(config: GatewayConfig, *, max_connections: int = 1000) -> di
     be awaited here).
     """
     factories: dict[str, AdapterFactory] = {}
+    deployments = azure_deployments(config)
     for name, provider_config in config.providers.items():
         if provider_config.api_key_env is not None and not provider_config.api_key():
             variable = provider_config.api_key_env
@@ -48,6 +55,8 @@ def build_providers(config: GatewayConfig, *, max_connections: int = 1000) -> di
         factory = ADAPTERS.get(provider_config.kind)
         if factory is None:
             raise ConfigError(f"providers.{name}.kind: no adapter for kind {provider_config.kind!r}")
+        if name in deployments:
+            factory = functools.partial(AzureProvider, deployments=deployments[name])
         factories[name] = factory
     return {
         name: factory(name, config.providers[name], max_connections=max_connections)
