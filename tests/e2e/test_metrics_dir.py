@@ -81,7 +81,7 @@ def _start_worker(env: dict[str, str]) -> ServiceProcess:
 
 
 def test_an_api_and_two_workers_started_as_the_readme_shows_count_every_finished_job(
-    env: dict[str, str], sim: object
+    env: dict[str, str],
 ) -> None:
     key = _create_key(env)
     port = free_port()
