@@ -43,7 +43,8 @@ def _fail_status(text: str) -> int | str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sim", description="Simulated OpenAI + Anthropic upstream with limits, faults and stats."
+        prog="sim",
+        description="Simulated OpenAI, Anthropic, Azure OpenAI and Gemini upstream: limits, faults, stats.",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001, help="0 picks a free port (printed when ready)")
