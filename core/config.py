@@ -94,10 +94,19 @@ class Target(_Strict):
     # Kind azure: the deployment that serves `model` (default: a deployment named as the model).
     deployment: str | None = None
     max_output_tokens: int = Field(default=DEFAULT_MAX_OUTPUT_TOKENS, ge=1)
+    # Its share of the alias's traffic under `strategy: weighted`.
+    weight: float = Field(default=1.0, gt=0)
+
+
+Strategy = Literal["fallback", "weighted", "least_busy", "lowest_latency", "lowest_cost"]
 
 
 class ModelRoute(_Strict):
+    """An alias: its targets, and how a job's first choice among them is made (the others
+    follow in the listed order, as fallbacks on failure, an open breaker or booked budget)."""
+
     targets: list[Target] = Field(min_length=1)
+    strategy: Strategy = "fallback"
 
 
 class Price(_Strict):
@@ -141,11 +150,15 @@ class GatewayConfig(_Strict):
                         f"models.{alias}.targets.{i}.provider: unknown provider {target.provider!r}"
                         f" (known: {', '.join(sorted(self.providers))})"
                     )
-                if target.model not in self.pricing and not self.providers[target.provider].free:
+                if (
+                    self.price_for(target.provider, target.model) is None
+                    and not self.providers[target.provider].free
+                ):
                     # Budgets and usage would count it as free without a word.
                     raise ValueError(
                         f"models.{alias}.targets.{i}.model: no price for {target.model!r}; add"
-                        f" pricing.{target.model} (input_per_mtok, output_per_mtok; 0 if it is free),"
+                        f" pricing.{target.model} or pricing.{target.provider}/{target.model}"
+                        " (input_per_mtok, output_per_mtok; 0 if it is free),"
                         f" or mark provider {target.provider!r} `free: true`"
                     )
         return self
@@ -168,6 +181,11 @@ class GatewayConfig(_Strict):
                 if target.model == model:
                     return [target]
         return None
+
+    def price_for(self, provider: str, model: str) -> Price | None:
+        """The price of `model` at `provider`: `pricing."provider/model"` where two providers
+        serving one model charge differently, else `pricing.model`."""
+        return self.pricing.get(f"{provider}/{model}") or self.pricing.get(model)
 
     def output_limit(self, model: str) -> int:
         """The longest answer any target of `model` may give (`max_output_tokens`)."""

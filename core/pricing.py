@@ -9,9 +9,12 @@ from core.config import GatewayConfig
 _MILLION = Decimal(1_000_000)
 
 
-def cost_usd(config: GatewayConfig, model: str, input_tokens: int, output_tokens: int) -> Decimal:
-    """Zero for models without a price (the operator has not said what they cost)."""
-    price = config.pricing.get(model)
+def cost_usd(
+    config: GatewayConfig, provider: str, model: str, input_tokens: int, output_tokens: int
+) -> Decimal:
+    """What `provider` charges for these tokens of `model` (zero for a free provider's models:
+    start-up refuses a paid model without a price)."""
+    price = config.price_for(provider, model)
     if price is None:
         return Decimal(0)
     return (price.input_per_mtok * input_tokens + price.output_per_mtok * output_tokens) / _MILLION

@@ -91,6 +91,7 @@ def attempt_object(attempt: JobAttempt) -> dict[str, Any]:
         "error": attempt.error_message,
         "latency_ms": attempt.latency_ms,
         "started_at": rfc3339(attempt.started_at),
+        "route": attempt.route,
     }
 
 

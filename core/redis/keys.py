@@ -62,6 +62,10 @@ class Keys:
         """Spend in nano-USD of a budget's owner (`tenant:<id>`, `key:<id>`) in one period."""
         return f"{self.prefix}:spend:{owner}:{period}"
 
+    def latency(self) -> str:
+        """Every target's moving average latency in ms, one field per target (no TTL: few fields)."""
+        return f"{self.prefix}:latency"
+
     def maintenance_lock(self, task: str) -> str:
         """Held by the one worker in the fleet running a periodic task (sweeper, reaper)."""
         return f"{self.prefix}:lock:{task}"

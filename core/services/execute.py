@@ -16,6 +16,7 @@ business, so that no upstream call is wasted:
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import random
@@ -38,15 +39,19 @@ from core.ratelimit.budget import Budget, SpendLedger
 from core.ratelimit.estimate import estimate_prompt_tokens, output_bound
 from core.ratelimit.limiter import Bucket, Place, tenant_bucket
 from core.redis.cache import ResponseCache
+from core.redis.latency import LatencyBoard
 from core.redis.scripts import FleetOp, run_calls
 from core.redis.single_flight import Flight, SingleFlight
 from core.services.retry_policy import GiveUp, RetryPolicy, after_all_targets
-from core.services.upstream import CallRecord, TargetUnavailable, UpstreamCaller
+from core.services.routing import Router
+from core.services.upstream import CallRecord, TargetUnavailable, UpstreamCaller, target_name
 from core.store import jobs as store
 from core.tenancy import KeyBudget, TenantPolicy
 
 log = structlog.get_logger("jobgate.execute")
 
+# Outcomes of attempts that never reached the provider: no latency to learn from.
+NOT_CALLED = frozenset({"breaker_open", "rate_limit_wait", "cached", Unsupported.error_type})
 MAX_FLIGHT_ROUNDS = 3
 FOLLOWER_WAIT_S = 30.0
 
@@ -112,6 +117,12 @@ def over_budget(budget: Budget) -> dict[str, str]:
     }
 
 
+def _label(records: list[CallRecord], since: int, route: str) -> None:
+    """Say why the target was tried on the records its call just added."""
+    for i in range(since, len(records)):
+        records[i] = dataclasses.replace(records[i], route=route)
+
+
 def failed(records: list[CallRecord], error: dict[str, str]) -> Verdict:
     return Verdict(OutcomeStatus.FAILED, records, {"status": store.FAILED, "error": error})
 
@@ -125,6 +136,8 @@ class JobRunner:
         cache: ResponseCache,
         single_flight: SingleFlight,
         ledger: SpendLedger,
+        router: Router,
+        latencies: LatencyBoard,
         utcnow: Callable[[], datetime],
         policy: RetryPolicy | None = None,
         jitter: Callable[[], float] = random.random,
@@ -134,6 +147,8 @@ class JobRunner:
         self.cache = cache
         self.single_flight = single_flight
         self.ledger = ledger
+        self.router = router
+        self.latencies = latencies
         self.utcnow = utcnow
         self.policy = policy or RetryPolicy()
         self.jitter = jitter
@@ -147,7 +162,19 @@ class JobRunner:
         relay: Relay | None = None,
     ) -> Verdict:
         """The job's verdict; with a `relay` its call is streamed there (a cache hit or a
-        twin's answer is not: the relay's owner streams the verdict's result itself)."""
+        twin's answer is not: the relay's owner streams the verdict's result itself). Every
+        call's latency joins its target's fleet-wide average after the write."""
+        verdict = await self._verdict(claim, tenant, key, relay)
+        verdict.fleet_updates += [
+            self.latencies.record(target_name(r.target), r.latency_ms)
+            for r in verdict.records
+            if r.outcome not in NOT_CALLED
+        ]
+        return verdict
+
+    async def _verdict(
+        self, claim: store.Claim, tenant: TenantPolicy, key: KeyBudget | None, relay: Relay | None
+    ) -> Verdict:
         records: list[CallRecord] = []
         if claim.deadline is not None and claim.deadline <= self.utcnow():
             return failed(records, DEADLINE_PASSED)
@@ -225,8 +252,8 @@ class JobRunner:
         on_success: Callable[[Completion], list[FleetOp]] | None = None,
         relay: Relay | None = None,
     ) -> Verdict:
-        targets = self.config.targets_for(claim.model) or []
-        if not targets:
+        choices = await self.router.route(claim.model, request)
+        if not choices:
             return failed(
                 records, {"type": "bad_request", "message": f"No targets for model {claim.model!r}."}
             )
@@ -235,11 +262,13 @@ class JobRunner:
         last_error: UpstreamError | None = None
         fleet_updates: list[FleetOp] = []
         bucket = payer.bucket()
-        for target in targets:
+        for choice in choices:
+            target = choice.target
             most_usd = self._most_cost_usd(target, request)
             refused = await self.ledger.reserve(payer.budgets, most_usd)
             if refused is not None:
                 return failed(records, over_budget(refused))
+            tried_from = len(records)
             try:
                 completion = await self.caller.call(
                     target,
@@ -252,20 +281,24 @@ class JobRunner:
                     relay=relay,
                 )
             except TargetUnavailable as busy:
+                _label(records, tried_from, choice.reason)
                 await payer.refund(self.ledger, most_usd)
                 busy_for_s.append(busy.retry_after_s)
                 continue
             except Unsupported as exc:
+                _label(records, tried_from, choice.reason)
                 await payer.refund(self.ledger, most_usd)
                 unsupported.append(exc)  # the next target may honour the request
                 continue
             except UpstreamError as exc:
+                _label(records, tried_from, choice.reason)
                 # A failed call is not billed to the tenant.
                 await payer.refund(self.ledger, most_usd)
                 if not exc.retryable:
                     return failed(records, exc.to_error())
                 last_error = exc
                 continue
+            _label(records, tried_from, choice.reason)
             fleet_updates += payer.settle(self.ledger, most_usd, self._cost(completion))
             if on_success is not None:
                 fleet_updates += on_success(completion)
@@ -314,12 +347,19 @@ class JobRunner:
         return Verdict(OutcomeStatus.SUCCEEDED, records, values, fleet_updates=updates)
 
     def _cost(self, completion: Completion) -> Decimal:
-        return cost_usd(self.config, completion.model, completion.input_tokens, completion.output_tokens)
+        return cost_usd(
+            self.config,
+            completion.provider,
+            completion.model,
+            completion.input_tokens,
+            completion.output_tokens,
+        )
 
     def _most_cost_usd(self, target: Target, request: ChatRequest) -> Decimal:
         """The most this call can cost: its prompt estimate and its output bound, priced."""
         return cost_usd(
             self.config,
+            target.provider,
             target.model,
             estimate_prompt_tokens(request),
             output_bound(request, target.max_output_tokens),

@@ -24,9 +24,11 @@ from core.ratelimit.limiter import RateLimiter
 from core.redis.breaker import CircuitBreaker
 from core.redis.cache import ResponseCache
 from core.redis.keys import Keys
+from core.redis.latency import LatencyBoard
 from core.redis.single_flight import SingleFlight
 from core.services.execute import JobRunner
 from core.services.lifecycle import Effects, apply_effects
+from core.services.routing import Router
 from core.services.runtime import SQL_THREADS, JobRuntime
 from core.services.upstream import UpstreamCaller
 from core.settings import Settings
@@ -91,6 +93,8 @@ def build_runner(
         cache=ResponseCache(state, keys),
         single_flight=SingleFlight(state, keys, lock_ttl_s=longest_timeout_s(config) + 30, wait_client=waits),
         ledger=SpendLedger(state, keys),
+        router=Router(config, RateLimiter(state, keys), LatencyBoard(state, keys)),
+        latencies=LatencyBoard(state, keys),
         utcnow=clock.utcnow,
     )
 

@@ -521,6 +521,7 @@ def _attempt_rows(claim: store.Claim, verdict: Verdict) -> list[dict[str, Any]]:
             "error_message": r.message[:1000] if r.message else None,
             "latency_ms": r.latency_ms,
             "started_at": r.started_at,
+            "route": r.route,
         }
         for r in verdict.records
     ]

@@ -215,6 +215,7 @@ def claimed_job(
         request_id=request_id,
         created_at=now,
         webhook_url=spec.webhook_url,
+        api_key_id=spec.api_key_id,
     )
     return row, claim
 

@@ -73,6 +73,7 @@ class CallRecord:
     message: str | None
     latency_ms: int
     started_at: datetime
+    route: str | None = None  # why this target was tried (core/services/routing.py)
 
 
 def target_name(target: Target) -> str:

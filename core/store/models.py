@@ -199,6 +199,8 @@ class JobAttempt(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     latency_ms: Mapped[int | None] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Why this target: the alias's strategy and its reason ("weighted 3/4", "lowest_latency 82 ms").
+    route: Mapped[str | None] = mapped_column(String(200))
 
 
 class TenantWebhookSecret(Base):
