@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,9 @@ from core.ratelimit.limiter import RateLimiter
 from core.redis.keys import Keys
 from core.redis.latency import LatencyBoard
 from core.services.routing import Router
+from core.settings import Settings
 from tests.api_calls import job_body
-from tests.conftest import InlineWorker, sqlite_only
+from tests.conftest import InlineWorker, in_process_api, sqlite_only
 from tests.sim_process import SimHandle
 
 # Jobs run at once: within the test worker's Redis pool.
@@ -173,3 +174,24 @@ async def test_least_busy_spreads_load_over_two_targets_limits_without_a_429(
     assert min(shares["busy1"], shares["busy2"]) >= 15, shares
     stats = sim.stats()["models"]
     assert sum(stats[m]["rate_limited"] for m in busy) == 0
+
+
+@sqlite_only
+async def test_providers_show_each_targets_moving_latency_and_share_of_traffic(
+    settings: Settings,
+    make_key: Callable[..., str],
+    api_client: httpx.AsyncClient,
+    inline_worker: InlineWorker,
+    upstream_model: str,
+) -> None:
+    await run_jobs(api_client, inline_worker, "weighted", 40)
+
+    async with in_process_api(settings, make_key(None, scope="operator")) as operator:
+        providers = (await operator.get("/v1/providers")).json()["data"]
+
+    [provider_a] = [p for p in providers if p["provider"] == "a"]
+    targets = {t["model"]: t for t in provider_a["targets"]}
+    w1, w2 = targets[f"{upstream_model}-w1"], targets[f"{upstream_model}-w2"]
+    assert w1["latency_ms"] is not None and w2["latency_ms"] is not None
+    assert w1["traffic_share"] > w2["traffic_share"] > 0
+    assert w1["traffic_share"] + w2["traffic_share"] == pytest.approx(1.0, abs=0.01)
