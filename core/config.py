@@ -112,7 +112,10 @@ class ModelRoute(_Strict):
 class Price(_Strict):
     input_per_mtok: Decimal = Decimal(0)
     output_per_mtok: Decimal = Decimal(0)
+    # Prompt-cache reads (OpenAI `cached_tokens`, Anthropic cache reads) and writes (Anthropic
+    # cache creation); unset, they cost the input price.
     cached_input_per_mtok: Decimal | None = None
+    cache_write_per_mtok: Decimal | None = None
 
 
 class CacheConfig(_Strict):

@@ -101,3 +101,7 @@ class Completion:
     provider: str
     model: str
     rate_limits: RateLimitHeaders | None = None
+    # Of `input_tokens`: those read from the provider's prompt cache, and (Anthropic) those
+    # written to it; each has its own price.
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0

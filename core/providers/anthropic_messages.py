@@ -368,4 +368,6 @@ def _openai_usage(usage: dict[str, Any]) -> dict[str, Any]:
     if isinstance(completion_tokens, int):
         usage_body["total_tokens"] = prompt_tokens + completion_tokens
     usage_body["prompt_tokens_details"] = {"cached_tokens": cache_read}
+    if cache_write:
+        usage_body["prompt_tokens_details"]["cache_write_tokens"] = cache_write
     return usage_body

@@ -171,6 +171,8 @@ def completion_from_openai_body(
     output_tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
     if not isinstance(input_tokens, int) or not isinstance(output_tokens, int):
         raise Truncated(f"{provider} answered without token usage", provider=provider)
+    details = usage.get("prompt_tokens_details") if isinstance(usage, dict) else None
+    details = details if isinstance(details, dict) else {}
     return Completion(
         body=body,
         input_tokens=input_tokens,
@@ -179,7 +181,18 @@ def completion_from_openai_body(
         provider=provider,
         model=model,
         rate_limits=rate_limits,
+        cached_input_tokens=_count(details.get("cached_tokens")),
+        cache_write_tokens=_count(details.get(CACHE_WRITE_TOKENS)),
     )
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and value > 0 else 0
+
+
+# Anthropic's prompt-cache writes, carried beside OpenAI's `cached_tokens` in the translated
+# usage (`prompt_tokens_details`), since they are priced apart.
+CACHE_WRITE_TOKENS = "cache_write_tokens"
 
 
 def header_int(value: str | None) -> int | None:

@@ -353,6 +353,8 @@ class JobRunner:
             completion.model,
             completion.input_tokens,
             completion.output_tokens,
+            cached_input_tokens=completion.cached_input_tokens,
+            cache_write_tokens=completion.cache_write_tokens,
         )
 
     def _most_cost_usd(self, target: Target, request: ChatRequest) -> Decimal:

@@ -384,7 +384,8 @@ def test_anthropic_cached_prompt_tokens_count_in_prompt_tokens_as_openai_counts_
         "prompt_tokens": 115,
         "completion_tokens": 2,
         "total_tokens": 117,
-        "prompt_tokens_details": {"cached_tokens": 100},
+        # Cache writes beside OpenAI's cached_tokens: Anthropic prices them apart.
+        "prompt_tokens_details": {"cached_tokens": 100, "cache_write_tokens": 10},
     }
 
 
