@@ -84,13 +84,3 @@ class ConcurrencyCap:
             yield
         finally:
             self.release(tenant_id)
-
-    @contextmanager
-    def hold_if_free(self, tenant_id: str) -> Iterator[bool]:
-        """A slot for the block if one is free (True), else nothing (False)."""
-        taken = self.try_take(tenant_id)
-        try:
-            yield taken
-        finally:
-            if taken:
-                self.release(tenant_id)

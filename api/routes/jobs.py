@@ -83,11 +83,12 @@ async def get_job(
     principal: PrincipalDep,
     wait: Annotated[float, Query(ge=0, le=60, description="seconds to wait for a final state")] = 0,
 ) -> dict[str, Any]:
-    # Past the caps on waiting (JOBGATE_MAX_WAITS_PER_*), a long poll answers at once, as
-    # wait=0 would: the job as it is is still a correct answer, and a client's loop goes on.
-    with state.waits.hold_if_free(principal.tenant_id) as may_wait:
-        job = await wait_for_job(state, session, principal.tenant_id, job_id, wait if may_wait else 0)
-    return job_object(job)
+    if not wait:
+        return job_object(await wait_for_job(state, session, principal.tenant_id, job_id, 0))
+    # A long poll past the caps on waiting (JOBGATE_MAX_WAITS_PER_*) is a 429 with Retry-After,
+    # not an answer at once: a client polling in a loop backs off instead of spinning on it.
+    with state.waits.hold(principal.tenant_id):
+        return job_object(await wait_for_job(state, session, principal.tenant_id, job_id, wait))
 
 
 @router.post(

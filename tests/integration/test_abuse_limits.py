@@ -2,7 +2,7 @@
 
 A body that stops coming is a 408 that closes the connection; a tenant has at most
 `JOBGATE_MAX_UPLOADS_PER_TENANT` uploads in progress; sync calls wait within per-tenant and
-per-process caps, and a long poll past them answers at once; an address that tried too many
+per-process caps, as do long polls; an address that tried too many
 unknown keys is refused before any lookup, while other addresses are served. A JSON batch's
 options may follow its requests. (The slow-upload flood against a real server and its pool:
 tests/e2e/test_slow_uploads.py.)
@@ -171,7 +171,7 @@ def wait_for_queued(worker: InlineWorker, count: int) -> None:
     wait_until(queued, timeout_s=20, what=f"{count} queued jobs")
 
 
-async def test_sync_calls_past_the_tenant_or_process_cap_are_refused_429_and_long_polls_answer_at_once(
+async def test_sync_calls_and_long_polls_past_the_tenant_or_process_cap_are_refused_429(
     settings: Settings, make_key: Callable[..., str], inline_worker: InlineWorker
 ) -> None:
     keys = {tenant: make_key(tenant) for tenant in ("tenant-a", "tenant-b", "tenant-c")}
@@ -196,12 +196,13 @@ async def test_sync_calls_past_the_tenant_or_process_cap_are_refused_429_and_lon
         first_b = chat(client, "tenant-b")
         await asyncio.to_thread(wait_for_queued, inline_worker, 2)
         first_c = await asyncio.wait_for(chat(client, "tenant-c"), timeout=20)
-        # The process is full: a long poll answers at once with the job as it is.
+        # The process is full: a long poll is refused too; without `wait` the job is read.
         job_id = (await client.get("/v1/jobs", headers=bearer(keys["tenant-a"]))).json()["data"][0]["id"]
         polled = await asyncio.wait_for(
             client.get(f"/v1/jobs/{job_id}", params={"wait": 60}, headers=bearer(keys["tenant-a"])),
             timeout=20,
         )
+        read = await client.get(f"/v1/jobs/{job_id}", headers=bearer(keys["tenant-a"]))
 
         await asyncio.to_thread(inline_worker.run_queued)
         answered = await asyncio.wait_for(asyncio.gather(first_a, first_b), timeout=30)
@@ -213,8 +214,10 @@ async def test_sync_calls_past_the_tenant_or_process_cap_are_refused_429_and_lon
     assert anthropic_a.status_code == 429, anthropic_a.text
     assert anthropic_a.json()["error"]["type"] == "rate_limit_error"  # Anthropic's shape there
     assert "JOBGATE_MAX_WAITS_PER_PROCESS" in error_of(first_c, 429)["message"]
-    assert polled.status_code == 200, polled.text
-    assert polled.json()["status"] == "queued"
+    assert "JOBGATE_MAX_WAITS_PER_TENANT" in error_of(polled, 429)["message"]
+    assert polled.headers["retry-after"] == "1"
+    assert read.status_code == 200, read.text
+    assert read.json()["status"] == "queued"
     assert [response.status_code for response in answered] == [200, 200]
 
 
