@@ -72,7 +72,10 @@ if wait > max_wait then
     if b.at - now > max_wait then
       b.place = math.max(b.at, tonumber(redis.call('HGET', KEYS[i], field)) or 0)
       slot = math.max(slot, b.place)
-      -- The waiting tenants' total weight (this one's included); lines that ended are dropped.
+      -- The waiting tenants' total weight (this one's included): a tenant counts while its
+      -- line reaches past what the bucket books ahead anyway (its next free time plus the
+      -- longest wait), so one that only brushes the provider now and then, held back by its
+      -- own limit, takes no share from the tenants queued there. Ended lines are dropped.
       local share = 1
       if owner ~= '' then
         local total = weight
@@ -80,9 +83,10 @@ if wait > max_wait then
         for j = 1, #fields, 2 do
           local other = string.match(fields[j], '^line_us:(.+)$')
           if other and other ~= owner then
-            if tonumber(fields[j + 1]) > now then
+            local ends = tonumber(fields[j + 1])
+            if ends > b.at + max_wait then
               total = total + (tonumber(redis.call('HGET', KEYS[i], 'w:' .. other)) or 1)
-            else
+            elseif ends <= now then
               redis.call('HDEL', KEYS[i], fields[j], 'w:' .. other)
             end
           end
