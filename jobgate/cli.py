@@ -14,6 +14,7 @@ from core.errors import ConfigError
 from core.metrics_dir import deployment_metrics_dir, open_metrics_dir
 from jobgate.admin_cli import add_admin_commands
 from jobgate.batch_cli import add_batch_commands
+from jobgate.config_cli import add_config_commands
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
@@ -144,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_admin_commands(sub)
     add_batch_commands(sub)
+    add_config_commands(sub)
 
     sim = sub.add_parser("sim", help="run the simulated upstream", add_help=False)
     sim.add_argument("rest", nargs=argparse.REMAINDER)
