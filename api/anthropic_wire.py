@@ -35,7 +35,8 @@ from core.store.models import Batch, as_utc
 
 PREFIX = "/anthropic/"
 BATCH_ID_PREFIX = "msgbatch"
-# When Anthropic would expire a batch's unfinished requests; jobgate runs them to the end.
+# A message batch's window: its requests' jobs carry it as their deadline, so a request not
+# started by then fails `deadline_exceeded`, which this surface reports as `expired`.
 BATCH_EXPIRY = timedelta(hours=24)
 
 # jobgate's error types (and HTTP statuses) in Anthropic's vocabulary.
@@ -141,11 +142,14 @@ def with_original(spec: JobSpec, request: MessagesRequest) -> JobSpec:
 def _text_of(content: str | list[dict[str, Any]], param: str) -> str:
     if isinstance(content, str):
         return content
+    if not isinstance(content, list):
+        raise InvalidRequest("Content is a string or a list of content blocks.", param=param)
     texts = []
     for index, block in enumerate(content):
-        if block.get("type") != "text":
+        kind = block.get("type") if isinstance(block, dict) else type(block).__name__
+        if kind != "text":
             raise InvalidRequest(
-                f"Only text blocks are supported here, not {block.get('type')!r}.", param=f"{param}.{index}"
+                f"Only text blocks are supported here, not {kind!r}.", param=f"{param}.{index}"
             )
         texts.append(str(block.get("text", "")))
     return "\n\n".join(texts)
@@ -157,9 +161,9 @@ def _openai_messages(message: dict[str, Any], param: str) -> list[dict[str, Any]
         raise InvalidRequest("A message's role is 'user' or 'assistant'.", param=f"{param}.role")
     if isinstance(content, str):
         return [{"role": role, "content": content}]
-    if not isinstance(content, list):
+    if not isinstance(content, list) or not all(isinstance(block, dict) for block in content):
         raise InvalidRequest(
-            "A message's content is a string or a list of content blocks.", param=f"{param}.content"
+            "A message's content is a string or a list of content blocks (objects).", param=f"{param}.content"
         )
     if role == "assistant":
         return [_assistant_message(content, param)]
@@ -287,14 +291,16 @@ def anthropic_message(completion: dict[str, Any], *, job_id: str, requested_mode
 def message_batch(batch: Batch, summary: BatchSummary, *, base_url: str) -> dict[str, Any]:
     """A `MessageBatch` (anthropic/types/messages/message_batch.py) for one of jobgate's
     batches: every request counts as `processing` until the whole batch has ended, then as
-    succeeded, errored or canceled; `results_url` (absolute, as Anthropic's) once ended."""
+    succeeded, errored, canceled or expired (failed past its deadline, the batch's 24 h);
+    `results_url` (absolute, as Anthropic's) once ended."""
     ended = summary.active == 0
     counts = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
     if ended:
         counts.update(
             succeeded=summary.counts[store.SUCCEEDED],
-            errored=summary.counts[store.FAILED],
+            errored=summary.counts[store.FAILED] - summary.past_deadline,
             canceled=summary.counts[store.CANCELLED],
+            expired=summary.past_deadline,
         )
     else:
         counts["processing"] = batch.total
@@ -328,6 +334,8 @@ def batch_result(
         }
     elif status == store.CANCELLED:
         outcome = {"type": "canceled"}
+    elif error is not None and error.get("type") == store.DEADLINE_EXCEEDED:
+        outcome = {"type": "expired"}
     else:
         error = error or {"type": "server_error", "message": "The job failed."}
         status_code = http_status_for(error["type"])

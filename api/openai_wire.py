@@ -1,7 +1,10 @@
 """OpenAI's Files and Batches wire shapes (`openai/types/file_object.py`, `batch.py`) for
 jobgate's stored files and batches: all times Unix seconds, the batch's life cycle
-(`failed`, `in_progress`, `cancelling`, `finalizing`, `completed`, `cancelled`), and the
-output and error lines of a finished batch (`../shared/reference/wire-formats.md` §1-2)."""
+(`failed`, `in_progress`, `cancelling`, `finalizing`, `completed`, `expired`, `cancelled`),
+and the output and error lines of a finished batch (`../shared/reference/wire-formats.md`
+§1-2). A batch's jobs carry its completion window's end as their deadline: a request not
+started by then fails `deadline_exceeded`, an error line coded `batch_expired`, and the batch
+ends `expired` (with whatever succeeded in its output file), as OpenAI's does."""
 
 from __future__ import annotations
 
@@ -15,6 +18,10 @@ from core.store.models import Batch, OpenAIBatch, StoredFile, as_utc
 
 COMPLETION_WINDOW = timedelta(hours=24)
 ENDPOINT = "/v1/chat/completions"
+EXPIRED_LINE_ERROR = {
+    "code": "batch_expired",
+    "message": "This request could not be executed before the completion window expired.",
+}
 
 
 def unix(value: datetime | None) -> int | None:
@@ -43,7 +50,9 @@ def batch_status(record: OpenAIBatch, batch: Batch | None, summary: BatchSummary
         return "cancelling" if batch.cancelled_at is not None else "in_progress"
     if record.finalized_at is None:
         return "finalizing"
-    return "cancelled" if batch.cancelled_at is not None else "completed"
+    if batch.cancelled_at is not None:
+        return "cancelled"
+    return "expired" if summary.past_deadline else "completed"
 
 
 def batch_object(record: OpenAIBatch, batch: Batch | None, summary: BatchSummary | None) -> dict[str, Any]:
@@ -56,7 +65,7 @@ def batch_object(record: OpenAIBatch, batch: Batch | None, summary: BatchSummary
         done = summary.counts
         failed = (
             done[store.FAILED] + done[store.CANCELLED]
-            if status in ("completed", "cancelled")
+            if status in ("completed", "expired", "cancelled")
             else done[store.FAILED]
         )
         counts = {"total": batch.total, "completed": done[store.SUCCEEDED], "failed": failed}
@@ -84,7 +93,7 @@ def batch_object(record: OpenAIBatch, batch: Batch | None, summary: BatchSummary
         "finalizing_at": unix(record.finalizing_at),
         "completed_at": finished if status == "completed" else None,
         "failed_at": unix(record.failed_at),
-        "expired_at": None,
+        "expired_at": finished if status == "expired" else None,
         "cancelling_at": unix(batch.cancelled_at) if batch is not None else None,
         "cancelled_at": finished if status == "cancelled" else None,
         "request_counts": counts,
@@ -109,6 +118,8 @@ def result_line(
         cancelled = {"code": "batch_cancelled", "message": "The batch was cancelled before this request ran."}
         return False, {**line, "response": None, "error": cancelled}
     error = error or {"type": "server_error", "message": "The request failed."}
+    if error["type"] == store.DEADLINE_EXCEEDED:
+        return False, {**line, "response": None, "error": EXPIRED_LINE_ERROR}
     body = {
         "error": {
             "message": error.get("message", ""),

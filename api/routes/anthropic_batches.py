@@ -4,15 +4,21 @@ A message batch is a jobgate batch (id `msgbatch_…`, priority `batch`) whose j
 requests' `params` translated as `/anthropic/v1/messages` translates them: same queue, limits,
 cache, fallback, cost and webhooks, visible through `/v1/batches` and `/v1/jobs` too. Create,
 retrieve, list (`after_id` / `before_id` / `limit`), cancel, and results as JSONL once the
-batch has ended. One departure: a request whose `params` jobgate cannot run is refused at
-create (400 naming it, the batch all or nothing, as `/v1/batches`), where Anthropic reports it
-as an `errored` result later.
+batch has ended.
+
+As Anthropic does, create checks only the envelope (each `custom_id` well formed and unique,
+`params` an object, at most `JOBGATE_MAX_BATCH_REQUESTS` requests): a request whose `params`
+jobgate cannot run (an unknown model, a parameter it cannot carry) is stored as a job that is
+`failed` at once (`bad_request`), never dispatched, and ends as an `errored` result. Every
+job's deadline is the batch's `expires_at` (24 h): one not started by then fails
+`deadline_exceeded` (the sweeper ends it even when no worker takes it), an `expired` result.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Annotated, Any
 
 import structlog
@@ -22,7 +28,9 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.anthropic_wire import (
+    BATCH_EXPIRY,
     BATCH_ID_PREFIX,
+    BatchItem,
     MessageBatchCreate,
     MessagesRequest,
     batch_result,
@@ -31,16 +39,17 @@ from api.anthropic_wire import (
     with_original,
 )
 from api.batch_ops import cancel, final_job_pages, load_batch, summary
-from api.batch_upload import BatchParser
-from api.deps import AppState, PrincipalDep, SessionDep, StateDep
-from api.dispatch import dispatch_after_answer
+from api.deps import AppState, Principal, PrincipalDep, SessionDep, StateDep
+from api.dispatch import apply_after_commit, dispatch_after_answer
 from api.documentation import ANTHROPIC_ERROR_RESPONSES
 from api.errors import describe_validation_error
 from api.idempotency import IdempotencyKeyHeader, keys_since
+from api.job_specs import job_spec
 from api.request_id import request_id_of
-from api.schemas import MAX_ID_CHARS
-from core.errors import Conflict, InvalidRequest, NotFound
-from core.services.submit import BatchSpec, existing_batch_for_key, request_hash, submit_batch
+from api.schemas import MAX_ID_CHARS, JobRequest
+from core.domain.chat import ANTHROPIC_FIELD
+from core.errors import ApiError, Conflict, InvalidRequest, NotFound
+from core.services.submit import BatchSpec, JobSpec, existing_batch_for_key, request_hash, submit_batch
 from core.store import jobs as store
 from core.store.models import Batch
 
@@ -73,39 +82,80 @@ async def create_message_batch(
         )
         if earlier is not None:
             return JSONResponse(await _view(request, session, earlier))
-    parser = BatchParser(
-        config=state.config, settings=state.settings, default_priority="batch", principal=principal
-    )
-    originals: list[MessagesRequest] = []
-    for index, item in enumerate(body.requests):
-        param = f"requests.{index}.params"
-        try:
-            params = MessagesRequest.model_validate(item.params)
-        except ValidationError as exc:
-            message, field = describe_validation_error([dict(e) for e in exc.errors()], prefix=param)
-            raise InvalidRequest(f"Request {index + 1}: {message}", param=field) from None
-        try:
-            chat = openai_body(params)
-        except InvalidRequest as exc:
-            raise InvalidRequest(
-                f"Request {index + 1}: {exc.message}", param=f"{param}.{exc.param}"
-            ) from None
-        parser.add(index + 1, {"custom_id": item.custom_id, "body": chat}, f"requests.{index}")
-        originals.append(params)
-    specs = [with_original(spec, original) for spec, original in zip(parser.finish(), originals, strict=True)]
-    batch, jobs = await submit_batch(
+    _check_envelope(body, state.settings.max_batch_requests)
+    now = state.clock.utcnow()
+    specs = [
+        replace(_request_spec(state, principal, item), deadline=now + BATCH_EXPIRY) for item in body.requests
+    ]
+    batch, jobs, refused = await submit_batch(
         session,
         BatchSpec(priority="batch", idempotency_key=idempotency_key, request_hash=body_hash),
         specs,
         tenant_id=principal.tenant_id,
-        now=state.clock.utcnow(),
+        now=now,
         max_attempts=state.settings.max_attempts,
         request_id=request_id_of(request),
         id_prefix=BATCH_ID_PREFIX,
     )
-    log.info("message_batch_submitted", batch_id=batch.id, jobs=len(jobs))
+    log.info("message_batch_submitted", batch_id=batch.id, jobs=len(jobs), refused=len(refused.finished))
+    await apply_after_commit(state.broker, state.keys, refused)
     dispatch = dispatch_after_answer(state, jobs)
     return JSONResponse(await _view(request, session, batch), background=dispatch)
+
+
+def _check_envelope(body: MessageBatchCreate, max_requests: int) -> None:
+    """What refuses the whole batch at create, as Anthropic's does: too many requests, or a
+    `custom_id` used twice (the rest of the envelope is `MessageBatchCreate`'s)."""
+    if len(body.requests) > max_requests:
+        raise InvalidRequest(
+            f"A batch holds at most {max_requests} requests; split it into several.", param="requests"
+        )
+    seen: set[str] = set()
+    for index, item in enumerate(body.requests):
+        if item.custom_id in seen:
+            raise InvalidRequest(
+                f"Request {index + 1}: duplicate custom_id {item.custom_id!r};"
+                " custom_id must be unique in a batch.",
+                param=f"requests.{index}.custom_id",
+            )
+        seen.add(item.custom_id)
+
+
+def _request_spec(state: AppState, principal: Principal, item: BatchItem) -> JobSpec:
+    """One request's job: its `params` translated as `/anthropic/v1/messages` translates them,
+    or, when jobgate cannot run them, a refusal naming why (its `errored` result)."""
+    try:
+        try:
+            params = MessagesRequest.model_validate(item.params)
+            chat = JobRequest.model_validate(openai_body(params))
+        except ValidationError as exc:
+            message, field = describe_validation_error([dict(e) for e in exc.errors()])
+            raise InvalidRequest(message, param=field) from None
+        spec = job_spec(
+            chat,
+            config=state.config,
+            settings=state.settings,
+            default_priority="batch",
+            custom_id=item.custom_id,
+            principal=principal,
+        )
+        return with_original(spec, params)
+    except ApiError as exc:
+        error = {
+            "type": "bad_request" if isinstance(exc, InvalidRequest) else exc.error_type,
+            "message": exc.message,
+        }
+        if exc.param:
+            error["param"] = exc.param
+        model = item.params.get("model")
+        return JobSpec(
+            # The request as it came, under the key a translated one keeps its original.
+            body={"model": model[:200] if isinstance(model, str) else "", ANTHROPIC_FIELD: item.params},
+            priority="batch",
+            custom_id=item.custom_id,
+            api_key_id=principal.key_id,
+            refusal=error,
+        )
 
 
 @router.get("/{batch_id}", response_model=None)

@@ -164,7 +164,7 @@ async def create_batch(
         idempotency_key=idempotency_key,
         request_hash=body_hash,
     )
-    batch, jobs = await submit_batch(
+    batch, jobs, _ = await submit_batch(
         session,
         batch_spec,
         specs,

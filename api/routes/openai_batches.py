@@ -6,9 +6,10 @@ The input file is validated when the batch is made, line by line as `/v1/batches
 upload; a bad line makes a batch that is `failed` at once, its `errors.data` naming the line
 (OpenAI's shape: the create itself still succeeds). A valid file becomes a jobgate batch of
 the same id (priority `batch`: the same queue, limits, cache, fallback, cost and webhooks,
-visible through `/v1/batches` and `/v1/jobs`). Once every job is final, the first request
-that sees it writes the output file (the successes) and the error file (the rest) as stored
-files (`finalizing`, then `completed` or `cancelled`).
+visible through `/v1/batches` and `/v1/jobs`), each job's deadline the end of the 24 h
+completion window (or a line's own earlier `deadline`). Once every job is final, the first
+request that sees it writes the output file (the successes) and the error file (the rest) as
+stored files (`finalizing`, then `completed`, `expired` or `cancelled`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -32,7 +34,7 @@ from api.deps import AppState, PrincipalDep, SessionDep, StateDep, load_owned
 from api.dispatch import dispatch_after_answer
 from api.file_store import delete_file, load_file, new_stored_file, read_file, write_file
 from api.idempotency import IdempotencyKeyHeader, keys_since
-from api.openai_wire import ENDPOINT, batch_object, batch_status, result_line
+from api.openai_wire import COMPLETION_WINDOW, ENDPOINT, batch_object, batch_status, result_line
 from api.request_id import request_id_of
 from api.routes.openai_files import new_file_id
 from api.schemas import MAX_ID_CHARS, check_metadata
@@ -124,8 +126,10 @@ async def create_batch(
         session.add(record)
         await session.commit()
         return JSONResponse(batch_object(record, None, None))
+    window_end = now + COMPLETION_WINDOW
+    specs = [replace(spec, deadline=min(spec.deadline or window_end, window_end)) for spec in specs]
     session.add(record)
-    batch, jobs = await submit_batch(
+    batch, jobs, _ = await submit_batch(
         session,
         BatchSpec(
             priority="batch", metadata=body.metadata, idempotency_key=idempotency_key, request_hash=body_hash

@@ -3,6 +3,9 @@
 Run by one worker in the fleet at a time (under a Redis lock; see workers/maintenance.py).
 - Reaper: a `running` job whose lease expired (its worker died) goes back to `queued`, or
   fails with `attempts_exhausted` once it has used its attempts.
+- Deadlines: a `queued` job whose deadline passed fails with `deadline_exceeded`, whether or
+  not a worker would have taken it (a backlog, a model with no capacity left): the deadline
+  holds without one, and the 24 h window of a compatibility surface's batch with it.
 - Sweeper: a `queued`, due job older than a grace period whose message is no longer in
   Redis (Redis restarted empty, the API died between commit and enqueue) is enqueued again;
   so is one put back for longer than the broker holds delays, shortly before it comes due.
@@ -20,10 +23,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core import metrics, queue
 from core.redis.keys import Keys
+from core.services.execute import DEADLINE_PASSED
 from core.services.lifecycle import Effects, apply_effects
 from core.store import jobs as store
 from core.store.clock import SqlClock
-from core.store.models import as_utc
+from core.store.models import Job, as_utc
 from core.webhooks.delivery import overdue_deliveries
 from core.webhooks.outbox import commit_final, mark_batches_completed
 
@@ -31,6 +35,7 @@ log = structlog.get_logger("jobgate.maintenance")
 
 SWEEP_LIMIT = 20_000
 REAP_LIMIT = 5_000
+EXPIRE_LIMIT = 5_000
 BATCH_LIMIT = 1_000
 
 
@@ -39,6 +44,7 @@ class SweepReport:
     reaped: int
     failed: int
     redispatched: int
+    expired: int = 0
 
 
 def reap_expired_leases(sessions: sessionmaker[Session], clock: SqlClock) -> Effects:
@@ -62,6 +68,25 @@ def reap_expired_leases(sessions: sessionmaker[Session], clock: SqlClock) -> Eff
         deliveries=deliveries,
         dispatch=[(job_id, priority, 0) for job_id, priority in requeued],
     )
+
+
+def expire_overdue_jobs(sessions: sessionmaker[Session], clock: SqlClock) -> Effects:
+    """Queued jobs whose deadline passed → failed (`deadline_exceeded`), a chunk at a time, each
+    chunk's webhook outbox rows in its transaction; their batches are announced if that
+    completed them. A job a worker claims meanwhile is left to it (the update wants `queued`)."""
+    effects = Effects()
+    while True:
+        with sessions() as session:
+            now = clock.now()
+            overdue = list(session.execute(store.overdue_queued_stmt(now, EXPIRE_LIMIT)).scalars())
+            if not overdue:
+                return effects
+            stmt = store.expire_queued_stmt(overdue, now, DEADLINE_PASSED).returning(Job.id)
+            expired = list(session.execute(stmt).scalars())
+            effects.deliveries += commit_final(session, expired, clock.utcnow())
+        effects.finished += expired
+        if len(overdue) < EXPIRE_LIMIT:
+            return effects
 
 
 def announce_unannounced_batches(session: Session, clock: SqlClock, *, older_than_s: float) -> list[str]:
@@ -115,6 +140,8 @@ def sweep(
     reaped = reap_expired_leases(sessions, clock)
     # Dispatched first, so the reaped jobs count as pending below and are not sent twice.
     apply_effects(reaped, broker, keys)
+    expired = expire_overdue_jobs(sessions, clock)
+    apply_effects(expired, broker, keys)
     lost = find_lost_jobs(sessions, clock, broker, older_than_s=redispatch_after_s, ahead_s=ahead_s)
     queue.run_broker_maintenance(broker)
     later = Effects(
@@ -126,17 +153,21 @@ def sweep(
         later.deliveries += overdue_deliveries(session, clock.utcnow(), grace_s=redispatch_after_s)
         later.deliveries += announce_unannounced_batches(session, clock, older_than_s=redispatch_after_s)
     apply_effects(later, broker, keys)
-    if reaped.finished:
-        metrics.record_jobs_finished("failed", len(reaped.finished))
+    if reaped.finished or expired.finished:
+        metrics.record_jobs_finished("failed", len(reaped.finished) + len(expired.finished))
     report = SweepReport(
-        reaped=len(reaped.dispatch), failed=len(reaped.finished), redispatched=len(later.dispatch)
+        reaped=len(reaped.dispatch),
+        failed=len(reaped.finished),
+        redispatched=len(later.dispatch),
+        expired=len(expired.finished),
     )
-    if reaped or later:
+    if reaped or expired or later:
         log.info(
             "sweep",
             reaped=report.reaped,
             failed=report.failed,
             redispatched=report.redispatched,
-            webhook_deliveries=len(reaped.deliveries) + len(later.deliveries),
+            expired=report.expired,
+            webhook_deliveries=len(reaped.deliveries) + len(expired.deliveries) + len(later.deliveries),
         )
     return report

@@ -3,7 +3,9 @@
 A job exists once its row is committed (DESIGN.md principle 1), so the order is always
 INSERT → COMMIT → enqueue. If the enqueue fails (Redis down, process killed in between),
 the job is still safe: the sweeper finds queued jobs without a message and dispatches them.
-A batch is one transaction (all or nothing) and one pipelined enqueue.
+A batch is one transaction (all or nothing) and one pipelined enqueue. A batch request that
+cannot run (a message batch's un-runnable `params`) is stored failed at once, in the same
+transaction with its webhook outbox rows, and never enqueued.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core import metrics
 from core.errors import Conflict
 from core.ids import new_id
+from core.services.lifecycle import Effects
 from core.store import jobs as store
-from core.store.models import Batch, Job, as_utc
+from core.store.models import Batch, Job, StoredFile, as_utc
+from core.webhooks.outbox import commit_final
 
-Keyed = TypeVar("Keyed", Job, Batch)
+Keyed = TypeVar("Keyed", Job, Batch, StoredFile)
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,9 @@ class JobSpec:
     custom_id: str | None = None
     # The key that submitted it: its own budgets apply.
     api_key_id: str | None = None
+    # Set for a batch request refused before it could run: the job is stored `failed` with
+    # this error (`{"type", "message", "param"?}`) and never dispatched.
+    refusal: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -80,7 +87,9 @@ def job_row(
         "custom_id": spec.custom_id,
         "model": spec.body["model"],
         "priority": spec.priority,
-        "status": store.QUEUED,
+        "status": store.QUEUED if spec.refusal is None else store.FAILED,
+        "error": spec.refusal,
+        "finished_at": None if spec.refusal is None else now,
         "request": spec.body,
         "metadata_": spec.metadata or {},
         "webhook_url": spec.webhook_url,
@@ -100,7 +109,7 @@ def job_row(
 async def made_with_key(
     session: AsyncSession, model: type[Keyed], tenant_id: str, key: str, keys_since: datetime | None
 ) -> Keyed | None:
-    """The tenant's job or batch made with this Idempotency-Key, unless the key has expired
+    """The tenant's job, batch or file made with this Idempotency-Key, unless the key has expired
     (made before `keys_since`; None: keys never expire here). An expired key is cleared, and
     committed, so the new request's row can take it; the retention purge clears the rest."""
     stmt = select(model).where(model.tenant_id == tenant_id, model.idempotency_key == key)
@@ -245,12 +254,15 @@ async def submit_batch(
     request_id: str | None = None,
     id_prefix: str = "batch",
     batch_id: str | None = None,
-) -> tuple[Batch, list[tuple[str, str]]]:
+) -> tuple[Batch, list[tuple[str, str]], Effects]:
     """Insert the batch and all its jobs in one transaction (with whatever else the session
-    holds); returns (batch, [(job_id, priority)]). `id_prefix` names the surface that made it
-    (`msgbatch` for Anthropic's), unless the caller chose the `batch_id`. A batch whose
-    Idempotency-Key a concurrent request used first is that request's batch, with no jobs to
-    dispatch (the caller checks `existing_batch_for_key` before, this settles the race)."""
+    holds); returns (batch, [(job_id, priority)] to dispatch, what the refused jobs leave to do
+    after the commit). `id_prefix` names the surface that made it (`msgbatch` for Anthropic's),
+    unless the caller chose the `batch_id`. A refused spec's job is final at once: it goes
+    through the webhook outbox like any final job, and its batch may be complete already. A
+    batch whose Idempotency-Key a concurrent request used first is that request's batch, with
+    no jobs to dispatch (the caller checks `existing_batch_for_key` before, this settles the
+    race)."""
     batch_id = batch_id or new_id(id_prefix)
     rows = [
         job_row(
@@ -275,12 +287,17 @@ async def submit_batch(
         idempotency_key=batch_spec.idempotency_key,
         request_hash=batch_spec.request_hash,
     )
+    refused = [row["id"] for row in rows if row["status"] == store.FAILED]
+    finished = Effects(finished=refused)
     try:
         session.add(batch)
         await session.flush()
         for start in range(0, len(rows), 5_000):
             await session.execute(insert(Job), rows[start : start + 5_000])
-        await session.commit()
+        if refused:
+            finished.deliveries = await session.run_sync(lambda sync: commit_final(sync, refused, now))
+        else:
+            await session.commit()
     except IntegrityError:
         await session.rollback()
         key, body_hash = batch_spec.idempotency_key, batch_spec.request_hash
@@ -291,9 +308,12 @@ async def submit_batch(
         )
         if earlier is None:
             raise
-        return earlier, []
+        return earlier, [], Effects()
     for priority in {row["priority"] for row in rows}:
         metrics.JOBS_SUBMITTED.labels(priority=priority).inc(
             sum(1 for row in rows if row["priority"] == priority)
         )
-    return batch, [(row["id"], row["priority"]) for row in rows]
+    if refused:
+        metrics.record_jobs_finished(store.FAILED, len(refused))
+    queued = [(row["id"], row["priority"]) for row in rows if row["status"] == store.QUEUED]
+    return batch, queued, finished

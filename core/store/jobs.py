@@ -26,6 +26,8 @@ FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
 ACTIVE_STATES = (QUEUED, RUNNING)
 
 CANCELLED_ERROR = {"type": "cancelled", "message": "The job was cancelled."}
+# The error of a job whose deadline passed before it started (a worker's check, or the sweeper's).
+DEADLINE_EXCEEDED = "deadline_exceeded"
 
 
 # --- Statements shared by API and workers ------------------------------------------------------
@@ -100,8 +102,10 @@ def cancel_batch_jobs_stmt(batch_id: str, now: Any) -> Update:
 
 def batch_summary_stmt(
     batch_id: str,
-) -> Select[str, int, int | None, int | None, Decimal | None, datetime | None]:
-    """Per status: count, tokens, cost, last finish — one grouped scan over the batch's index."""
+) -> Select[str, int, int | None, int | None, Decimal | None, datetime | None, int | None]:
+    """Per status: count, tokens, cost, last finish, and how many failed past their deadline
+    (the compatibility surfaces call those `expired`) — one grouped scan over the batch's index."""
+    past_deadline = case((Job.error["type"].as_string() == DEADLINE_EXCEEDED, 1), else_=0)
     return (
         select(
             Job.status,
@@ -110,6 +114,7 @@ def batch_summary_stmt(
             func.coalesce(func.sum(Job.output_tokens), 0),
             func.coalesce(func.sum(Job.cost_usd), 0),
             func.max(Job.finished_at),
+            func.coalesce(func.sum(past_deadline), 0),
         )
         .where(Job.batch_id == batch_id)
         .group_by(Job.status)
@@ -132,6 +137,8 @@ class BatchSummary:
     output_tokens: int
     cost_usd: Decimal
     last_finished_at: datetime | None
+    # Of the failed jobs, those whose deadline passed before they started.
+    past_deadline: int = 0
 
     @property
     def active(self) -> int:
@@ -140,17 +147,19 @@ class BatchSummary:
 
 def summarise_batch(rows: list[Any]) -> BatchSummary:
     counts = {state: 0 for state in (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)}
-    input_tokens = output_tokens = 0
+    input_tokens = output_tokens = past_deadline = 0
     cost = Decimal(0)
     last: datetime | None = None
-    for status, count, tokens_in, tokens_out, cost_usd, finished in rows:
+    for status, count, tokens_in, tokens_out, cost_usd, finished, deadline_failures in rows:
         counts[status] = counts.get(status, 0) + int(count)
         input_tokens += int(tokens_in)
         output_tokens += int(tokens_out)
         cost += Decimal(str(cost_usd))
+        if status == FAILED:
+            past_deadline += int(deadline_failures)
         if finished is not None and (last is None or finished > last):
             last = finished
-    return BatchSummary(counts, input_tokens, output_tokens, cost, last)
+    return BatchSummary(counts, input_tokens, output_tokens, cost, last, past_deadline)
 
 
 # --- Worker-side transitions ------------------------------------------------------------------
@@ -439,6 +448,27 @@ def unannounced_batches_stmt(now: Any, older_than_s: float, limit: int) -> Selec
             ~batch_active_jobs_stmt(Batch.id).exists(),
         )
         .limit(limit)
+    )
+
+
+def overdue_queued_stmt(now: Any, limit: int) -> Select[str]:
+    """Queued jobs whose deadline has passed (served by the partial index of jobs with a
+    deadline, `ix_jobs_status_deadline`, so the cost follows those, not the queue)."""
+    return (
+        select(Job.id)
+        .where(Job.status == QUEUED, Job.deadline.is_not(None), Job.deadline < now)
+        .order_by(Job.deadline)
+        .limit(limit)
+    )
+
+
+def expire_queued_stmt(job_ids: Sequence[str], now: Any, error: dict[str, Any]) -> Update:
+    """queued → failed (`error`: deadline_exceeded) for these jobs, if still queued and overdue."""
+    return (
+        update(Job)
+        .where(Job.id.in_(list(job_ids)), Job.status == QUEUED, Job.deadline < now)
+        .values(status=FAILED, finished_at=now, lease_until=None, not_before=None, error=error)
+        .execution_options(synchronize_session=False)
     )
 
 

@@ -285,7 +285,10 @@ class StoredFile(TenantOwned):
     upload nor a download holds a whole file in memory."""
 
     __tablename__ = "files"
-    __table_args__ = (Index("ix_files_tenant_id_id", "tenant_id", "id"),)
+    __table_args__ = (
+        Index("ix_files_tenant_id_id", "tenant_id", "id"),
+        UniqueConstraint("tenant_id", "idempotency_key"),
+    )
 
     purpose: Mapped[str] = mapped_column(String(32))
     filename: Mapped[str] = mapped_column(String(255))
@@ -293,6 +296,9 @@ class StoredFile(TenantOwned):
     lines: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # An upload's Idempotency-Key, and the fingerprint of what it sent (fields and content).
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
 
 
 class FileChunk(Base):
@@ -354,4 +360,13 @@ Index(
     Job.created_at,
     postgresql_where=text("idempotency_key IS NOT NULL"),
     sqlite_where=text("idempotency_key IS NOT NULL"),
+)
+# The sweeper's way to queued jobs whose deadline passed (0010), over the jobs that have one
+# only; no status in the predicate, so a plan with the status as a parameter still uses it.
+Index(
+    "ix_jobs_status_deadline",
+    Job.status,
+    Job.deadline,
+    postgresql_where=text("deadline IS NOT NULL"),
+    sqlite_where=text("deadline IS NOT NULL"),
 )

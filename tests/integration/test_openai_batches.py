@@ -1,7 +1,8 @@
 """`/openai/v1/files` and `/openai/v1/batches` driven by the official `openai` SDK against the
 API in this process; the test runs the batch's jobs with the real executor (`inline_worker`)
 and the sim behind the alias `fast` fails a share of them, as the issue's scenario asks:
-upload, create, poll, then the output and error files read line by line."""
+upload, create, poll, then the output and error files read line by line. The 24 h window is
+not waited for: a test moves the jobs' deadline into the past in SQL and runs the sweeper."""
 
 from __future__ import annotations
 
@@ -9,12 +10,20 @@ import asyncio
 import io
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import httpx2
 import openai
 import pytest
+import sqlalchemy as sa
+from openai.types import FileObject
 
+from core import queue
+from core.redis.keys import Keys
+from core.services.maintenance import sweep
 from core.settings import Settings
+from core.store.clock import SqlClock
+from core.store.models import Job
 from tests.conftest import IN_PROCESS_URL, InlineWorker, in_process_api
 from tests.sim_process import SimHandle
 
@@ -166,3 +175,69 @@ async def test_a_batch_without_failures_has_an_output_file_and_no_error_file(
     assert done.status == "completed" and done.error_file_id is None and done.output_file_id is not None
     output = jsonl((await client.files.content(done.output_file_id)).content)
     assert sorted(line["custom_id"] for line in output) == ["req-0", "req-1", "req-2"]  # type: ignore[type-var]
+
+
+async def test_requests_not_done_within_the_completion_window_expire_the_batch(
+    client: openai.AsyncOpenAI, inline_worker: InlineWorker, settings: Settings
+) -> None:
+    batch = await client.batches.create(
+        input_file_id=await upload(client, batch_file(3)),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    with inline_worker.sessions() as session:
+        jobs = dict(session.execute(sa.select(Job.custom_id, Job.id).where(Job.batch_id == batch.id)).all())
+        deadline = session.execute(sa.select(Job.deadline).where(Job.id == jobs["req-0"])).scalar_one()
+    assert int(deadline.replace(tzinfo=UTC).timestamp()) == batch.expires_at
+    await asyncio.to_thread(inline_worker.run, jobs["req-0"])
+
+    # A day later: the window has closed on the two requests still queued.
+    past = datetime.now(UTC) - timedelta(minutes=1)
+    with inline_worker.sessions() as session:
+        session.execute(sa.update(Job).where(Job.batch_id == batch.id).values(deadline=past))
+        session.commit()
+    keys = Keys(settings.redis_prefix)
+    broker = queue.build_broker(settings.redis_url or "", keys, max_connections=4, timeout_s=5)
+    clock = SqlClock(inline_worker.engine.dialect.name)
+    try:
+        report = sweep(inline_worker.sessions, clock, broker, keys, redispatch_after_s=3600)
+    finally:
+        broker.close()
+
+    assert report.expired == 2
+    expired = await client.batches.retrieve(batch.id)
+    assert expired.status == "expired" and expired.expired_at is not None and expired.completed_at is None
+    counts = expired.request_counts
+    assert counts is not None and (counts.total, counts.completed, counts.failed) == (3, 1, 2)
+    assert expired.output_file_id is not None and expired.error_file_id is not None
+    output = jsonl((await client.files.content(expired.output_file_id)).content)
+    errors = jsonl((await client.files.content(expired.error_file_id)).content)
+    assert [line["custom_id"] for line in output] == ["req-0"]
+    assert sorted(line["custom_id"] for line in errors) == ["req-1", "req-2"]  # type: ignore[type-var]
+    assert {(line["response"], line["error"]["code"]) for line in errors} == {(None, "batch_expired")}  # type: ignore[index]
+
+
+async def test_an_upload_repeated_with_its_idempotency_key_is_the_same_file(
+    client: openai.AsyncOpenAI,
+) -> None:
+    content = batch_file(2)
+    key = {"Idempotency-Key": "upload-key"}
+
+    async def upload_with(data: bytes, headers: dict[str, str]) -> FileObject:
+        return await client.files.create(
+            file=("input.jsonl", io.BytesIO(data), "application/jsonl"),
+            purpose="batch",
+            extra_headers=headers,
+        )
+
+    first = await upload_with(content, key)
+    again = await upload_with(content, key)
+    with pytest.raises(openai.ConflictError) as conflict:
+        await upload_with(batch_file(3), key)
+    other_key = await upload_with(content, {"Idempotency-Key": "another-key"})
+
+    assert again.id == first.id and again.bytes == len(content)
+    assert conflict.value.status_code == 409 and conflict.value.body["param"] == "Idempotency-Key"  # type: ignore[index]
+    assert other_key.id != first.id
+    assert sorted([f.id async for f in client.files.list()]) == sorted([first.id, other_key.id])
+    assert (await client.files.content(first.id)).content == content

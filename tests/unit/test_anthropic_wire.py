@@ -86,11 +86,18 @@ def test_system_turns_tools_and_choices_become_their_openai_counterparts() -> No
     ("fields", "param"),
     [
         ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "tools.0"),
+        ({"messages": [{"role": "user", "content": ["a bare string"]}]}, "messages.0.content"),
+        ({"messages": [{"role": "assistant", "content": [1]}]}, "messages.0.content"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "tool_result", "content": [2]}]}]},
+            "tool_result.0",
+        ),
+        ({"messages": [{"role": "user", "content": [{"type": "tool_result", "content": 3}]}]}, "tool_result"),
     ],
 )
 def test_what_has_no_counterpart_is_refused_naming_it(fields: dict[str, object], param: str) -> None:
     with pytest.raises(InvalidRequest) as refused:
-        openai_body(request(messages=[{"role": "user", "content": "x"}], **fields))
+        openai_body(request(**{"messages": [{"role": "user", "content": "x"}], **fields}))
     assert refused.value.param == param
 
 
