@@ -25,6 +25,7 @@ from api.key_cache import KeyCache
 from api.key_gate import KeyGateMiddleware
 from api.notifier import JobNotifier
 from api.request_id import RequestIdMiddleware
+from api.request_span import RequestSpanMiddleware
 from api.routes import (
     admin,
     anthropic,
@@ -41,7 +42,7 @@ from api.routes import (
     usage,
     webhooks,
 )
-from core import queue
+from core import queue, tracing
 from core.config import load_config
 from core.logging import configure_logging
 from core.redis.auth_failures import AuthFailureLimit
@@ -70,6 +71,7 @@ def _redis_clients(settings: Settings) -> tuple[aioredis.Redis, aioredis.Redis]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    tracing.configure(settings, "jobgate-api")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -147,6 +149,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(KeyGateMiddleware)  # a missing key is a 401 before any body check
     # Outermost, so 413s and errors carry the id too.
     app.add_middleware(RequestIdMiddleware)
+    if tracing.enabled():  # off, requests pass through no tracing code at all
+        app.add_middleware(RequestSpanMiddleware)
     install_error_handlers(app)
     routers = (health, metrics, jobs, batches, chat, models, providers, usage, webhooks, admin, ui)
     for module in (*routers, anthropic, anthropic_batches, openai_files, openai_batches):

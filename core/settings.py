@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     # Who may scrape the API's `/metrics`: anyone who reaches it ("none", CONTRACT.md's default:
     # bind it where only Prometheus reaches it) or callers with an operator key ("operator").
     metrics_auth: Literal["none", "operator"] = "none"
+    # Traces (core/tracing.py): OpenTelemetry spans of every job, exported over OTLP/HTTP where
+    # the standard `OTEL_EXPORTER_OTLP_*` variables say. Off, the hot path makes no span.
+    otel_enabled: bool = False
 
     webhook_allow_private: bool = False
     webhook_retry_schedule_s: Annotated[list[float], NoDecode] = [0, 5, 300, 1800, 7200, 18000, 36000, 36000]

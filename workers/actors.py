@@ -17,8 +17,9 @@ from collections.abc import Callable
 import dramatiq
 import structlog
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import CurrentMessage
 
-from core import queue
+from core import queue, tracing
 from core.services.runtime import JobRuntime
 from core.webhooks.delivery import WAITING, WebhookDeliverer
 from core.webhooks.outbox import PENDING
@@ -38,11 +39,11 @@ class HandOff:
         self.runtime = runtime
         self._slots = slots
 
-    def __call__(self, job_id: str, priority: str) -> None:
+    def __call__(self, job_id: str, priority: str, due_ms: int | None = None) -> None:
         for slot in self._slots:
             slot.acquire()
         try:
-            future = self.runtime.submit_threadsafe(job_id, priority)
+            future = self.runtime.submit_threadsafe(job_id, priority, due_ms)
         except BaseException:
             self._release()
             raise
@@ -70,9 +71,20 @@ def hand_offs(runtime: JobRuntime, max_in_flight: int) -> dict[str, HandOff]:
 
 def _run_job_fn(hand_off: HandOff, priority: str) -> Callable[[str], None]:
     def run_job(job_id: str) -> None:
-        hand_off(job_id, priority)
+        if tracing.enabled():
+            hand_off(job_id, priority, _due_ms(CurrentMessage.get_current_message()))
+        else:
+            hand_off(job_id, priority)
 
     return run_job
+
+
+def _due_ms(message: dramatiq.Message[object] | None) -> int | None:
+    """When the message was due, for the job's queue-wait span: its enqueue time, or its
+    `eta` if it was delayed (a delay is a wait asked for, not one the queue imposed)."""
+    if message is None:
+        return None
+    return max(message.message_timestamp, int(message.options.get("eta") or 0))
 
 
 def _deliver_webhook_fn(deliverer: WebhookDeliverer, broker: RedisBroker) -> Callable[..., None]:
@@ -102,6 +114,9 @@ def declare_actors(
 ) -> list[dramatiq.Actor]:
     """`hand_offs`: one per priority, so a full batch hand-off never holds up interactive jobs."""
     options = {"max_retries": 0, "time_limit": int(time_limit_s * 1000)}
+    if tracing.enabled():
+        # The job's queue wait starts at its message's time, which only the message knows.
+        broker.add_middleware(CurrentMessage())
     actors = []
     for priority, spec in queue.RUN_ACTORS.items():
         actors.append(

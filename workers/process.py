@@ -25,7 +25,7 @@ import threading
 import dramatiq
 import structlog
 
-from core import queue
+from core import queue, tracing
 from core.logging import configure_logging
 from core.services.runtime import LoopThread
 from core.settings import Settings
@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = Settings()
     configure_logging(settings.log_format, settings.log_level)
+    tracing.configure(settings, "jobgate-worker")
     if not settings.redis_url:
         raise SystemExit("JOBGATE_REDIS_URL is not set (jobgate dev sets it for you)")
     threads = args.threads or settings.worker_threads

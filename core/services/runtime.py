@@ -39,7 +39,7 @@ import structlog
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from core import metrics
+from core import metrics, tracing
 from core.domain.relay import Relay
 from core.redis.scripts import run_calls
 from core.services.execute import JobRunner, Outcome, OutcomeStatus, Verdict
@@ -69,6 +69,8 @@ class _Handed:
     job_id: str
     priority: str
     future: asyncio.Future[Outcome]
+    # When its message was due (ms since the epoch), for the queue-wait span; traces only.
+    due_ms: int | None = None
 
 
 @dataclass
@@ -173,17 +175,20 @@ class JobRuntime:
 
     # --- hand-off --------------------------------------------------------------------------
 
-    async def submit(self, job_id: str, priority: str) -> Outcome:
-        """Run the job (claim, pipeline, group write); its outcome once the write landed."""
+    async def submit(self, job_id: str, priority: str, due_ms: int | None = None) -> Outcome:
+        """Run the job (claim, pipeline, group write); its outcome once the write landed.
+        `due_ms`: when its message was due, if traces are on (core/tracing.py)."""
         assert self._to_claim is not None, "start() the runtime first"
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._to_claim.add(_Handed(job_id, priority, future))
+        self._to_claim.add(_Handed(job_id, priority, future, due_ms))
         return await future
 
-    def submit_threadsafe(self, job_id: str, priority: str) -> concurrent.futures.Future[Outcome]:
+    def submit_threadsafe(
+        self, job_id: str, priority: str, due_ms: int | None = None
+    ) -> concurrent.futures.Future[Outcome]:
         """`submit` from another thread (a Dramatiq actor)."""
         assert self._loop is not None, "start() the runtime first"
-        return asyncio.run_coroutine_threadsafe(self.submit(job_id, priority), self._loop)
+        return asyncio.run_coroutine_threadsafe(self.submit(job_id, priority, due_ms), self._loop)
 
     async def insert_claimed(self, row: dict[str, Any]) -> None:
         """Record a new job claimed by this runtime (`store.insert_claimed`), for `run_claimed`;
@@ -220,6 +225,8 @@ class JobRuntime:
         assert self._to_claim is not None
         while True:
             group = await self._to_claim.next_group()
+            traced = tracing.enabled()
+            started_ns = time.time_ns() if traced else 0
             try:
                 claims, outcomes = await self._in_sql(self._claim_retrying, group)
             except Exception:
@@ -229,6 +236,8 @@ class JobRuntime:
                     if not handed.future.done():
                         handed.future.set_result(Outcome(OutcomeStatus.SKIPPED))
                 continue
+            if traced:
+                _trace_claims(group, claims, started_ns)
             self._start_jobs(group, claims, outcomes)
 
     def _start_jobs(
@@ -298,6 +307,8 @@ class JobRuntime:
         # Bound for this task's own context (each job runs as a task of its own), so nothing
         # needs unbinding; `bound_contextvars` copied the whole context twice a job.
         structlog.contextvars.bind_contextvars(job_id=claim.id, request_id=claim.request_id)
+        if tracing.enabled():
+            tracing.enter_trace(claim.traceparent)
         try:
             verdict = await self.runner.run(claim, tenant, key, relay=relay)
         except Exception as exc:
@@ -328,6 +339,8 @@ class JobRuntime:
             self._spawn(self._write(group, slots), name="jobgate-write")
 
     async def _write(self, group: list[_Finished], slots: asyncio.Semaphore) -> None:
+        traced = tracing.enabled()
+        started_ns = time.time_ns() if traced else 0
         try:
             written = await self._in_sql(self._write_and_apply, group)
         except Exception:
@@ -335,6 +348,8 @@ class JobRuntime:
             written = _Written({}, Effects())
         finally:
             slots.release()
+        if traced:
+            _trace_write(group, written, started_ns)
         await self._update_fleet_state(group)
         for item in group:
             self._active.pop(item.claim.id, None)
@@ -500,6 +515,36 @@ def _routes(group: list[_Finished]) -> dict[str, JobRoute]:
         for item in group
         if item.verdict.is_final
     }
+
+
+def _trace_claims(group: list[_Handed], claims: list[store.Claim], started_ns: int) -> None:
+    """Each claimed job's queue wait and claim spans: the claim names the jobs' traces."""
+    ended_ns = time.time_ns()
+    due_ms = {handed.job_id: handed.due_ms for handed in group}
+    for claim in claims:
+        tracing.record_claim(
+            claim.traceparent,
+            job_id=claim.id,
+            attempt=claim.attempt,
+            due_ms=due_ms.get(claim.id),
+            started_ns=started_ns,
+            ended_ns=ended_ns,
+            group_size=len(claims),
+        )
+
+
+def _trace_write(group: list[_Finished], written: _Written, started_ns: int) -> None:
+    """Each job's final-write span, with its group's times (one transaction for them all)."""
+    ended_ns = time.time_ns()
+    for item in group:
+        outcome = written.outcomes.get(item.claim.id, Outcome(OutcomeStatus.SKIPPED))
+        attributes: dict[str, str | int] = {
+            "jobgate.job_id": item.claim.id,
+            "jobgate.attempt": item.claim.attempt,
+            "jobgate.outcome": str(outcome.status),
+            "jobgate.group_size": len(group),
+        }
+        tracing.record_span(tracing.FINAL_WRITE, item.claim.traceparent, started_ns, ended_ns, attributes)
 
 
 def _expected_state(item: _Finished) -> tuple[str, int]:

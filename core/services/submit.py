@@ -21,7 +21,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core import metrics
+from core import metrics, tracing
 from core.errors import Conflict
 from core.ids import new_id
 from core.services.lifecycle import Effects
@@ -78,6 +78,7 @@ def job_row(
     idempotency_key: str | None = None,
     body_hash: str | None = None,
     request_id: str | None = None,
+    traceparent: str | None = None,
 ) -> dict[str, Any]:
     return {
         "id": job_id or new_id("job"),
@@ -101,6 +102,7 @@ def job_row(
         "max_attempts": max_attempts,
         "cached": False,
         "request_id": request_id,
+        "traceparent": traceparent,
         "api_key_id": spec.api_key_id,
         "created_at": now,
     }
@@ -169,6 +171,7 @@ async def submit_job(
         idempotency_key=idempotency_key,
         body_hash=body_hash,
         request_id=request_id,
+        traceparent=tracing.current_traceparent(),
     )
     try:
         await session.execute(insert(Job), [row])
@@ -209,6 +212,7 @@ def claimed_job(
         request_id=request_id,
         idempotency_key=idempotency_key,
         body_hash=body_hash,
+        traceparent=tracing.current_traceparent(),
     )
     row["metadata"] = row.pop("metadata_")  # the column's name (the ORM attribute's differs)
     claim = store.Claim(
@@ -225,6 +229,7 @@ def claimed_job(
         created_at=now,
         webhook_url=spec.webhook_url,
         api_key_id=spec.api_key_id,
+        traceparent=row["traceparent"],
     )
     return row, claim
 
@@ -264,6 +269,7 @@ async def submit_batch(
     no jobs to dispatch (the caller checks `existing_batch_for_key` before, this settles the
     race)."""
     batch_id = batch_id or new_id(id_prefix)
+    traceparent = tracing.current_traceparent()
     rows = [
         job_row(
             spec,
@@ -273,6 +279,7 @@ async def submit_batch(
             batch_id=batch_id,
             seq=seq,
             request_id=request_id,
+            traceparent=traceparent,
         )
         for seq, spec in enumerate(jobs)
     ]

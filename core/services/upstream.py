@@ -22,7 +22,7 @@ from datetime import datetime
 
 import structlog
 
-from core import metrics
+from core import metrics, tracing
 from core.config import GatewayConfig, ProviderConfig, Target
 from core.domain.chat import ChatRequest, Completion
 from core.domain.relay import Relay
@@ -200,7 +200,10 @@ class UpstreamCaller:
         )
         t0 = self.monotonic()
         try:
-            completion = await self.providers[target.provider].complete(request, target.model, relay=relay)
+            call = self.providers[target.provider].complete(request, target.model, relay=relay)
+            if tracing.enabled():
+                call = tracing.traced_attempt(call, provider=target.provider, model=target.model)
+            completion = await call
         except UpstreamError as exc:
             latency_ms = int((self.monotonic() - t0) * 1000)
             if exc.error_type in NOT_CHARGED:

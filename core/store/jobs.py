@@ -186,6 +186,8 @@ class Claim:
     webhook_url: str | None = None
     # The key that submitted it (its own budgets apply).
     api_key_id: str | None = None
+    # Its trace (core/tracing.py), None when traces were off at submission.
+    traceparent: str | None = None
 
 
 # Only what running a job needs: no ORM hydration of the whole row (DESIGN.md, claim in batches).
@@ -204,6 +206,7 @@ _CLAIM_COLUMNS = (
     Job.batch_id,
     Job.webhook_url,
     Job.api_key_id,
+    Job.traceparent,
 )
 
 
@@ -247,6 +250,7 @@ def claim_jobs(session: Session, clock: SqlClock, job_ids: Sequence[str], *, lea
             batch_id=row[11],
             webhook_url=row[12],
             api_key_id=row[13],
+            traceparent=row[14],
         )
         for row in rows
     ]

@@ -173,6 +173,9 @@ class Job(Base):
     served_model: Mapped[str | None] = mapped_column(String(200))
     cached: Mapped[bool] = mapped_column(Boolean, default=False)
     request_id: Mapped[str | None] = mapped_column(String(64))
+    # The submitting request's W3C trace context (core/tracing.py), when traces are on: kept
+    # here, not in the message, since the sweeper re-dispatches a job from its row alone.
+    traceparent: Mapped[str | None] = mapped_column(String(55))
     # The key that submitted the job (its per-key budget); no foreign key: a hot-path insert.
     api_key_id: Mapped[str | None] = mapped_column(String(40))
 

@@ -16,6 +16,7 @@ comes back then, so other tenants' deliveries go ahead of it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,10 +25,10 @@ import structlog
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from core import metrics
+from core import metrics, tracing
 from core.representation import rfc3339
 from core.store.jobs import rowcount
-from core.store.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, as_utc
+from core.store.models import Job, WebhookAttempt, WebhookDelivery, WebhookEndpoint, as_utc
 from core.webhooks.fairness import AttemptSlots
 from core.webhooks.outbox import DELIVERED, FAILED, PENDING, active_secrets, tenant_secret
 from core.webhooks.sender import DeliveryOutcome, WebhookSender
@@ -56,6 +57,7 @@ class _Claimed:
     secrets: list[str]
     tenant_id: str
     slot: int | None  # the tenant's attempt slot, when the deliverer caps tenants
+    traceparent: str | None = None  # its job's trace, when traces are on (core/tracing.py)
 
 
 class WebhookDeliverer:
@@ -87,12 +89,25 @@ class WebhookDeliverer:
         took_s: float | None = None
         # Every path out gives the slot back: one lost would shrink the tenant's cap for good.
         try:
+            started_ns = time.time_ns() if claimed.traceparent is not None else 0
             body = delivery.payload.encode()
             now = self.utcnow()
             headers = webhook_headers(claimed.secrets, delivery.webhook_id, int(now.timestamp()), body)
             outcome = self.sender.send(delivery.url, body, headers, tenant_id=delivery.tenant_id)
             took_s = outcome.latency_ms / 1000
-            return self._record(claimed, outcome)
+            result = self._record(claimed, outcome)
+            if claimed.traceparent is not None:
+                tracing.record_delivery(
+                    claimed.traceparent,
+                    delivery_id=delivery.id,
+                    job_id=delivery.job_id,
+                    event_type=delivery.event_type,
+                    attempt=claimed.attempt,
+                    outcome=result.status,
+                    status_code=outcome.status_code,
+                    started_ns=started_ns,
+                )
+            return result
         finally:
             self._give_back(claimed.tenant_id, claimed.slot, took_s)
 
@@ -184,8 +199,11 @@ class WebhookDeliverer:
         else:
             row = tenant_secret(session, delivery.tenant_id, now)
             secrets = active_secrets(row.secret, row.previous_secret, row.previous_expires_at, now)
+        traceparent = None
+        if tracing.enabled() and delivery.job_id is not None:
+            traceparent = session.scalar(select(Job.traceparent).where(Job.id == delivery.job_id))
         session.commit()
-        return _Claimed(delivery, attempt, secrets, delivery.tenant_id, slot)
+        return _Claimed(delivery, attempt, secrets, delivery.tenant_id, slot, traceparent)
 
     def _record(self, claimed: _Claimed, outcome: DeliveryOutcome) -> AttemptResult:
         now = self.utcnow()

@@ -19,7 +19,9 @@ class HeldJobs:
     def __init__(self) -> None:
         self.futures: list[concurrent.futures.Future[Any]] = []
 
-    def submit_threadsafe(self, job_id: str, priority: str) -> concurrent.futures.Future[Any]:
+    def submit_threadsafe(
+        self, job_id: str, priority: str, due_ms: int | None = None
+    ) -> concurrent.futures.Future[Any]:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self.futures.append(future)
         return future
