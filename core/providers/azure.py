@@ -31,7 +31,7 @@ from core.config import GatewayConfig, ProviderConfig
 from core.domain.chat import ChatRequest, Completion
 from core.domain.relay import Relay
 from core.errors import ConfigError
-from core.providers.base import call_timeout, utc_now
+from core.providers.base import utc_now
 from core.providers.openai import OpenAIProvider
 
 # The audience of an Entra ID token for Azure OpenAI (Azure AI services).
@@ -55,24 +55,23 @@ class AzureProvider(OpenAIProvider):
         token_provider: TokenProvider | None = None,
         now: Callable[[], datetime] = utc_now,
     ) -> None:
-        # OpenAIProvider.__init__ is not called: it would build an `AsyncOpenAI` client (and
-        # its pool) that this adapter never uses; the attributes its calls read are set here.
-        self.name = name
-        self._now = now
-        self._timeout_s = config.timeout_s
-        self._timeout = call_timeout(config)
         if config.endpoint is None or config.api_version is None:
             raise ConfigError(f"providers.{name}: kind azure needs endpoint and api_version")
         self._deployments = dict(deployments or {})
         self._credential: Any = None
         if token_provider is None and config.entra_id:
             self._credential, token_provider = _entra_id_token_provider(name)
+        self._token_provider = token_provider
+        super().__init__(name, config, max_connections=max_connections, now=now)
+
+    def _make_client(self, config: ProviderConfig, max_connections: int) -> openai.AsyncOpenAI:
+        assert config.endpoint is not None and config.api_version is not None
         limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self.client = openai.AsyncAzureOpenAI(
+        return openai.AsyncAzureOpenAI(
             azure_endpoint=config.endpoint,
             api_version=config.api_version,
-            api_key=None if token_provider is not None else config.api_key(),
-            azure_ad_token_provider=token_provider,
+            api_key=None if self._token_provider is not None else config.api_key(),
+            azure_ad_token_provider=self._token_provider,
             timeout=self._timeout,
             max_retries=0,
             http_client=openai.DefaultAioHttpClient(timeout=self._timeout, limits=limits),

@@ -62,7 +62,11 @@ class OpenAIProvider:
         self._now = now
         self._timeout_s = config.timeout_s
         self._timeout = call_timeout(config)
-        self.client = sdk_client(
+        self.client = self._make_client(config, max_connections)
+
+    def _make_client(self, config: ProviderConfig, max_connections: int) -> openai.AsyncOpenAI:
+        """The SDK client calls go through (a subclass speaking a dialect makes its own)."""
+        return sdk_client(
             openai.AsyncOpenAI,
             openai.DefaultAioHttpClient,
             config,
