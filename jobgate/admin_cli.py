@@ -44,6 +44,17 @@ def _refused(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
     return wrapped
 
 
+def _print_rows(rows: list[dict[str, Any]], columns: list[tuple[str, str, int]], *, as_json: bool) -> None:
+    """The rows as JSON for scripts, or a table of these (field, heading, width) columns."""
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(" ".join(f"{heading:<{width}}" for _, heading, width in columns).rstrip())
+    for row in rows:
+        cells = (f"{row[field] if row[field] is not None else '-'!s:<{width}}" for field, _, width in columns)
+        print(" ".join(cells).rstrip())
+
+
 def _money(text: str) -> Decimal:
     try:
         value = Decimal(text)
@@ -105,15 +116,9 @@ def _keys_list(args: argparse.Namespace) -> int:
 
     with _session() as session:
         keys = [key_object(key, tenant) for key, tenant in list_keys(session, args.tenant)]
-    if args.json:
-        print(json.dumps(keys, indent=2))
-        return 0
-    print(f"{'ID':<30} {'PREFIX':<11} {'SCOPE':<9} {'TENANT':<20} {'NAME':<20} {'EXPIRES':<25} REVOKED")
-    for k in keys:
-        print(
-            f"{k['id']:<30} {k['prefix']:<11} {k['scope']:<9} {k['tenant'] or '-':<20}"
-            f" {k['name'] or '-':<20} {k['expires_at'] or '-':<25} {k['revoked_at'] or '-'}"
-        )
+    columns = [("id", "ID", 30), ("prefix", "PREFIX", 11), ("scope", "SCOPE", 9), ("tenant", "TENANT", 20)]
+    columns += [("name", "NAME", 20), ("expires_at", "EXPIRES", 25), ("revoked_at", "REVOKED", 0)]
+    _print_rows(keys, columns, as_json=args.json)
     return 0
 
 
@@ -166,15 +171,9 @@ def _tenants_list(args: argparse.Namespace) -> int:
 
     with _session() as session:
         tenants = [tenant_object(t) for t in list_tenants(session)]
-    if args.json:
-        print(json.dumps(tenants, indent=2))
-        return 0
-    print(f"{'NAME':<24} {'RPM':>7} {'TPM':>9} {'USD/DAY':>10} {'USD/MONTH':>10} {'SHARE':>6}")
-    for t in tenants:
-        print(
-            f"{t['name']:<24} {t['rpm'] or '-':>7} {t['tpm'] or '-':>9} {t['budget_usd_day'] or '-':>10}"
-            f" {t['budget_usd_month'] or '-':>10} {t['share'] or '-':>6}"
-        )
+    columns = [("name", "NAME", 24), ("rpm", "RPM", 8), ("tpm", "TPM", 10), ("budget_usd_day", "USD/DAY", 10)]
+    columns += [("budget_usd_month", "USD/MONTH", 10), ("share", "SHARE", 0)]
+    _print_rows(tenants, columns, as_json=args.json)
     return 0
 
 
