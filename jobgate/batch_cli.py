@@ -183,31 +183,25 @@ def _wait(args: argparse.Namespace, client: Client, batch_id: str) -> int:
 # --- batch status, cancel; jobs get -------------------------------------------------------------
 
 
-def _status(args: argparse.Namespace, client: Client) -> int:
-    batch = client.get_batch(args.batch_id)
+def _answer(args: argparse.Namespace, value: Any, show: Callable[[Any], None]) -> int:
+    """`--json` for scripts, else the text for people."""
     if args.json:
-        _print_json(batch)
+        _print_json(value)
     else:
-        _show_batch(batch)
+        show(value)
     return 0
+
+
+def _status(args: argparse.Namespace, client: Client) -> int:
+    return _answer(args, client.get_batch(args.batch_id), _show_batch)
 
 
 def _cancel(args: argparse.Namespace, client: Client) -> int:
-    batch = client.cancel_batch(args.batch_id)
-    if args.json:
-        _print_json(batch)
-    else:
-        _show_batch(batch)
-    return 0
+    return _answer(args, client.cancel_batch(args.batch_id), _show_batch)
 
 
 def _job_get(args: argparse.Namespace, client: Client) -> int:
-    job = client.get_job(args.job_id, wait_s=args.wait)
-    if args.json:
-        _print_json(job)
-    else:
-        _show_job(job)
-    return 0
+    return _answer(args, client.get_job(args.job_id, wait_s=args.wait), _show_job)
 
 
 # --- batch results ------------------------------------------------------------------------------

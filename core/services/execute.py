@@ -280,23 +280,17 @@ class JobRunner:
                     deferred=fleet_updates,
                     relay=relay,
                 )
-            except TargetUnavailable as busy:
+            except (TargetUnavailable, UpstreamError) as exc:
                 _label(records, tried_from, choice.reason)
-                await payer.refund(self.ledger, most_usd)
-                busy_for_s.append(busy.retry_after_s)
-                continue
-            except Unsupported as exc:
-                _label(records, tried_from, choice.reason)
-                await payer.refund(self.ledger, most_usd)
-                unsupported.append(exc)  # the next target may honour the request
-                continue
-            except UpstreamError as exc:
-                _label(records, tried_from, choice.reason)
-                # A failed call is not billed to the tenant.
-                await payer.refund(self.ledger, most_usd)
-                if not exc.retryable:
+                await payer.refund(self.ledger, most_usd)  # a call that did not answer is not billed
+                if isinstance(exc, TargetUnavailable):
+                    busy_for_s.append(exc.retry_after_s)
+                elif isinstance(exc, Unsupported):
+                    unsupported.append(exc)  # the next target may honour the request
+                elif not exc.retryable:
                     return failed(records, exc.to_error())
-                last_error = exc
+                else:
+                    last_error = exc
                 continue
             _label(records, tried_from, choice.reason)
             fleet_updates += payer.settle(self.ledger, most_usd, self._cost(completion))

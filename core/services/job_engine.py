@@ -81,20 +81,22 @@ def build_runner(
     *,
     waits: aioredis.Redis | None = None,
 ) -> JobRunner:
+    limiter = RateLimiter(state, keys)
+    latencies = LatencyBoard(state, keys)
     return JobRunner(
         config=config,
         caller=UpstreamCaller(
             config=config,
             providers=providers,
-            limiter=RateLimiter(state, keys),
+            limiter=limiter,
             breaker=CircuitBreaker(state, keys),
             utcnow=clock.utcnow,
         ),
         cache=ResponseCache(state, keys),
         single_flight=SingleFlight(state, keys, lock_ttl_s=longest_timeout_s(config) + 30, wait_client=waits),
         ledger=SpendLedger(state, keys),
-        router=Router(config, RateLimiter(state, keys), LatencyBoard(state, keys)),
-        latencies=LatencyBoard(state, keys),
+        router=Router(config, limiter, latencies),
+        latencies=latencies,
         utcnow=clock.utcnow,
     )
 
