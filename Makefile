@@ -14,6 +14,11 @@ DEV_LOCK := requirements-dev.lock
 # by the lock's setuptools (no build isolation, so no unpinned download at any step).
 $(STAMP): pyproject.toml $(DEV_LOCK)
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	# The lock's own pip first (hash-checked): an older pip in require-hashes mode reads an
+	# extra's requirement (pip-audit's CacheControl[filecache]) as unpinned and fails whenever
+	# the index has a newer release of it.
+	awk '/^pip==/{p=1;print;next} p&&/^[a-z]/{exit} p' $(DEV_LOCK) > $(VENV)/pip.lock
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(VENV)/pip.lock
 	$(BIN)/python -m pip install --quiet --require-hashes -r $(DEV_LOCK)
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
