@@ -19,6 +19,9 @@ credentials on workers only: every sync request then takes the queue.
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy.exc import IntegrityError
 
@@ -71,7 +74,34 @@ class InlineCalls:
         """Record the job, claimed by this process (on the runtime's own SQL connections: no
         pre-ping, a lost connection retried). None when a concurrent request with the same
         Idempotency-Key recorded its job first."""
-        row, claim = claimed_job(
+        row, claim = self._claimed(spec, tenant_id, request_id, idempotency_key, body_hash)
+        try:
+            await self._insert(row, spec.priority)
+        except IntegrityError:
+            if idempotency_key is None:
+                raise
+            return None
+        return claim
+
+    def submit_started(
+        self, spec: JobSpec, *, tenant_id: str, request_id: str | None, body_hash: str | None = None
+    ) -> tuple[store.Claim, asyncio.Task[None]]:
+        """Record the job claimed without waiting for it: the insert runs while the call starts
+        (`run(claim, inserted=...)` waits for it before the final write, and a stream sends
+        nothing before it). Not for an Idempotency-Key's job, whose conflict must be known
+        before any call."""
+        row, claim = self._claimed(spec, tenant_id, request_id, None, body_hash)
+        return claim, asyncio.get_running_loop().create_task(self._insert(row, spec.priority))
+
+    def _claimed(
+        self,
+        spec: JobSpec,
+        tenant_id: str,
+        request_id: str | None,
+        idempotency_key: str | None,
+        body_hash: str | None,
+    ) -> tuple[dict[str, Any], store.Claim]:
+        return claimed_job(
             spec,
             tenant_id=tenant_id,
             now=self.engine.clock.utcnow(),
@@ -80,21 +110,21 @@ class InlineCalls:
             idempotency_key=idempotency_key,
             body_hash=body_hash,
         )
-        try:
-            await self.engine.runtime.insert_claimed(row)
-        except IntegrityError:
-            if idempotency_key is None:
-                raise
-            return None
-        metrics.JOBS_SUBMITTED.labels(priority=spec.priority).inc()
-        return claim
 
-    async def run(self, claim: store.Claim, *, relay: Relay | None = None) -> tuple[Outcome, Verdict | None]:
+    async def _insert(self, row: dict[str, Any], priority: str) -> None:
+        await self.engine.runtime.insert_claimed(row)
+        metrics.JOBS_SUBMITTED.labels(priority=priority).inc()
+
+    async def run(
+        self, claim: store.Claim, *, relay: Relay | None = None, inserted: asyncio.Task[None] | None = None
+    ) -> tuple[Outcome, Verdict | None]:
         """Run the claimed job here (streamed to `relay` if given); its outcome once the result
         is written. A caller that stops waiting leaves the run to finish and be written."""
+        if relay is not None and inserted is not None:
+            relay.hold_until(inserted)
         self.in_flight += 1
         try:
-            return await self.engine.runtime.run_claimed(claim, relay=relay)
+            return await self.engine.runtime.run_claimed(claim, relay=relay, inserted=inserted)
         finally:
             self.in_flight -= 1
 

@@ -156,27 +156,37 @@ async def _call_here(
     finish (requeued for a retry) is waited for like a queued one."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + state.settings.sync_timeout_s
-    claim = await inline.submit(
-        spec,
-        tenant_id=principal.tenant_id,
-        request_id=request_id_of(request),
-        idempotency_key=ask.idempotency_key,
-        body_hash=ask.fingerprint,
-    )
-    if claim is None:  # a concurrent request with the same key recorded its job first
-        assert ask.idempotency_key is not None
-        winner = await existing_for_key(
-            session, principal.tenant_id, ask.idempotency_key, ask.fingerprint, keys_since=None
+    inserted: asyncio.Task[None] | None = None
+    if ask.idempotency_key is None and not state.settings.fault_exit_after_commit:
+        # The row's insert goes on while the call starts: the upstream's round trip hides it.
+        claim, inserted = inline.submit_started(
+            spec, tenant_id=principal.tenant_id, request_id=request_id_of(request), body_hash=ask.fingerprint
         )
-        if winner is None:
-            raise RuntimeError("an Idempotency-Key's job was neither inserted nor found")
-        return await _when_final(state, session, principal, winner.id, deadline - loop.time())
-    exit_if_faulted(state.settings.fault_exit_after_commit, 1)
+    else:
+        recorded = await inline.submit(
+            spec,
+            tenant_id=principal.tenant_id,
+            request_id=request_id_of(request),
+            idempotency_key=ask.idempotency_key,
+            body_hash=ask.fingerprint,
+        )
+        if recorded is None:  # a concurrent request with the same key recorded its job first
+            assert ask.idempotency_key is not None
+            winner = await existing_for_key(
+                session, principal.tenant_id, ask.idempotency_key, ask.fingerprint, keys_since=None
+            )
+            if winner is None:
+                raise RuntimeError("an Idempotency-Key's job was neither inserted nor found")
+            return await _when_final(state, session, principal, winner.id, deadline - loop.time())
+        claim = recorded
+        exit_if_faulted(state.settings.fault_exit_after_commit, 1)
     try:
         outcome, verdict = await asyncio.wait_for(
-            inline.run(claim, relay=relay), timeout=state.settings.sync_timeout_s
+            inline.run(claim, relay=relay, inserted=inserted), timeout=state.settings.sync_timeout_s
         )
     except TimeoutError:
+        if inserted is not None:
+            await inserted  # the 504 names the job: it must exist (or this answers the SQL error)
         return Finished(claim.id, claim.model, None)
     if verdict is not None and verdict.is_final and outcome.status is verdict.status:
         values = verdict.values

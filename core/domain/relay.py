@@ -24,8 +24,15 @@ class RelayClosed(Exception):
 class Relay:
     def __init__(self) -> None:
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._recorded: asyncio.Future[None] | None = None
         self.started = False
         self.closed = False
+
+    def hold_until(self, recorded: asyncio.Future[None]) -> None:
+        """Hand nothing out before `recorded` is done (the job's row inserted while its call
+        starts): a client never reads an answer whose job was not recorded. If it fails, the
+        chunks end there and the job's own failure is what the reader sees."""
+        self._recorded = recorded
 
     async def send(self, chunk: dict[str, Any]) -> None:
         if self.closed:
@@ -43,6 +50,12 @@ class Relay:
     async def chunks(self) -> Any:
         """The chunks sent, until `finish`."""
         while (chunk := await self._queue.get()) is not _END:
+            if self._recorded is not None:
+                try:
+                    await asyncio.shield(self._recorded)
+                except Exception:
+                    return
+                self._recorded = None
             yield chunk
 
 

@@ -203,19 +203,27 @@ class JobRuntime:
         retrying_on_disconnect(self.lease_s, sleep=self.sleep)(once)
 
     async def run_claimed(
-        self, claim: store.Claim, *, relay: Relay | None = None
+        self,
+        claim: store.Claim,
+        *,
+        relay: Relay | None = None,
+        inserted: asyncio.Future[None] | None = None,
     ) -> tuple[Outcome, Verdict | None]:
         """Run a job whose claim was made elsewhere (the API's sync path inserts its job
         claimed) as a claimed one: the same pipeline, group write and lease renewal. Returns
         the outcome once written, with the verdict (None if the run crashed). The run is a task
-        of its own: a caller that stops waiting leaves it to finish and be written."""
+        of its own: a caller that stops waiting leaves it to finish and be written.
+
+        `inserted`: the claimed row's insert, still under way while the call starts (the
+        upstream's round trip hides the insert's); the final write waits for it, and a failed
+        insert fails the run (there is no row to write to)."""
         assert self._to_write is not None, "start() the runtime first"
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         stale = self.policies.stale([claim.tenant_id], [claim.api_key_id])
         if any(stale):
             await self._in_sql(self._refresh_policies, *stale)
         self._active[claim.id] = claim
-        run = self._spawn(self._run(claim, future, relay), name=f"job-{claim.id}")
+        run = self._spawn(self._run(claim, future, relay, inserted), name=f"job-{claim.id}")
         outcome = await asyncio.shield(future)
         return outcome, run.result()
 
@@ -300,7 +308,11 @@ class JobRuntime:
     # --- running ---------------------------------------------------------------------------
 
     async def _run(
-        self, claim: store.Claim, future: asyncio.Future[Outcome], relay: Relay | None = None
+        self,
+        claim: store.Claim,
+        future: asyncio.Future[Outcome],
+        relay: Relay | None = None,
+        inserted: asyncio.Future[None] | None = None,
     ) -> Verdict | None:
         tenant = self.policies.tenant(claim.tenant_id)
         key = self.policies.key(claim.api_key_id)
@@ -317,6 +329,15 @@ class JobRuntime:
             self._active.pop(claim.id, None)
             future.set_exception(exc)
             return None
+        if inserted is not None:
+            try:
+                await inserted
+            except Exception as exc:
+                # No row to write to: the caller answers the insert's error (503 for SQL down).
+                log.warning("claimed_insert_failed", job_id=claim.id, error=type(exc).__name__)
+                self._active.pop(claim.id, None)
+                future.set_exception(exc)
+                return None
         assert self._to_write is not None
         self._to_write.add(_Finished(claim, verdict, future))
         return verdict

@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from core.errors import http_status_for
+from core.services.execute import OutcomeStatus
 from core.services.submit import JobSpec, claimed_job
 from core.settings import Settings
 from core.store import jobs as store
@@ -193,6 +194,60 @@ def test_recording_a_claimed_job_again_after_a_lost_answer_finds_its_own_row(
     assert job.lease_until is not None
     with inline_worker.sessions() as session, pytest.raises(IntegrityError):
         store.insert_claimed(session, clock, {**row, "tenant_id": "no-such-tenant"}, lease_s=60)
+
+
+def claimed_for_tenant_a(worker: InlineWorker, prompt: str) -> tuple[dict[str, Any], store.Claim]:
+    with worker.sessions() as session:
+        tenant_id = session.execute(select(Tenant.id).where(Tenant.name == "tenant-a")).scalar_one()
+    spec = JobSpec(body=job_body(prompt), priority="interactive")
+    return claimed_job(spec, tenant_id=tenant_id, now=worker.runtime.clock.utcnow(), max_attempts=3)
+
+
+def test_a_call_started_before_its_row_is_inserted_is_written_once_the_insert_lands(
+    inline_worker: InlineWorker, api_key: str, sim: SimHandle, upstream_model: str
+) -> None:
+    # The sync path inserts the claimed row while the call starts; the final write, fenced by
+    # the claim, must wait for that insert, or it would find no row and the answer be lost.
+    row, claim = claimed_for_tenant_a(inline_worker, "insert after the call")
+    loop = inline_worker.loop.loop
+    inserted: asyncio.Future[None] = loop.create_future()
+    run = asyncio.run_coroutine_threadsafe(inline_worker.runtime.run_claimed(claim, inserted=inserted), loop)
+
+    wait_until(lambda: sim_calls(sim, upstream_model) == 1, timeout_s=15, what="the upstream call")
+    assert not run.done()  # answered upstream, but not written: its row is not there yet
+    with inline_worker.sessions() as session:
+        store.insert_claimed(session, inline_worker.runtime.clock, dict(row), lease_s=60)
+    loop.call_soon_threadsafe(inserted.set_result, None)
+    outcome, verdict = run.result(timeout=30)
+
+    assert outcome.status is OutcomeStatus.SUCCEEDED
+    job = job_row(inline_worker, claim.id)
+    assert (job.status, job.attempts) == (store.SUCCEEDED, 1)
+    assert verdict is not None and job.result == verdict.values["result"]
+    assert attempts_of(inline_worker, claim.id) == [(1, "succeeded")]
+
+
+def test_an_insert_that_fails_while_the_call_runs_fails_the_run_and_writes_nothing(
+    inline_worker: InlineWorker, api_key: str, sim: SimHandle, upstream_model: str
+) -> None:
+    _, claim = claimed_for_tenant_a(inline_worker, "insert fails")
+    loop = inline_worker.loop.loop
+
+    async def failing_insert() -> None:
+        raise IntegrityError("INSERT INTO jobs", {}, Exception("no row for you"))
+
+    async def run() -> Any:
+        return await inline_worker.runtime.run_claimed(
+            claim, inserted=asyncio.ensure_future(failing_insert())
+        )
+
+    with pytest.raises(IntegrityError):
+        asyncio.run_coroutine_threadsafe(run(), loop).result(timeout=30)
+
+    assert sim_calls(sim, upstream_model) == 1
+    with inline_worker.sessions() as session:
+        assert session.execute(select(Job.id).where(Job.id == claim.id)).first() is None
+    assert claim.id not in inline_worker.runtime._active
 
 
 async def test_the_openai_sdk_may_send_the_newer_chat_parameters(
