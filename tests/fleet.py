@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import socket
 import threading
 import time
@@ -40,7 +39,7 @@ from core.auth import Scope, create_key
 from core.settings import Settings
 from core.store.db import make_sync_engine, make_sync_sessions
 from core.store.migrate import upgrade
-from tests.processes import ServiceProcess, jobgate_env, python_module, wait_until
+from tests.processes import ServiceProcess, jobgate_env, python_module, stop_all, wait_until
 from tests.sim_process import SimHandle
 
 REDIS_URL = os.environ.get("JOBGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -370,11 +369,7 @@ def run_fleet(
 
 def _stop_all(processes: list[ServiceProcess]) -> None:
     """SIGTERM every process first, so they shut down in parallel; then wait for (or kill) each."""
-    for process in processes:
-        if process.alive():
-            process.process.send_signal(signal.SIGTERM)
-    for process in processes:
-        process.stop()
+    stop_all(processes)
 
 
 def _create_key(database_url: str, tenant: str | None, *, scope: Scope = "tenant") -> str:
