@@ -14,6 +14,7 @@ then the sim charges exactly what jobgate's limiter books, and utilisation figur
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -162,6 +163,16 @@ class Fleet:
 
     def close(self) -> None:
         self.http.close()
+
+    @contextmanager
+    def as_tenant(self, tenant: str) -> Iterator[Fleet]:
+        """This fleet through a new key of `tenant` (created if new): the tests of a module
+        sharing one fleet keep their jobs, batches, usage and deliveries apart by tenant."""
+        view = dataclasses.replace(self, api_key=_create_key(self.database_url, tenant))
+        try:
+            yield view
+        finally:
+            view.close()
 
     def start_worker(self, *, wait_ready: bool = True, timeout_s: float = 60.0) -> ServiceProcess:
         """One more worker process like the fleet's first ones; stopped with the fleet."""
