@@ -344,12 +344,19 @@ class InlineWorker:
     def run(self, job_id: str) -> Outcome:
         return cast(Outcome, self.loop.run(self.runtime.submit(job_id, "interactive"), timeout_s=120))
 
-    def run_queued(self) -> dict[str, Outcome]:
-        """Run every queued job, oldest first; returns each one's outcome."""
+    def run_queued(self, *, at_once: int = 1) -> dict[str, Outcome]:
+        """Run every queued job, oldest first, `at_once` at a time (as a busy worker would);
+        returns each one's outcome."""
         with self.sessions() as session:
             stmt = select(Job.id).where(Job.status == store.QUEUED).order_by(Job.id)
             job_ids = list(session.execute(stmt).scalars())
-        return {job_id: self.run(job_id) for job_id in job_ids}
+        if at_once == 1:
+            return {job_id: self.run(job_id) for job_id in job_ids}
+        outcomes: dict[str, Outcome] = {}
+        for start in range(0, len(job_ids), at_once):
+            group = job_ids[start : start + at_once]
+            outcomes.update(zip(group, self.run_together(group), strict=True))
+        return outcomes
 
     def run_together(self, job_ids: list[str]) -> list[Outcome]:
         """Run these jobs at once, as a busy worker would (each outcome in order)."""

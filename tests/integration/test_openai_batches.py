@@ -73,7 +73,7 @@ async def test_a_thousand_requests_with_some_failing_upstream_end_in_output_and_
     assert batch.status == "in_progress" and batch.request_counts.total == 1000  # type: ignore[union-attr]
 
     sim.configure(seed=7, models={upstream_model: {"fail_rate": 0.1, "fail_status": 400}})
-    outcomes = await asyncio.to_thread(inline_worker.run_queued)
+    outcomes = await asyncio.to_thread(inline_worker.run_queued, at_once=50)
     assert len(outcomes) == 1000
 
     done = await client.batches.retrieve(batch.id)
