@@ -38,6 +38,7 @@ from core.pricing import cost_usd
 from core.ratelimit.budget import Budget, SpendLedger
 from core.ratelimit.estimate import estimate_prompt_tokens, output_bound
 from core.ratelimit.limiter import Bucket, Place, tenant_bucket
+from core.ratelimit.wait import LINE_EARLY_S
 from core.redis.cache import ResponseCache
 from core.redis.latency import LatencyBoard
 from core.redis.scripts import FleetOp, run_calls
@@ -258,6 +259,7 @@ class JobRunner:
                 records, {"type": "bad_request", "message": f"No targets for model {claim.model!r}."}
             )
         busy_for_s: list[float] = []
+        in_line_for_s: list[float] = []  # the busy waits that are places in the limiter's line
         unsupported: list[Unsupported] = []
         last_error: UpstreamError | None = None
         fleet_updates: list[FleetOp] = []
@@ -285,6 +287,8 @@ class JobRunner:
                 await payer.refund(self.ledger, most_usd)  # a call that did not answer is not billed
                 if isinstance(exc, TargetUnavailable):
                     busy_for_s.append(exc.retry_after_s)
+                    if exc.in_line:
+                        in_line_for_s.append(exc.retry_after_s)
                 elif isinstance(exc, Unsupported):
                     unsupported.append(exc)  # the next target may honour the request
                 elif not exc.retryable:
@@ -310,6 +314,8 @@ class JobRunner:
             max_attempts=claim.max_attempts,
             deadline_left_s=deadline_left_s,
             jitter=self.jitter(),
+            # The first target to free up gave a place in the limiter's line: come back early.
+            early_s=LINE_EARLY_S if in_line_for_s and min(in_line_for_s) <= min(busy_for_s) else 0.0,
         )
         if isinstance(decision, GiveUp):
             if decision.deadline or last_error is None:
