@@ -33,12 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import redis
-
-from core.queue import DELIVER_WEBHOOK, RUN_BATCH, RUN_INTERACTIVE
-from core.queue.wakeup import push_wake_tokens
-from core.redis.keys import Keys
-
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -195,8 +189,6 @@ def stop_all(processes: list[ServiceProcess], *, grace_s: float = 10.0) -> None:
             process._stop(grace_s)
 
 
-# The queues whose idle consumers block on a wake-up list (delay queues poll instead).
-WOKEN_QUEUES = (RUN_INTERACTIVE.queue_name, RUN_BATCH.queue_name, DELIVER_WEBHOOK.queue_name)
 WAKE_EVERY_S = 0.05
 
 
@@ -208,6 +200,15 @@ def waking_consumers(processes: list[ServiceProcess]) -> Iterator[None]:
     A token only makes an idle consumer look at its queue once more, as any enqueue does;
     the queues' messages are untouched and the prefix's keys are deleted after the test.
     """
+    # Imported here: a process that only uses this module (the webhook receiver) starts light.
+    import redis
+
+    from core.queue import DELIVER_WEBHOOK, RUN_BATCH, RUN_INTERACTIVE
+    from core.queue.wakeup import push_wake_tokens
+    from core.redis.keys import Keys
+
+    # The queues whose idle consumers block on a wake-up list (delay queues poll instead).
+    woken_queues = (RUN_INTERACTIVE.queue_name, RUN_BATCH.queue_name, DELIVER_WEBHOOK.queue_name)
     targets: dict[str, set[str]] = {}
     for process in processes:
         url = process.env.get("JOBGATE_REDIS_URL")
@@ -231,7 +232,7 @@ def waking_consumers(processes: list[ServiceProcess]) -> Iterator[None]:
                     try:
                         pipe = client.pipeline(transaction=False)
                         for namespace in namespaces:
-                            for queue_name in WOKEN_QUEUES:
+                            for queue_name in woken_queues:
                                 push_wake_tokens(pipe, namespace, queue_name, 1)
                         pipe.execute()
                     except redis.RedisError:
