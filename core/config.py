@@ -158,12 +158,7 @@ class GatewayConfig(_Strict):
                     and not self.providers[target.provider].free
                 ):
                     # Budgets and usage would count it as free without a word.
-                    raise ValueError(
-                        f"models.{alias}.targets.{i}.model: no price for {target.model!r}; add"
-                        f" pricing.{target.model} or pricing.{target.provider}/{target.model}"
-                        " (input_per_mtok, output_per_mtok; 0 if it is free),"
-                        f" or mark provider {target.provider!r} `free: true`"
-                    )
+                    raise ValueError(f"models.{alias}.targets.{i}.model: {self.missing_price(target)}")
         return self
 
     def known_models(self) -> list[str]:
@@ -187,8 +182,31 @@ class GatewayConfig(_Strict):
 
     def price_for(self, provider: str, model: str) -> Price | None:
         """The price of `model` at `provider`: `pricing."provider/model"` where two providers
-        serving one model charge differently, else `pricing.model`."""
-        return self.pricing.get(f"{provider}/{model}") or self.pricing.get(model)
+        serving one model charge differently, else `pricing.model`.
+
+        A model name may hold a slash itself (OpenRouter's `openai/gpt-4o`). A key whose part
+        before the first slash names a configured provider is that provider's: so with a
+        provider `openai` configured, `pricing."openai/gpt-4o"` prices provider openai's
+        `gpt-4o` and never OpenRouter's `openai/gpt-4o`, which then needs
+        `pricing."openrouter/openai/gpt-4o"` (start-up says so rather than bill one at the
+        other's price)."""
+        qualified = self.pricing.get(f"{provider}/{model}")
+        if qualified is not None:
+            return qualified
+        owner, slash, _ = model.partition("/")
+        if slash and owner in self.providers and owner != provider:
+            return None
+        return self.pricing.get(model)
+
+    def missing_price(self, target: Target) -> str:
+        """What to add for a target that has no price (see `price_for` on slashed names)."""
+        keys = f'pricing."{target.provider}/{target.model}"'
+        if target.model.partition("/")[0] not in self.providers:
+            keys = f"pricing.{target.model} or {keys}"
+        return (
+            f"no price for {target.model!r}; add {keys} (input_per_mtok, output_per_mtok; 0 if it is"
+            f" free), or mark provider {target.provider!r} `free: true`"
+        )
 
     def output_limit(self, model: str) -> int:
         """The longest answer any target of `model` may give (`max_output_tokens`)."""

@@ -226,12 +226,7 @@ def _target_problems(config: GatewayConfig, declared: Mapping[str, dict[Any, Any
             free = provider.free if provider is not None else declared[target.provider].get("free") is True
             if free or config.price_for(target.provider, target.model):
                 continue
-            yield Problem(
-                f"{key}.model",
-                f"no price for {target.model!r}; add pricing.{target.model} or"
-                f' pricing."{target.provider}/{target.model}" (input_per_mtok, output_per_mtok;'
-                f" 0 if it is free), or mark provider {target.provider!r} `free: true`",
-            )
+            yield Problem(f"{key}.model", config.missing_price(target))
 
 
 def _azure_problems(config: GatewayConfig) -> Iterator[Problem]:

@@ -5,7 +5,10 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+import pytest
+
 from core.config import parse_config
+from core.errors import ConfigError
 from core.pricing import cost_usd
 from core.providers.anthropic_messages import openai_body
 from core.providers.base import completion_from_openai_body
@@ -31,6 +34,45 @@ def test_a_provider_and_model_price_wins_over_the_models_own() -> None:
 
     assert cost_usd(priced, "oa", "gpt", 1_000_000, 1_000_000) == Decimal(3)
     assert cost_usd(priced, "az", "gpt", 1_000_000, 0) == Decimal(3)
+
+
+def openrouter_beside_openai(pricing: dict[str, Any]) -> Any:
+    return parse_config(
+        {
+            "providers": {"openai": {"kind": "openai"}, "openrouter": {"kind": "openai"}},
+            "models": {
+                "direct": {"targets": [{"provider": "openai", "model": "gpt-4o"}]},
+                "routed": {"targets": [{"provider": "openrouter", "model": "openai/gpt-4o"}]},
+            },
+            "pricing": pricing,
+        }
+    )
+
+
+def test_a_slashed_model_name_is_never_priced_by_another_providers_key() -> None:
+    # `openai/gpt-4o` is provider openai's gpt-4o when a provider `openai` is configured; the
+    # OpenRouter model of that name needs its own provider-qualified price.
+    direct = {"input_per_mtok": 2.5, "output_per_mtok": 10}
+    with pytest.raises(ConfigError) as refused:
+        openrouter_beside_openai({"openai/gpt-4o": direct})
+    assert """no price for 'openai/gpt-4o'; add pricing."openrouter/openai/gpt-4o" (""" in str(refused.value)
+
+    priced = openrouter_beside_openai(
+        {"openai/gpt-4o": direct, "openrouter/openai/gpt-4o": {"input_per_mtok": 3, "output_per_mtok": 12}}
+    )
+    assert cost_usd(priced, "openai", "gpt-4o", 1_000_000, 0) == Decimal("2.5")
+    assert cost_usd(priced, "openrouter", "openai/gpt-4o", 1_000_000, 0) == Decimal(3)
+
+
+def test_a_slashed_model_name_without_such_a_provider_is_a_plain_model_key() -> None:
+    priced = parse_config(
+        {
+            "providers": {"openrouter": {"kind": "openai"}},
+            "models": {"m": {"targets": [{"provider": "openrouter", "model": "openai/gpt-4o"}]}},
+            "pricing": {"openai/gpt-4o": {"input_per_mtok": 3, "output_per_mtok": 12}},
+        }
+    )
+    assert cost_usd(priced, "openrouter", "openai/gpt-4o", 0, 1_000_000) == Decimal(12)
 
 
 def test_prompt_cache_reads_and_writes_cost_their_own_prices() -> None:
