@@ -55,7 +55,7 @@ UV_COMPILE = $(BIN)/uv pip compile --quiet --universal --python-version 3.11 --g
 ## make lock: resolve pyproject.toml's ranges into the lock files again, keeping each pin that
 ## still fits (make lock LOCK_FLAGS=--upgrade moves every pin to the newest release allowed)
 lock: $(STAMP)
-	printf '%s\n' $(LOCK_TOOLS) | $(UV_COMPILE) pyproject.toml - --extra embedded --extra dev -o $(DEV_LOCK)
+	printf '%s\n' $(LOCK_TOOLS) | $(UV_COMPILE) pyproject.toml - --extra embedded --extra dev --extra azure -o $(DEV_LOCK)
 	printf '%s\n' $(LOCK_TOOLS) | $(UV_COMPILE) pyproject.toml - -c $(DEV_LOCK) -o $(LOCK)
 
 fmt: $(STAMP)

@@ -6,7 +6,8 @@ whatever its wire format: authenticate, parse, compose the answer, charge the ra
 straight away when short, as providers do), wait the latency, maybe fail as injected, answer.
 The control routes read and change that state: `GET /sim/stats`, `GET|POST /sim/config`,
 `POST /sim/reset[?config=true]`, `GET /sim/calls[?model=M&since=T]` and
-`GET /sim/requests[?model=M]`. Model routes are fixed paths (OpenAI, Anthropic, Gemini), or an
+`GET /sim/requests[?model=M]`; `GET /sim/identity/token` is an Entra ID managed identity
+endpoint (`sim/identity.py`). Model routes are fixed paths (OpenAI, Anthropic, Gemini), or an
 Azure deployment's path, which names the model itself.
 """
 
@@ -25,6 +26,7 @@ from sim.asgi import Receive, Scope, Send, hang_up, read_body, request_headers, 
 from sim.azure_api import azure_dialect
 from sim.faults import FaultInjector, overrides_from_headers
 from sim.gemini_api import GeminiDialect
+from sim.identity import IdentityEndpoint
 from sim.knobs import TIMEOUT, KnobError, Knobs, KnobSet
 from sim.limits import RateLimiter
 from sim.openai_api import OpenAIDialect
@@ -54,6 +56,7 @@ class SimApp:
         self.limiter = limiter
         self.faults = faults
         self.stats = stats
+        self.identity = IdentityEndpoint()
         self._model_routes: dict[str, Dialect] = {
             "/v1/chat/completions": OpenAIDialect(),
             "/v1/messages": AnthropicDialect(),
@@ -187,6 +190,7 @@ class SimApp:
         elif route == ("POST", "/sim/reset"):
             self.stats.reset()
             self.limiter.reset()
+            self.identity.reset()
             if query.get("config", "").lower() in ("1", "true", "yes"):
                 self.knobs.restore()
                 self.faults.reseed(self.knobs.seed)
@@ -200,6 +204,10 @@ class SimApp:
             await send_json(send, 200, self.stats.calls(query.get("model"), since))
         elif route == ("GET", "/sim/requests"):
             await send_json(send, 200, self.stats.requests(query.get("model")))
+        elif route == ("GET", "/sim/identity/token"):
+            await send_json(send, *self.identity.issue(query, request_headers(scope)))
+        elif route == ("GET", "/sim/identity"):
+            await send_json(send, 200, self.identity.issued())
         else:
             await send_json(send, 404, {"error": {"message": f"Unknown control route: {method} {path}"}})
 

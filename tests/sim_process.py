@@ -84,6 +84,10 @@ class SimHandle:
         )
         return self._call("GET", f"/sim/calls?{query}")
 
+    def identity(self) -> dict[str, Any]:
+        """What the sim's Entra ID managed identity endpoint issued (`GET /sim/identity`)."""
+        return self._call("GET", "/sim/identity")
+
     def requests(self, model: str | None = None) -> list[dict[str, Any]]:
         """The last model requests as sent (`GET /sim/requests`): path, query string, which
         credential headers came, the key, the model and the status, oldest first."""

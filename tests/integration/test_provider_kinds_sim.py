@@ -155,6 +155,40 @@ async def test_azure_with_an_entra_id_token_provider_sends_a_bearer_token_and_no
     ]
 
 
+async def test_azure_with_entra_id_gets_its_token_from_azure_identitys_own_credential_chain(
+    fresh_sim: SimHandle, made: list[Provider], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The real DefaultAzureCredential (the `azure` extra), finding an App Service managed
+    # identity in the environment: the sim's `/sim/identity/token` stands for that endpoint.
+    monkeypatch.setenv("IDENTITY_ENDPOINT", f"{fresh_sim.url}/sim/identity/token")
+    monkeypatch.setenv("IDENTITY_HEADER", "app-service-secret")
+    for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_FEDERATED_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    config = ProviderConfig.model_validate(
+        {
+            "kind": "azure",
+            "endpoint": fresh_sim.azure_endpoint,
+            "api_version": API_VERSION,
+            "entra_id": True,
+            "timeout_s": 10,
+        }
+    )
+    azure = AzureProvider("azure", config, max_connections=8, deployments={"gpt-4o": "mi-4o"})
+    made.append(azure)
+
+    await azure.complete(ask("one"), "gpt-4o")
+    await azure.complete(ask("two"), "gpt-4o")
+
+    seen = fresh_sim.requests("mi-4o")
+    # One token, asked for Azure OpenAI's audience, cached by azure-identity for both calls;
+    # no api-key header at all.
+    assert [(s["auth_headers"], s["key"]) for s in seen] == [(["authorization"], "sim-entra-1")] * 2
+    assert fresh_sim.identity() == {
+        "tokens": 1,
+        "resources": ["https://cognitiveservices.azure.com"],
+    }
+
+
 async def test_azure_streams_through_the_deployment(fresh_sim: SimHandle, make_azure: MakeAzure) -> None:
     relay = Relay()
     completion = await make_azure({"gpt-4o": "stream-4o"}).complete(ask("stream me"), "gpt-4o", relay=relay)
