@@ -41,6 +41,7 @@ from core.store.clock import SqlClock
 from core.store.db import make_sync_engine, make_sync_sessions
 from core.store.migrate import upgrade
 from core.store.models import Job
+from tests.databases import DatabaseSupply, close_supplies, database_supply
 from tests.fleet import delete_prefix
 from tests.processes import ServiceProcess, jobgate_env, start_worker, stop_all
 from tests.sim_process import SimHandle, run_sim
@@ -144,11 +145,11 @@ def empty_postgres_url(postgres_admin_url: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def _migrated_postgres_template(postgres_admin_url: str) -> Iterator[str]:
-    """Migrated once per session; each test's database is a copy (CREATE DATABASE … TEMPLATE)."""
-    with _postgres_database(postgres_admin_url, "jobgate_test_template_") as name:
-        upgrade(_postgres_url(postgres_admin_url, name))
-        yield name
+def _postgres_supply(postgres_admin_url: str) -> Iterator[DatabaseSupply]:
+    """Copies of a database migrated once per session, made ahead and dropped in the background
+    (tests/databases.py)."""
+    yield database_supply(postgres_admin_url)
+    close_supplies()
 
 
 @pytest.fixture(scope="session")
@@ -168,12 +169,13 @@ def sqlite_url(_migrated_sqlite_template: Path, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def postgres_url(postgres_admin_url: str, _migrated_postgres_template: str) -> Iterator[str]:
+def postgres_url(postgres_admin_url: str, _postgres_supply: DatabaseSupply) -> Iterator[str]:
     """A migrated Postgres database `jobgate_test_<hex>` of this test's own, dropped afterwards."""
-    with _postgres_database(
-        postgres_admin_url, "jobgate_test_", template=_migrated_postgres_template
-    ) as name:
+    name = _postgres_supply.take()
+    try:
         yield _postgres_url(postgres_admin_url, name)
+    finally:
+        _postgres_supply.give_back(name)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

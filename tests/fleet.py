@@ -19,7 +19,6 @@ import json
 import math
 import os
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,16 +29,13 @@ from tempfile import TemporaryDirectory
 from typing import Any
 
 import httpx
-import psycopg
 import redis
 import yaml
-from psycopg import sql
-from sqlalchemy.engine import make_url
 
 from core.auth import Scope, create_key
 from core.settings import Settings
 from core.store.db import make_sync_engine, make_sync_sessions
-from core.store.migrate import upgrade
+from tests.databases import database_supply, database_url
 from tests.processes import ServiceProcess, jobgate_env, python_module, stop_all, wait_until
 from tests.sim_process import SimHandle
 
@@ -92,25 +88,16 @@ def answer_text(job_or_line: dict[str, Any]) -> str | None:
 # --- Infrastructure: a fresh database, a free port ----------------------------------------------
 
 
-# Alembic's `context` is one module-level proxy: two threads migrating at once (benchmarks run
-# side by side) would run on each other's configuration.
-_MIGRATING = threading.Lock()
-
-
 @contextmanager
 def fresh_postgres_database(admin_url: str = POSTGRES_ADMIN_URL) -> Iterator[str]:
-    """A new, migrated Postgres database `jobgate_test_<hex>`; dropped (with FORCE) afterwards."""
-    name = f"jobgate_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    """A new, migrated Postgres database `jobgate_test_<hex>` (a copy of a migrated template,
+    made ahead by `tests/databases.py`); dropped (with FORCE) afterwards."""
+    supply = database_supply(admin_url)
+    name = supply.take()
     try:
-        url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-        with _MIGRATING:
-            upgrade(url)
-        yield url
+        yield database_url(admin_url, name)
     finally:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        supply.give_back(name)
 
 
 def free_port() -> int:
