@@ -13,7 +13,9 @@ each configured secret, recorded, and answered:
 `{"path", "webhook_id", "timestamp", "signatures", "verified", "verified_with", "error",
 "status", "type", "data_id", "at"}` (`verified_with`: indexes of the secrets that verified it;
 `status`: what was answered, null while held; `payload` when asked for). `POST /control` with
-`{"mode", "secrets", "fail_first_s"}` (any subset) changes the behaviour of a running receiver.
+`{"mode", "secrets", "fail_first_s"}` (any subset) changes the behaviour of a running receiver;
+`{"reset": true}` first forgets every record and goes back to the behaviour it started with
+(one receiver can then serve a module's tests, each starting from a blank one).
 
 `run_receiver(...)` starts one from a test and stops it by its pid. It imports only the standard
 library, `standardwebhooks` and `tests.processes`, so it starts in a fraction of a second.
@@ -56,9 +58,15 @@ class ReceiverState:
         self.fail_first_s = fail_first_s
         self.first_post_at: float | None = None
         self.records: list[dict[str, Any]] = []
+        self.initial = (list(secrets), mode, fail_first_s)
 
     def configure(self, patch: dict[str, Any]) -> None:
         with self.lock:
+            if patch.get("reset"):
+                secrets, self.mode, self.fail_first_s = self.initial
+                self.secrets = list(secrets)
+                self.first_post_at = None
+                self.records = []
             if "mode" in patch:
                 if patch["mode"] not in MODES:
                     raise ValueError(f"mode must be one of {MODES}")
@@ -240,6 +248,10 @@ class ReceiverHandle:
     def configure(self, **patch: Any) -> None:
         """Change mode, secrets or fail_first_s of the running receiver."""
         self._call("POST", "/control", patch)
+
+    def reset(self) -> None:
+        """Forget every record; back to the mode, secrets and fail_first_s it started with."""
+        self._call("POST", "/control", {"reset": True})
 
     def wait_for(
         self,

@@ -101,10 +101,17 @@ def deliverer(make_deliverer: Callable[..., WebhookDeliverer]) -> WebhookDeliver
     return make_deliverer()
 
 
-@pytest.fixture
-def receiver() -> Iterator[ReceiverHandle]:
+@pytest.fixture(scope="module")
+def shared_receiver() -> Iterator[ReceiverHandle]:
     with run_receiver() as handle:
         yield handle
+
+
+@pytest.fixture
+def receiver(shared_receiver: ReceiverHandle) -> ReceiverHandle:
+    """The module's receiver process, blank for this test (no records, mode ok, no secrets)."""
+    shared_receiver.reset()
+    return shared_receiver
 
 
 async def create_endpoint(client: httpx.AsyncClient, url: str, **extra: Any) -> dict[str, Any]:
