@@ -33,6 +33,13 @@ def error_body(error_type: str, message: str, param: str | None = None) -> dict[
     return {"error": {"type": error_type, "message": message, "param": param}}
 
 
+def no_retry_headers(status: int) -> dict[str, str]:
+    """`x-should-retry: false` on a 409. OpenAI's and Anthropic's SDKs retry a 409 by default
+    (for them a lock timeout); jobgate's are final (an Idempotency-Key reused with another body,
+    a cancelled job, a name taken), so a retry would only hear the same answer."""
+    return {"x-should-retry": "false"} if status == 409 else {}
+
+
 def error_response(
     status: int,
     error_type: str,
@@ -44,7 +51,9 @@ def error_response(
 ) -> JSONResponse:
     """The error in the shape of the surface `path` belongs to: Anthropic's under
     `/anthropic/`, OpenAI's (jobgate's own) everywhere else."""
-    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
+    headers = no_retry_headers(status)
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(retry_after_s)
     if path.startswith(anthropic_wire.PREFIX):
         body = anthropic_wire.anthropic_error_body(status, error_type, message)
     else:

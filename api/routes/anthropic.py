@@ -25,6 +25,7 @@ from api.anthropic_wire import (
 )
 from api.deps import WAIT_SLOT, PrincipalDep, SessionDep, StateDep
 from api.documentation import ANTHROPIC_ERROR_RESPONSES, AnthropicMessage, answer
+from api.errors import no_retry_headers
 from api.idempotency import IdempotencyKeyHeader
 from api.job_specs import job_spec
 from api.request_id import request_id_of
@@ -83,6 +84,7 @@ async def create_message(
         return JSONResponse(message_out, headers=headers)
     error = finished.error or {"type": "server_error", "message": "The job failed."}
     status = http_status_for(error["type"])
+    headers.update(no_retry_headers(status))
     if status in (429, 503):
         headers["Retry-After"] = str(await retry_after_s(state, finished.model))
     body_out = anthropic_error_body(status, error["type"], error.get("message", ""))

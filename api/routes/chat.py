@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 
 from api.deps import WAIT_SLOT, PrincipalDep, SessionDep, StateDep
 from api.documentation import ErrorBody, answer
-from api.errors import error_body
+from api.errors import error_body, no_retry_headers
 from api.idempotency import IdempotencyKeyHeader
 from api.job_specs import job_spec
 from api.schemas import JobRequest
@@ -84,6 +84,7 @@ async def chat_completions(
     body_out = error_body(error["type"], error.get("message", ""))
     body_out["error"]["code"] = openai_code(error["type"])
     http_status = http_status_for(error["type"])
+    headers.update(no_retry_headers(http_status))
     if http_status in (429, 503) and error["type"] != BUDGET_EXCEEDED:  # a budget waits for its reset
         headers["Retry-After"] = str(await retry_after_s(state, finished.model))
     return JSONResponse(body_out, status_code=http_status, headers=headers)

@@ -327,6 +327,27 @@ async def test_an_idempotency_key_reused_with_another_body_is_a_conflict(
     assert response.json()["error"]["param"] == "Idempotency-Key"
 
 
+async def test_the_sdk_does_not_retry_a_conflict(settings: Settings, api_key: str) -> None:
+    # OpenAI's SDK retries a 409 unless told not to: a conflict is final, so it is told.
+    sent: list[str] = []
+
+    async def count(request: httpx2.Request) -> None:
+        sent.append(request.headers.get("x-stainless-retry-count", "0"))
+
+    async with in_process_api(settings, http=httpx2) as http:
+        http.event_hooks["request"].append(count)
+        client = openai.AsyncOpenAI(
+            base_url=f"{IN_PROCESS_URL}/v1", api_key=api_key, http_client=http, max_retries=2
+        )
+        ask_once = {"model": "fast", "extra_headers": {"Idempotency-Key": "once-only"}}
+        await client.chat.completions.create(messages=[{"role": "user", "content": "first"}], **ask_once)
+        with pytest.raises(openai.ConflictError) as conflict:
+            await client.chat.completions.create(messages=[{"role": "user", "content": "other"}], **ask_once)
+
+    assert conflict.value.response.headers["x-should-retry"] == "false"
+    assert sent == ["0", "0"]
+
+
 @pytest.fixture
 def one_second_wait(settings: Settings) -> Settings:
     return settings.model_copy(update={"sync_timeout_s": 1.0})
