@@ -17,6 +17,7 @@ the process raises its soft `RLIMIT_NOFILE` to that (within the hard limit) at s
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import resource
 import signal
@@ -69,9 +70,20 @@ def raise_fd_limit(wanted: int) -> int:
     return soft
 
 
+class _SharedBrokerWarning(logging.Filter):
+    """Each `dramatiq.Worker` adds a middleware of its own to the broker it consumes from, and
+    the workers here (one per queue) share one broker, so Dramatiq warned "adding a middleware
+    of the same type twice" at every start. Each one only routes the actors declared after its
+    worker started (none are), so it is harmless; the warning read like an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "middleware of the same type twice" not in record.getMessage()
+
+
 def _dramatiq_workers(
     parts: WorkerComponents, args: argparse.Namespace, threads: int
 ) -> list[dramatiq.Worker]:
+    parts.broker.logger.addFilter(_SharedBrokerWarning())
     poll_ms = parts.settings.worker_idle_poll_ms
     workers = [
         dramatiq.Worker(parts.broker, queues={name}, worker_threads=threads, worker_timeout=poll_ms)
