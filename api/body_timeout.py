@@ -82,7 +82,9 @@ class BodyTimeoutMiddleware:
             try:
                 if wait_s <= 0:
                     raise TimeoutError
-                message = await asyncio.wait_for(receive(), timeout=wait_s)
+                # `timeout`, not `wait_for`: no task a message (a body already read is no wait).
+                async with asyncio.timeout(wait_s):
+                    message = await receive()
             except TimeoutError:
                 timed_out = True
                 raise self._refusal(idle=wait_s >= self.read_timeout_s) from None

@@ -181,9 +181,9 @@ async def _call_here(
         claim = recorded
         exit_if_faulted(state.settings.fault_exit_after_commit, 1)
     try:
-        outcome, verdict = await asyncio.wait_for(
-            inline.run(claim, relay=relay, inserted=inserted), timeout=state.settings.sync_timeout_s
-        )
+        # `timeout`, not `wait_for`: the call starts in this task, not one hop later in another.
+        async with asyncio.timeout(state.settings.sync_timeout_s):
+            outcome, verdict = await inline.run(claim, relay=relay, inserted=inserted)
     except TimeoutError:
         if inserted is not None:
             await inserted  # the 504 names the job: it must exist (or this answers the SQL error)
