@@ -194,44 +194,50 @@ WAKE_EVERY_S = 0.05
 
 @contextmanager
 def waking_consumers(processes: list[ServiceProcess]) -> Iterator[None]:
-    """While the block runs (processes stopping), push a wake-up token onto each job and
-    webhook queue of every Redis prefix these live processes use, every WAKE_EVERY_S.
+    """`waking_queues` for the Redis prefixes of these live processes (while they stop)."""
+    from core.redis.keys import Keys  # here: the webhook receiver, which imports this module, starts light
+
+    namespaces: dict[str, set[str]] = {}
+    for process in processes:
+        url = process.env.get("JOBGATE_REDIS_URL")
+        if url and process.alive():
+            prefix = process.env.get("JOBGATE_REDIS_PREFIX", "jobgate")
+            namespaces.setdefault(url, set()).add(Keys(prefix).broker_namespace)
+    with waking_queues(namespaces):
+        yield
+
+
+@contextmanager
+def waking_queues(namespaces: dict[str, set[str]]) -> Iterator[None]:
+    """While the block runs (consumers stopping), push a wake-up token onto each job and
+    webhook queue of these broker namespaces (Redis URL -> namespaces), every WAKE_EVERY_S.
 
     A token only makes an idle consumer look at its queue once more, as any enqueue does;
     the queues' messages are untouched and the prefix's keys are deleted after the test.
     """
-    # Imported here: a process that only uses this module (the webhook receiver) starts light.
+    if not namespaces:
+        yield
+        return
     import redis
 
     from core.queue import DELIVER_WEBHOOK, RUN_BATCH, RUN_INTERACTIVE
     from core.queue.wakeup import push_wake_tokens
-    from core.redis.keys import Keys
 
     # The queues whose idle consumers block on a wake-up list (delay queues poll instead).
     woken_queues = (RUN_INTERACTIVE.queue_name, RUN_BATCH.queue_name, DELIVER_WEBHOOK.queue_name)
-    targets: dict[str, set[str]] = {}
-    for process in processes:
-        url = process.env.get("JOBGATE_REDIS_URL")
-        if url and process.alive():
-            targets.setdefault(url, set()).add(
-                Keys(process.env.get("JOBGATE_REDIS_PREFIX", "jobgate")).broker_namespace
-            )
-    if not targets:
-        yield
-        return
     done = threading.Event()
 
     def push() -> None:
         clients = [
-            (redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1), namespaces)
-            for url, namespaces in targets.items()
+            (redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1), names)
+            for url, names in namespaces.items()
         ]
         try:
             while not done.is_set():
-                for client, namespaces in clients:
+                for client, names in clients:
                     try:
                         pipe = client.pipeline(transaction=False)
-                        for namespace in namespaces:
+                        for namespace in names:
                             for queue_name in woken_queues:
                                 push_wake_tokens(pipe, namespace, queue_name, 1)
                         pipe.execute()
@@ -242,7 +248,7 @@ def waking_consumers(processes: list[ServiceProcess]) -> Iterator[None]:
             for client, _ in clients:
                 client.close()
 
-    pusher = threading.Thread(target=push, name="wake-stopping-workers", daemon=True)
+    pusher = threading.Thread(target=push, name="wake-stopping-consumers", daemon=True)
     pusher.start()
     try:
         yield

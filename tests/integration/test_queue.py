@@ -22,7 +22,7 @@ from dramatiq.common import dq_name
 
 from core import queue
 from core.redis.keys import Keys
-from tests.processes import wait_until
+from tests.processes import wait_until, waking_queues
 
 
 @dataclass
@@ -70,7 +70,7 @@ def recorder(broker: RedisBroker) -> Recorder:
 
 
 @pytest.fixture
-def start_worker(broker: RedisBroker, recorder: Recorder) -> Iterator[object]:
+def start_worker(broker: RedisBroker, recorder: Recorder, redis_url: str) -> Iterator[object]:
     """Starts a real Dramatiq worker on both job queues, in this process; stopped afterwards."""
     workers: list[dramatiq.Worker] = []
 
@@ -82,8 +82,9 @@ def start_worker(broker: RedisBroker, recorder: Recorder) -> Iterator[object]:
 
     yield start
     recorder.release.set()
-    for worker in workers:
-        worker.stop(timeout=5_000)
+    with waking_queues({redis_url: {broker.namespace}}):
+        for worker in workers:
+            worker.stop(timeout=5_000)
 
 
 @pytest.mark.parametrize("priority", queue.PRIORITIES)

@@ -33,6 +33,7 @@ from core.settings import Settings
 from core.store.models import Job
 from tests.api_calls import submit
 from tests.conftest import in_process_api, sqlite_only
+from tests.processes import waking_queues
 from tests.webhook_receiver import ReceiverHandle, run_receiver
 from workers.actors import declare_actors, hand_offs
 from workers.composition import WorkerComponents, compose
@@ -103,8 +104,10 @@ def make_worker(settings: Settings) -> Iterator[Callable[[], InProcessWorker]]:
 
     yield make
     for worker, loop in made:
-        for consumer in worker.consumers:
-            consumer.stop(timeout=5_000)
+        assert settings.redis_url is not None
+        with waking_queues({settings.redis_url: {worker.parts.broker.namespace}}):
+            for consumer in worker.consumers:
+                consumer.stop(timeout=5_000)
         loop.run(worker.parts.jobs.runtime.stop(grace_s=5))
         loop.run(worker.parts.jobs.aclose())
         loop.stop()

@@ -11,6 +11,7 @@ import pytest
 
 from core import queue
 from core.redis.keys import Keys
+from tests.processes import waking_queues
 
 
 @pytest.fixture
@@ -31,7 +32,8 @@ def broker_and_worker(redis_url: str, keys: Keys):
     try:
         yield broker, seen
     finally:
-        worker.stop(timeout=5_000)
+        with waking_queues({redis_url: {broker.namespace}}):
+            worker.stop(timeout=5_000)
         broker.close()
 
 

@@ -40,7 +40,7 @@ from core.webhooks.signing import new_secret, webhook_headers
 from core.webhooks.ssrf import IPAddress, UrlPolicy
 from tests.api_calls import job_body, submit
 from tests.conftest import InlineWorker, in_process_api
-from tests.processes import wait_until
+from tests.processes import wait_until, waking_queues
 from workers.actors import declare_webhook_actor
 
 DEVELOPMENT = UrlPolicy(allow_private=True, allow_http=True)
@@ -162,7 +162,8 @@ def webhook_threads(settings: Settings, inline_worker: InlineWorker) -> Iterator
     try:
         yield WebhookThreads(broker, deliverer)
     finally:
-        worker.stop(timeout=10_000)
+        with waking_queues({settings.redis_url or "": {broker.namespace}}):
+            worker.stop(timeout=10_000)
         sender.close()
         broker.close()
 
