@@ -164,7 +164,7 @@ class JobRunner:
     ) -> Verdict:
         """The job's verdict; with a `relay` its call is streamed there (a cache hit or a
         twin's answer is not: the relay's owner streams the verdict's result itself). Every
-        call's latency joins its target's fleet-wide average after the write."""
+        call's latency joins its target's fleet-wide average with the group's write."""
         verdict = await self._verdict(claim, tenant, key, relay)
         verdict.fleet_updates += [
             self.latencies.record(target_name(r.target), r.latency_ms)
@@ -198,7 +198,8 @@ class JobRunner:
     ) -> Verdict:
         """The cache, then single-flight: the cache read rides in the round trip of the first
         flight lookup; what a hit or a leader's success leaves to write is deferred to the group's
-        after-commit pipeline (a twin waiting on this leader hears it a few ms later)."""
+        fleet-state pipeline, sent while its SQL write runs (a twin waiting on this leader hears
+        it a few ms later)."""
         updates: list[FleetOp] = []
         for round_ in range(MAX_FLIGHT_ROUNDS):
             lookup: list[FleetOp] = [self.single_flight.begin_call(fingerprint)]

@@ -15,7 +15,9 @@ On the loop:
 - a writer gathers the verdicts for a couple of milliseconds (an interactive one flushes at
   once) and writes them in one transaction, each row fenced by its claim, then applies the
   group's after-commit effects (`lifecycle.apply_effects`): one publish of the finished ids,
-  the webhook deliveries, the requeued jobs' messages;
+  the webhook deliveries, the requeued jobs' messages; the verdicts' fleet-state updates
+  (breaker reports, limiter reconciliations, shared answers) go out in one Redis pipeline
+  while that write runs;
 - a lease keeper renews the leases of every job in flight in one statement.
 SQL runs on a small pool of threads with the sync driver (each call carries a whole group),
 so the loop never blocks on the database and a process needs only a handful of connections.
@@ -198,6 +200,8 @@ class JobRuntime:
     def _insert_claimed_retrying(self, row: dict[str, Any]) -> None:
         def once() -> None:
             with self.sessions() as session:
+                # One statement, atomic alone: autocommit spares its BEGIN and COMMIT round trips.
+                session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
                 store.insert_claimed(session, self.clock, row, lease_s=self.lease_s)
 
         retrying_on_disconnect(self.lease_s, sleep=self.sleep)(once)
@@ -362,6 +366,9 @@ class JobRuntime:
     async def _write(self, group: list[_Finished], slots: asyncio.Semaphore) -> None:
         traced = tracing.enabled()
         started_ns = time.time_ns() if traced else 0
+        # The group's breaker reports, reconciliations and shared answers need nothing from its
+        # SQL write (they went out after it whatever it did): they go out while it runs.
+        fleet_state = asyncio.ensure_future(self._update_fleet_state(group))
         try:
             written = await self._in_sql(self._write_and_apply, group)
         except Exception:
@@ -371,7 +378,7 @@ class JobRuntime:
             slots.release()
         if traced:
             _trace_write(group, written, started_ns)
-        await self._update_fleet_state(group)
+        await fleet_state
         for item in group:
             self._active.pop(item.claim.id, None)
             outcome = written.outcomes.get(item.claim.id, Outcome(OutcomeStatus.SKIPPED))

@@ -239,8 +239,8 @@ class UpstreamCaller:
         # What the provider charges: OpenAI (and the sim) count `max_tokens` when it is set,
         # whatever the answer used; reconciling to less would overdraw its per-second bucket.
         charged = completion.input_tokens + (request.max_output_tokens or completion.output_tokens)
-        # Nothing waits on these two: they ride in the group's after-commit pipeline, so a
-        # successful call costs no round trip after it.
+        # Nothing waits on these two: they ride in the group's fleet-state pipeline (sent
+        # while its SQL write runs), so a successful call costs no round trip after it.
         deferred.append(self.breaker.call("success", name, cfg.breaker, probe=permit.probe))
         reconcile = self.limiter.reconcile_call(reservation, charged)
         if reconcile is not None:

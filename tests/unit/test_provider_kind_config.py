@@ -3,7 +3,7 @@ model is served from, and how Gemini's Google RPC error bodies become named erro
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -112,8 +112,12 @@ def test_per_model_limits_keyed_by_a_deployment_name_are_refused_naming_the_mode
         azure_deployments(config)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("azure") is not None, reason="azure-identity is installed")
-def test_entra_id_without_the_azure_extra_fails_start_up_naming_what_to_install() -> None:
+def test_entra_id_without_the_azure_extra_fails_start_up_naming_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The dev lock carries azure-identity; a deployment without the extra is one where the
+    # import fails (a None in sys.modules makes it fail as a missing module does).
+    monkeypatch.setitem(sys.modules, "azure.identity.aio", None)
     config = parse_config(
         config_with({"az": {**AZURE, "entra_id": True}}, [{"provider": "az", "model": "m"}])
     )
