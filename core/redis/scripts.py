@@ -65,4 +65,11 @@ async def run_calls(client: aioredis.Redis, calls: Sequence[FleetOp]) -> list[An
 
 
 async def run_call(client: aioredis.Redis, call: FleetOp) -> Any:
-    return (await run_calls(client, [call]))[0]
+    """One call, sent alone: no pipeline object to build, fill and reset (the gate's call on
+    every job's path)."""
+    if isinstance(call, Command):
+        return await client.execute_command(*call.args)
+    try:
+        return await client.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)  # type: ignore[misc]
+    except NoScriptError:
+        return await client.eval(call.script.source, len(call.keys), *call.keys, *call.args)  # type: ignore[misc]

@@ -95,3 +95,19 @@ async def test_a_probe_refused_budget_is_handed_back_so_another_caller_can_probe
     assert refused.reservation is not None and not refused.reservation.granted
     again = await breaker.allow(TARGET, CONFIG)
     assert again.allowed and again.probe  # handed back at once, not held until its timeout
+
+
+async def test_a_redis_that_lost_its_scripts_still_answers_the_gate(
+    async_redis_client: aioredis.Redis, keys: Keys
+) -> None:
+    # A Redis restarted empty knows no script: the call refused NOSCRIPT is run again with
+    # EVAL (which loads it), and the one after finds it loaded.
+    gate, _, limiter = parts(async_redis_client, keys)
+    await async_redis_client.script_flush()
+
+    first = await open_gate(gate, rpm=6000)
+    second = await open_gate(gate, rpm=6000)
+
+    assert first.reservation is not None and first.reservation.granted
+    assert second.reservation is not None and second.reservation.granted
+    assert (await limiter.headroom(provider_bucket("sim", rpm=6000, tpm=None))).rpm_available == 5998
