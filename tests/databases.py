@@ -128,7 +128,8 @@ class DatabaseSupply:
                 return
             if kind == "create":
                 with self._changed:
-                    self._ready.append(name)
+                    # Made while `close` ran: nobody will take it.
+                    (self._to_drop if self._closing else self._ready).append(name)
                     self._changed.notify_all()
 
     def close(self) -> None:
@@ -140,8 +141,9 @@ class DatabaseSupply:
             self._changed.notify_all()
         self._thread.join(timeout=120)
         with self._changed:
-            left = list(self._to_drop)
+            left = [*self._to_drop, *self._ready]
             self._to_drop.clear()
+            self._ready.clear()
         for name in [*left, self.template]:
             _drop(self.admin_url, name)
 
