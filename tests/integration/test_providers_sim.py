@@ -29,7 +29,7 @@ from core.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from core.providers import ADAPTERS, Provider, build_providers, close_providers
+from core.providers import Provider, adapter, build_providers, close_providers
 from sim.tokens import count_tokens, prompt_tokens
 from tests.sim_process import SimHandle, run_sim
 
@@ -63,7 +63,9 @@ async def make_provider(fresh_sim: SimHandle) -> AsyncIterator[MakeProvider]:
         if base_url is None:
             base_url = fresh_sim.openai_base_url if kind == "openai" else fresh_sim.anthropic_base_url
         config = ProviderConfig.model_validate({"kind": kind, "base_url": base_url, "timeout_s": timeout_s})
-        provider = ADAPTERS[kind](f"sim-{kind}", config, max_connections=max_connections)
+        factory = adapter(kind)
+        assert factory is not None
+        provider = factory(f"sim-{kind}", config, max_connections=max_connections)
         made.append(provider)
         return provider
 
