@@ -27,6 +27,12 @@ STARTUP_TIMEOUT_S = 60.0
 STOP_GRACE_S = 10.0
 # The product's defaults (core/settings.py), spelled out so a change there shows up here.
 PRODUCT_POOL = {"db_pool_size": "10", "db_max_overflow": "20"}
+# The tests' processes look for work (and a stop) every 100 ms, to stop fast
+# (`tests.processes.jobgate_env`); the benchmarks run the product's default.
+PRODUCT_DEFAULTS = {
+    **PRODUCT_POOL,
+    "worker_idle_poll_ms": str(Settings.model_fields["worker_idle_poll_ms"].default),
+}
 # Consumer threads per job queue: `tests.fleet.run_fleet` always passes `--threads`, so the
 # benchmarks pass the product's default rather than a number of their own.
 DEFAULT_THREADS = int(Settings.model_fields["worker_threads"].default)
@@ -57,7 +63,7 @@ def bench_fleet(
         workers=workers,
         threads=threads,
         max_in_flight=max_in_flight,
-        settings={**PRODUCT_POOL, **(settings or {})},
+        settings={**PRODUCT_DEFAULTS, **(settings or {})},
         startup_timeout_s=STARTUP_TIMEOUT_S,
     ) as fleet:
         yield fleet

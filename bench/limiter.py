@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from bench.fleet import PRODUCT_DEFAULTS
 from bench.report import summary_row
 from tests.fleet import Fleet, chat_body, job_cost_tokens, run_fleet, sim_provider, token_use
 from tests.sim_process import SimHandle, run_sim
@@ -148,7 +149,11 @@ def run_once(shape: Shape, *, limiter: bool) -> dict[str, Any]:
             f"[limiter {label}] starting {shape.workers} workers x {shape.threads} threads", file=sys.stderr
         )
         with run_fleet(
-            sim=sim, config=config(sim, shape, limiter=limiter), workers=shape.workers, threads=shape.threads
+            sim=sim,
+            config=config(sim, shape, limiter=limiter),
+            workers=shape.workers,
+            threads=shape.threads,
+            settings=PRODUCT_DEFAULTS,
         ) as fleet:
             submitted = time.monotonic()
             batch_id = fleet.submit_batch(bodies)
