@@ -152,11 +152,15 @@ async def test_lowest_latency_moves_new_traffic_away_from_a_target_that_slowed_t
     both = served(await run_jobs(api_client, inline_worker, "quickest", 40, tag="warm "))
     sim.configure(models={fast: {"latency_ms": 400}})  # lat1 slows tenfold
     slowed_at = time.monotonic()
-    # Traffic after the slowdown until a round of it goes to lat2 (the average moves per call,
-    # ALPHA = 0.2: a handful of slow calls put lat1 behind lat2), within the issue's 10 s.
+    # Traffic after the slowdown, within the issue's 10 s, until lat1's slowness has been
+    # measured (a call to it since: the average moves per call, ALPHA = 0.2) and a whole round
+    # then went to lat2. A round's jobs run together and read the same averages, so a round
+    # that went to lat2 before any slow call only says lat2 was a hair quicker at that moment.
+    since: Counter[str] = Counter()
     while time.monotonic() - slowed_at < 10:
         round_ = served(await run_jobs(api_client, inline_worker, "quickest", 10, tag=f"{time.monotonic()} "))
-        if round_["lat2"] == 10:
+        since += round_
+        if since["lat1"] > 0 and round_["lat2"] == 10:
             break
 
     after = served(await run_jobs(api_client, inline_worker, "quickest", 100, tag="after "))

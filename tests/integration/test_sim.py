@@ -430,7 +430,8 @@ def test_calls_endpoint_lists_arrival_and_end_times_and_statuses_per_model(sim: 
     ask_openai(client, "three", model="other", extra_headers={"x-sim-latency-ms": "300"})
 
     [slow] = sim.calls("other")
-    assert slow["end"] - slow["t"] >= 0.3
+    # asyncio runs a timer up to its clock's resolution early (seen: 0.29993 s for 300 ms).
+    assert slow["end"] - slow["t"] >= 0.3 - 0.001
     calls = sim.calls("watched")
     assert [call["status"] for call in calls] == [200, 500]
     assert all(before <= call["t"] <= call["end"] <= time.time() for call in calls)
