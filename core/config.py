@@ -193,15 +193,20 @@ class GatewayConfig(_Strict):
         qualified = self.pricing.get(f"{provider}/{model}")
         if qualified is not None:
             return qualified
-        owner, slash, _ = model.partition("/")
-        if slash and owner in self.providers and owner != provider:
+        if self._bare_key_owner(model) not in (None, provider):
             return None
         return self.pricing.get(model)
+
+    def _bare_key_owner(self, model: str) -> str | None:
+        """The configured provider that `pricing.<model>` belongs to when the model's name
+        starts with `<provider>/`, else None (the key is the model's own)."""
+        owner, slash, _ = model.partition("/")
+        return owner if slash and owner in self.providers else None
 
     def missing_price(self, target: Target) -> str:
         """What to add for a target that has no price (see `price_for` on slashed names)."""
         keys = f'pricing."{target.provider}/{target.model}"'
-        if target.model.partition("/")[0] not in self.providers:
+        if self._bare_key_owner(target.model) in (None, target.provider):
             keys = f"pricing.{target.model} or {keys}"
         return (
             f"no price for {target.model!r}; add {keys} (input_per_mtok, output_per_mtok; 0 if it is"

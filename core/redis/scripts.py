@@ -58,7 +58,7 @@ async def run_calls(client: aioredis.Redis, calls: Sequence[FleetOp]) -> list[An
     replies: list[Any] = await pipe.execute(raise_on_error=False)
     for i, (c, reply) in enumerate(zip(calls, replies, strict=True)):
         if isinstance(reply, NoScriptError) and isinstance(c, ScriptCall):
-            replies[i] = await client.eval(c.script.source, len(c.keys), *c.keys, *c.args)  # type: ignore[misc]
+            replies[i] = await _eval(client, c)
         elif isinstance(reply, Exception):
             raise reply
     return replies
@@ -72,4 +72,10 @@ async def run_call(client: aioredis.Redis, call: FleetOp) -> Any:
     try:
         return await client.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)  # type: ignore[misc]
     except NoScriptError:
-        return await client.eval(call.script.source, len(call.keys), *call.keys, *call.args)  # type: ignore[misc]
+        return await _eval(client, call)
+
+
+async def _eval(client: aioredis.Redis, call: ScriptCall) -> Any:
+    """A call refused NOSCRIPT (a Redis that restarted empty), run with its source: EVAL also
+    loads the script for the next EVALSHA."""
+    return await client.eval(call.script.source, len(call.keys), *call.keys, *call.args)  # type: ignore[misc]

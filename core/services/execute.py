@@ -259,8 +259,7 @@ class JobRunner:
             return failed(
                 records, {"type": "bad_request", "message": f"No targets for model {claim.model!r}."}
             )
-        busy_for_s: list[float] = []
-        in_line_for_s: list[float] = []  # the busy waits that are places in the limiter's line
+        busy: list[TargetUnavailable] = []
         unsupported: list[Unsupported] = []
         last_error: UpstreamError | None = None
         fleet_updates: list[FleetOp] = []
@@ -287,9 +286,7 @@ class JobRunner:
                 _label(records, tried_from, choice.reason)
                 await payer.refund(self.ledger, most_usd)  # a call that did not answer is not billed
                 if isinstance(exc, TargetUnavailable):
-                    busy_for_s.append(exc.retry_after_s)
-                    if exc.in_line:
-                        in_line_for_s.append(exc.retry_after_s)
+                    busy.append(exc)
                 elif isinstance(exc, Unsupported):
                     unsupported.append(exc)  # the next target may honour the request
                 elif not exc.retryable:
@@ -302,21 +299,22 @@ class JobRunner:
             if on_success is not None:
                 fleet_updates += on_success(completion)
             return self._succeeded(records, completion, cached=False, updates=fleet_updates)
-        if unsupported and not busy_for_s and last_error is None:
+        if unsupported and not busy and last_error is None:
             return failed(records, _none_can_honour(claim.model, unsupported))
         deadline_left_s = None
         if claim.deadline is not None:
             deadline_left_s = (claim.deadline - self.utcnow()).total_seconds()
+        first_free = min(busy, key=lambda b: b.retry_after_s, default=None)
         decision = after_all_targets(
             self.policy,
-            busy_for_s=busy_for_s,
+            busy_for_s=[b.retry_after_s for b in busy],
             failed=last_error is not None,
             attempt=claim.attempt,
             max_attempts=claim.max_attempts,
             deadline_left_s=deadline_left_s,
             jitter=self.jitter(),
             # The first target to free up gave a place in the limiter's line: come back early.
-            early_s=LINE_EARLY_S if in_line_for_s and min(in_line_for_s) <= min(busy_for_s) else 0.0,
+            early_s=LINE_EARLY_S if first_free is not None and first_free.in_line else 0.0,
         )
         if isinstance(decision, GiveUp):
             if decision.deadline or last_error is None:

@@ -175,32 +175,29 @@ async def test_a_call_longer_than_the_sync_timeout_answers_504_and_still_lands(
     assert sim_calls(sim, upstream_model) == 1
 
 
+def claimed_for_tenant_a(worker: InlineWorker, prompt: str) -> tuple[dict[str, Any], store.Claim]:
+    with worker.sessions() as session:
+        tenant_id = session.execute(select(Tenant.id).where(Tenant.name == "tenant-a")).scalar_one()
+    spec = JobSpec(body=job_body(prompt), priority="interactive")
+    return claimed_job(spec, tenant_id=tenant_id, now=worker.runtime.clock.utcnow(), max_attempts=3)
+
+
 def test_recording_a_claimed_job_again_after_a_lost_answer_finds_its_own_row(
     inline_worker: InlineWorker, api_key: str
 ) -> None:
     # A retry after a COMMIT that landed with its answer lost: the same row, so nothing to do;
     # the same id under another tenant is not this job's row, and the retry must not pass it.
     clock = inline_worker.runtime.clock
-    with inline_worker.sessions() as session:
-        tenant_id = session.execute(select(Tenant.id).where(Tenant.name == "tenant-a")).scalar_one()
-    spec = JobSpec(body=job_body("hi"), priority="interactive")
-    row, claim = claimed_job(spec, tenant_id=tenant_id, now=clock.utcnow(), max_attempts=3)
+    row, claim = claimed_for_tenant_a(inline_worker, "hi")
     for _ in range(2):
         with inline_worker.sessions() as session:
             store.insert_claimed(session, clock, dict(row), lease_s=60)
 
     job = job_row(inline_worker, claim.id)
-    assert (job.status, job.attempts, job.tenant_id) == (store.RUNNING, 1, tenant_id)
+    assert (job.status, job.attempts, job.tenant_id) == (store.RUNNING, 1, claim.tenant_id)
     assert job.lease_until is not None
     with inline_worker.sessions() as session, pytest.raises(IntegrityError):
         store.insert_claimed(session, clock, {**row, "tenant_id": "no-such-tenant"}, lease_s=60)
-
-
-def claimed_for_tenant_a(worker: InlineWorker, prompt: str) -> tuple[dict[str, Any], store.Claim]:
-    with worker.sessions() as session:
-        tenant_id = session.execute(select(Tenant.id).where(Tenant.name == "tenant-a")).scalar_one()
-    spec = JobSpec(body=job_body(prompt), priority="interactive")
-    return claimed_job(spec, tenant_id=tenant_id, now=worker.runtime.clock.utcnow(), max_attempts=3)
 
 
 def test_a_call_started_before_its_row_is_inserted_is_written_once_the_insert_lands(
