@@ -38,7 +38,6 @@ from core.pricing import cost_usd
 from core.ratelimit.budget import Budget, SpendLedger
 from core.ratelimit.estimate import estimate_prompt_tokens, output_bound
 from core.ratelimit.limiter import Bucket, Place, tenant_bucket
-from core.ratelimit.wait import LINE_EARLY_S
 from core.redis.cache import ResponseCache
 from core.redis.latency import LatencyBoard
 from core.redis.scripts import FleetOp, run_calls
@@ -304,7 +303,6 @@ class JobRunner:
         deadline_left_s = None
         if claim.deadline is not None:
             deadline_left_s = (claim.deadline - self.utcnow()).total_seconds()
-        first_free = min(busy, key=lambda b: b.retry_after_s, default=None)
         decision = after_all_targets(
             self.policy,
             busy_for_s=[b.retry_after_s for b in busy],
@@ -313,8 +311,6 @@ class JobRunner:
             max_attempts=claim.max_attempts,
             deadline_left_s=deadline_left_s,
             jitter=self.jitter(),
-            # The first target to free up gave a place in the limiter's line: come back early.
-            early_s=LINE_EARLY_S if first_free is not None and first_free.in_line else 0.0,
         )
         if isinstance(decision, GiveUp):
             if decision.deadline or last_error is None:

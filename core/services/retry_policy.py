@@ -42,26 +42,21 @@ def after_all_targets(
     max_attempts: int,
     deadline_left_s: float | None,
     jitter: float,
-    early_s: float = 0.0,
 ) -> Requeue | GiveUp:
     """The decision for a job none of whose targets answered.
 
     - Every target was only busy (breaker open, budget booked, provider paused): wait for the
-      first to free up, jittered later by at most a quarter of the wait and half a second, so
-      jobs refused together do not all come back at once; the attempt is refunded. Unless the
-      job's deadline comes first. When that first wait is a place in the limiter's waiting
-      line (`early_s` > 0), the places are spread already: come back up to `early_s` before
-      it instead, to book the slot ahead rather than leave the budget idle.
+      first to free up, jittered later by at most a quarter of the wait and half a second (a
+      batch's delays are already spread by the limiter's waiting line), so jobs refused
+      together do not all come back at once; the attempt is refunded. Unless the job's
+      deadline comes first.
     - A target failed: retry with exponential backoff (capped by the shortest busy wait)
       while attempts remain, else give up.
     `jitter` is a draw from [0, 1).
     """
     if busy_for_s and not failed:
         wait_s = min(busy_for_s)
-        if early_s > 0:
-            delay_s = max(wait_s - early_s * jitter, 0.0)
-        else:
-            delay_s = wait_s + min(0.25 * wait_s, 0.5) * jitter
+        delay_s = wait_s + min(0.25 * wait_s, 0.5) * jitter
         if deadline_left_s is not None and deadline_left_s < delay_s:
             return GiveUp(deadline=True)
         return Requeue(delay_s, refund=True)

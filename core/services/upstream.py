@@ -56,14 +56,12 @@ def target_buckets(target: Target, provider: ProviderConfig) -> list[Bucket]:
 
 
 class TargetUnavailable(Exception):
-    """The target cannot be called now (breaker open, budget booked, provider paused).
-    `in_line`: `retry_after_s` is the call's place in the limiter's waiting line."""
+    """The target cannot be called now (breaker open, budget booked, provider paused)."""
 
-    def __init__(self, reason: str, retry_after_s: float, *, in_line: bool = False) -> None:
+    def __init__(self, reason: str, retry_after_s: float) -> None:
         super().__init__(f"{reason}; retry in {retry_after_s:.2f} s")
         self.reason = reason
         self.retry_after_s = retry_after_s
-        self.in_line = in_line
 
 
 @dataclass(frozen=True)
@@ -262,7 +260,6 @@ class UpstreamCaller:
         """Breaker, pause and reservation in one round trip, then the reserved wait; raises
         `TargetUnavailable` when the call may not go out now."""
         cfg = self.config.providers[target.provider]
-        in_line = wait.joins_line(interactive)
         answer = await self.gate.open(
             target_name(target),
             cfg.breaker,
@@ -270,7 +267,7 @@ class UpstreamCaller:
             estimate,
             probe_timeout_s=cfg.timeout_s + 5,
             max_wait_s=wait.max_wait_s(interactive),
-            line=in_line,
+            line=wait.joins_line(interactive),
             place=place,
         )
         permit, reservation = answer.permit, answer.reservation
@@ -281,9 +278,7 @@ class UpstreamCaller:
             # A probe refused budget was handed back by the gate itself.
             reason = "provider paused" if reservation.paused else "rate limit budget booked"
             records.append(CallRecord(target, "rate_limit_wait", reason, 0, started_at))
-            raise TargetUnavailable(
-                reason, reservation.retry_after_s or 1.0, in_line=in_line and not reservation.paused
-            )
+            raise TargetUnavailable(reason, reservation.retry_after_s or 1.0)
         if reservation.wait_s > 0:
             metrics.LIMITER_WAITS.labels(provider=target.provider).inc()
             metrics.LIMITER_WAIT_SECONDS.labels(provider=target.provider).observe(reservation.wait_s)

@@ -31,14 +31,6 @@ def test_busy_waits_are_jittered_later_by_at_most_a_quarter_and_half_a_second() 
     assert decide(busy_for_s=[30.0], failed=False, jitter=1.0) == Requeue(30.5, refund=True)
 
 
-def test_a_place_in_the_limiters_line_is_come_back_to_early_never_late() -> None:
-    # Up to `early_s` before the place, spread by the jitter: the job then books its slot
-    # ahead and sleeps to it, instead of leaving the bucket idle until it is back.
-    assert decide(busy_for_s=[2.0], failed=False, early_s=0.25, jitter=0.0) == Requeue(2.0, refund=True)
-    assert decide(busy_for_s=[2.0], failed=False, early_s=0.25, jitter=0.5) == Requeue(1.875, refund=True)
-    assert decide(busy_for_s=[0.1], failed=False, early_s=0.25, jitter=0.999) == Requeue(0.0, refund=True)
-
-
 def test_a_busy_wait_past_the_deadline_fails_the_job_as_deadline_exceeded() -> None:
     assert decide(busy_for_s=[10.0], failed=False, deadline_left_s=5.0) == GiveUp(deadline=True)
 
