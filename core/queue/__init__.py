@@ -132,22 +132,36 @@ def enqueue_messages(
     broker: RedisBroker, items: Iterable[tuple[ActorSpec, str, tuple[object, ...]]], *, delay_ms: int = 0
 ) -> int:
     """Enqueue (spec, message_id, args) messages pipelined, in chunks; returns how many."""
+    eta_ms = now_ms() + delay_ms if delay_ms > 0 else 0
+    return enqueue_due(broker, ((spec, message_id, args, eta_ms) for spec, message_id, args in items))
+
+
+def now_ms() -> int:
+    """Unix time in milliseconds: the clock of a delayed message's `eta`."""
+    return int(time.time() * 1000)
+
+
+def enqueue_due(broker: RedisBroker, items: Iterable[tuple[ActorSpec, str, tuple[object, ...], int]]) -> int:
+    """Enqueue (spec, message_id, args, eta_ms) messages pipelined, in chunks; a message whose
+    `eta_ms` (Unix ms) is in the future goes to its delay queue until then, others at once.
+    Returns how many."""
     dispatch = broker.scripts["dispatch"]
     keys = [broker.namespace]
     count = 0
     woken: dict[str, int] = {}
     pipe = broker.client.pipeline(transaction=False)
-    for spec, message_id, args in items:
+    now = now_ms()
+    for spec, message_id, args, eta_ms in items:
         message = _message(spec, message_id, args)
         queue_name = spec.queue_name
-        if delay_ms > 0:
+        delayed = eta_ms > now
+        if delayed:
             queue_name = dq_name(queue_name)
-            eta = int(time.time() * 1000) + delay_ms
-            message = message.copy(queue_name=queue_name, options={"eta": eta})
+            message = message.copy(queue_name=queue_name, options={"eta": eta_ms})
         dispatch(
             keys=keys, args=_dispatch_args(broker, queue_name, message_id, message.encode()), client=pipe
         )
-        if delay_ms <= 0:
+        if not delayed:
             woken[queue_name] = woken.get(queue_name, 0) + 1
         count += 1
         if count % ENQUEUE_CHUNK == 0:
@@ -160,8 +174,15 @@ def enqueue_messages(
 
 def dispatch_jobs(broker: RedisBroker, jobs: Iterable[tuple[str, str]], *, delay_ms: int = 0) -> int:
     """Enqueue `run_job` for (job_id, priority) pairs; the job id is the message's Redis id."""
-    return enqueue_messages(
-        broker, ((RUN_ACTORS[priority], job_id, (job_id,)) for job_id, priority in jobs), delay_ms=delay_ms
+    eta_ms = now_ms() + delay_ms if delay_ms > 0 else 0
+    return dispatch_jobs_due(broker, ((job_id, priority, eta_ms) for job_id, priority in jobs))
+
+
+def dispatch_jobs_due(broker: RedisBroker, jobs: Iterable[tuple[str, str, int]]) -> int:
+    """Enqueue `run_job` for (job_id, priority, due Unix ms; 0 = now): each comes back at its
+    own due time however long the caller took to get here."""
+    return enqueue_due(
+        broker, ((RUN_ACTORS[priority], job_id, (job_id,), due_ms) for job_id, priority, due_ms in jobs)
     )
 
 

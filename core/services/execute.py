@@ -20,6 +20,7 @@ import dataclasses
 import enum
 import functools
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -81,13 +82,15 @@ class Outcome:
 class Verdict:
     """What the pipeline decided for one claimed job, for the group writer to record.
 
-    Final: `values` are the job's final columns. Requeue: `delay_s` and `refund`."""
+    Final: `values` are the job's final columns. Requeue: `delay_s` (counted from
+    `decided_at`, this process's monotonic clock) and `refund`."""
 
     status: OutcomeStatus
     records: list[CallRecord]
     values: dict[str, Any] = field(default_factory=dict)
     delay_s: float = 0.0
     refund: bool = False
+    decided_at: float = field(default_factory=time.monotonic)
     # Fleet-state updates nothing waits long on (a success's breaker report, reconciliation,
     # cache entry and single-flight answer):
     # the group writer runs them after its commit, in the group's one Redis pipeline.
@@ -96,6 +99,16 @@ class Verdict:
     @property
     def is_final(self) -> bool:
         return self.status in (OutcomeStatus.SUCCEEDED, OutcomeStatus.FAILED)
+
+    def delay_left_s(self) -> float:
+        """What is left of the requeue delay now: the time a verdict waited for its group
+        write is not added to it (a job refused a place in the limiter's line comes back at
+        its place, not that much after it)."""
+        return max(self.delay_s - (time.monotonic() - self.decided_at), 0.0)
+
+    def due_ms(self) -> int:
+        """When the requeued job is due, in Unix ms (the broker's clock for a delayed message)."""
+        return int((time.time() + self.delay_left_s()) * 1000)
 
 
 def _none_can_honour(model: str, refusals: list[Unsupported]) -> dict[str, str]:
@@ -311,6 +324,7 @@ class JobRunner:
             max_attempts=claim.max_attempts,
             deadline_left_s=deadline_left_s,
             jitter=self.jitter(),
+            in_line=bool(busy) and min(busy, key=lambda b: b.retry_after_s).in_line,
         )
         if isinstance(decision, GiveUp):
             if decision.deadline or last_error is None:

@@ -27,7 +27,8 @@ log = structlog.get_logger("jobgate.lifecycle")
 class Effects:
     finished: list[str] = field(default_factory=list)
     deliveries: list[str] = field(default_factory=list)
-    # (job_id, priority, delay_ms) to enqueue; delay 0 is "now".
+    # (job_id, priority, due_ms) to enqueue: due at that Unix time in ms, 0 for now. A due time
+    # rather than a delay, so the time the transition took to commit is not added to it.
     dispatch: list[tuple[str, str, int]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
@@ -48,11 +49,8 @@ def apply_effects(effects: Effects, broker: RedisBroker, keys: Keys) -> None:
     """Dispatch, deliver and announce, after the commit. Best effort: on a Redis error the
     sweeper dispatches what has no message and waiters re-read SQL, so nothing is lost."""
     try:
-        by_delay: dict[int, list[tuple[str, str]]] = {}
-        for job_id, priority, delay_ms in effects.dispatch:
-            by_delay.setdefault(delay_ms, []).append((job_id, priority))
-        for delay_ms, jobs in sorted(by_delay.items()):
-            queue.dispatch_jobs(broker, jobs, delay_ms=delay_ms)
+        if effects.dispatch:
+            queue.dispatch_jobs_due(broker, effects.dispatch)
         if effects.deliveries:
             queue.dispatch_deliveries(broker, effects.deliveries)
         if effects.finished:

@@ -144,9 +144,12 @@ def sweep(
     apply_effects(expired, broker, keys)
     lost = find_lost_jobs(sessions, clock, broker, older_than_s=redispatch_after_s, ahead_s=ahead_s)
     queue.run_broker_maintenance(broker)
+    now_ms = queue.now_ms()
     later = Effects(
         dispatch=[
-            (job_id, priority, delay_ms) for delay_ms, jobs in lost.items() for job_id, priority in jobs
+            (job_id, priority, now_ms + delay_ms if delay_ms else 0)
+            for delay_ms, jobs in lost.items()
+            for job_id, priority in jobs
         ]
     )
     with sessions() as session:

@@ -42,21 +42,25 @@ def after_all_targets(
     max_attempts: int,
     deadline_left_s: float | None,
     jitter: float,
+    in_line: bool = False,
 ) -> Requeue | GiveUp:
     """The decision for a job none of whose targets answered.
 
     - Every target was only busy (breaker open, budget booked, provider paused): wait for the
-      first to free up, jittered later by at most a quarter of the wait and half a second (a
-      batch's delays are already spread by the limiter's waiting line), so jobs refused
-      together do not all come back at once; the attempt is refunded. Unless the job's
-      deadline comes first.
+      first to free up, jittered later by at most a quarter of the wait and half a second, so
+      jobs refused together do not all come back at once; the attempt is refunded. Unless the
+      job's deadline comes first. When that first wait is the job's place in the limiter's
+      waiting line (`in_line`), it comes back at its place exactly: the places are spread
+      already, one call's cost apart, and a pacing limiter never gets idle time back.
     - A target failed: retry with exponential backoff (capped by the shortest busy wait)
       while attempts remain, else give up.
     `jitter` is a draw from [0, 1).
     """
     if busy_for_s and not failed:
         wait_s = min(busy_for_s)
-        delay_s = wait_s + min(0.25 * wait_s, 0.5) * jitter
+        # A place in the limiter's waiting line is already spread from the others' places:
+        # jitter would only leave the budget idle until the job came back.
+        delay_s = wait_s if in_line else wait_s + min(0.25 * wait_s, 0.5) * jitter
         if deadline_left_s is not None and deadline_left_s < delay_s:
             return GiveUp(deadline=True)
         return Requeue(delay_s, refund=True)

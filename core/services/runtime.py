@@ -41,7 +41,7 @@ import structlog
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from core import metrics, tracing
+from core import metrics, queue, tracing
 from core.domain.relay import Relay
 from core.redis.scripts import run_calls
 from core.services.execute import JobRunner, Outcome, OutcomeStatus, Verdict
@@ -304,7 +304,7 @@ class JobRuntime:
             delay_s = max((due - now).total_seconds(), MIN_REDELAY_S)
             outcomes[job_id] = Outcome(OutcomeStatus.REQUEUED, delay_s=delay_s)
             if delay_s <= MAX_BROKER_DELAY_S:
-                effects.dispatch.append((job_id, priorities[job_id], max(1, int(delay_s * 1000))))
+                effects.dispatch.append((job_id, priorities[job_id], queue.now_ms() + int(delay_s * 1000)))
         if effects:
             self.apply_effects(effects)
         return claims, outcomes
@@ -469,17 +469,22 @@ class JobRuntime:
                 if claim.id not in won:
                     continue
                 final_ids.append(claim.id)
-            elif not store.requeue_job(
-                session, self.clock, claim, delay_s=verdict.delay_s, refund_attempt=verdict.refund
-            ):
+            elif not self._requeue(session, claim, verdict, effects):
                 continue
-            elif verdict.delay_s <= MAX_BROKER_DELAY_S:
-                effects.dispatch.append((claim.id, claim.priority, max(1, int(verdict.delay_s * 1000))))
             outcomes[claim.id] = _outcome(verdict)
         store.record_attempts(session, attempt_rows)
         effects.deliveries = commit_final(session, final_ids, self.clock.utcnow(), routes=_routes(group))
         effects.finished = final_ids
         return _Written(outcomes, effects)
+
+    def _requeue(self, session: Session, claim: store.Claim, verdict: Verdict, effects: Effects) -> bool:
+        """Back to the queue for what is left of the verdict's delay; False if the claim is lost."""
+        delay_s = verdict.delay_left_s()
+        if not store.requeue_job(session, self.clock, claim, delay_s=delay_s, refund_attempt=verdict.refund):
+            return False
+        if delay_s <= MAX_BROKER_DELAY_S:
+            effects.dispatch.append((claim.id, claim.priority, verdict.due_ms()))
+        return True
 
     def _observe_final(self, item: _Finished) -> None:
         claim, status = item.claim, item.verdict.status

@@ -56,12 +56,14 @@ def target_buckets(target: Target, provider: ProviderConfig) -> list[Bucket]:
 
 
 class TargetUnavailable(Exception):
-    """The target cannot be called now (breaker open, budget booked, provider paused)."""
+    """The target cannot be called now (breaker open, budget booked, provider paused).
+    `in_line`: `retry_after_s` is the call's own place in the limiter's waiting line."""
 
-    def __init__(self, reason: str, retry_after_s: float) -> None:
+    def __init__(self, reason: str, retry_after_s: float, *, in_line: bool = False) -> None:
         super().__init__(f"{reason}; retry in {retry_after_s:.2f} s")
         self.reason = reason
         self.retry_after_s = retry_after_s
+        self.in_line = in_line
 
 
 @dataclass(frozen=True)
@@ -278,7 +280,8 @@ class UpstreamCaller:
             # A probe refused budget was handed back by the gate itself.
             reason = "provider paused" if reservation.paused else "rate limit budget booked"
             records.append(CallRecord(target, "rate_limit_wait", reason, 0, started_at))
-            raise TargetUnavailable(reason, reservation.retry_after_s or 1.0)
+            in_line = wait.joins_line(interactive) and not reservation.paused
+            raise TargetUnavailable(reason, reservation.retry_after_s or 1.0, in_line=in_line)
         if reservation.wait_s > 0:
             metrics.LIMITER_WAITS.labels(provider=target.provider).inc()
             metrics.LIMITER_WAIT_SECONDS.labels(provider=target.provider).observe(reservation.wait_s)

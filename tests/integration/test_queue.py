@@ -139,6 +139,25 @@ def test_delayed_dispatch_is_pending_and_runs_only_once_due(
     assert recorder.runs == [(queue.BATCH, job[0])]
 
 
+def test_a_due_time_dispatch_is_delayed_to_that_time_not_by_a_delay_from_now(
+    broker: RedisBroker, recorder: Recorder, start_worker
+) -> None:
+    """A job put back for a due time comes back at it however long its transition took to
+    commit; a due time already past runs at once, from the queue itself."""
+    later, past = ("job_due_later", queue.BATCH), ("job_due_past", queue.BATCH)
+    due_ms = queue.now_ms() + 1_500
+    queue.dispatch_jobs_due(broker, [(*later, due_ms), (*past, queue.now_ms() - 1_000)])
+
+    depths = queue.queue_depths(broker)
+    assert depths[queue.RUN_BATCH.queue_name] == 1  # the past one, not on the delay queue
+    assert queue.pending_job_ids(broker, [later, past]) == {later[0], past[0]}
+    start_worker()
+    wait_until(lambda: recorder.ran(later[0]), timeout_s=10, what="the due job to run")
+    ran_at_ms = queue.now_ms()
+    assert ran_at_ms >= due_ms
+    assert recorder.runs[0] == (queue.BATCH, past[0])
+
+
 def test_bulk_dispatch_over_several_pipeline_chunks_enqueues_every_job(broker: RedisBroker) -> None:
     count = queue.ENQUEUE_CHUNK + 500
     interactive = [(f"job_bulk_i{i}", queue.INTERACTIVE) for i in range(count)]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 from core.errors import ServerError
+from core.services.execute import OutcomeStatus, Verdict
 from core.services.retry_policy import GiveUp, Requeue, RetryPolicy, after_all_targets
 from core.services.upstream import MAX_INLINE_RETRY_WAIT_S, retry_wait_s
 
@@ -29,6 +32,11 @@ def test_a_job_whose_targets_were_only_busy_waits_for_the_first_and_keeps_its_at
 def test_busy_waits_are_jittered_later_by_at_most_a_quarter_and_half_a_second() -> None:
     assert decide(busy_for_s=[1.0], failed=False, jitter=0.999) == Requeue(1.0 + 0.25 * 0.999, refund=True)
     assert decide(busy_for_s=[30.0], failed=False, jitter=1.0) == Requeue(30.5, refund=True)
+
+
+def test_a_place_in_the_limiters_line_is_come_back_to_exactly_not_jittered() -> None:
+    """Places are spread one call's cost apart already; jitter would leave the budget idle."""
+    assert decide(busy_for_s=[30.0], failed=False, jitter=1.0, in_line=True) == Requeue(30.0, refund=True)
 
 
 def test_a_busy_wait_past_the_deadline_fails_the_job_as_deadline_exceeded() -> None:
@@ -63,3 +71,12 @@ def test_without_retry_after_the_wait_backs_off_with_jitter_within_the_cap() -> 
     assert len(set(first)) > 1  # jittered
     assert all(0.8 <= wait <= 1.0 for wait in third)
     assert retry_wait_s(ServerError("boom"), 10) == MAX_INLINE_RETRY_WAIT_S
+
+
+def test_a_requeue_delay_counts_from_the_decision_not_from_the_group_write() -> None:
+    """A verdict that waited for its group write comes back when decided, not that much later."""
+    verdict = Verdict(OutcomeStatus.REQUEUED, [], delay_s=10.0, decided_at=time.monotonic() - 4.0)
+    assert 5.9 <= verdict.delay_left_s() <= 6.0
+    assert abs(verdict.due_ms() - (time.time() + 6.0) * 1000) < 100
+    overdue = Verdict(OutcomeStatus.REQUEUED, [], delay_s=1.0, decided_at=time.monotonic() - 4.0)
+    assert overdue.delay_left_s() == 0
