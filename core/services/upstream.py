@@ -285,18 +285,23 @@ class UpstreamCaller:
         if reservation.wait_s > 0:
             metrics.LIMITER_WAITS.labels(provider=target.provider).inc()
             metrics.LIMITER_WAIT_SECONDS.labels(provider=target.provider).observe(reservation.wait_s)
+            slot_at = self.monotonic() + reservation.wait_s
             await self.pace(reservation.wait_s)
             # Other calls booked before this one may have been told to stop meanwhile (a 429,
             # `x-ratelimit-remaining-requests: 0`): a slot booked before a pause is no licence
             # to call through it.
             scopes = {target.provider, cfg.pause_scope(target.provider, target.model)}
             paused_s = await self.limiter.longest_pause_left_s(sorted(scopes))
-            if paused_s > 0:
+            # Nor is a slot this process woke up to too late (a loop busy with a thousand jobs
+            # starting): sent now, it would land together with the calls booked after it.
+            missed = self.monotonic() - slot_at > wait.MISSED_SLOT_S
+            if paused_s > 0 or missed:
                 await self.limiter.reconcile(reservation, 0)
                 if permit.probe:
                     await self.breaker.release_probe(target_name(target))
-                records.append(CallRecord(target, "rate_limit_wait", "provider paused", 0, started_at))
-                raise TargetUnavailable("provider paused", paused_s)
+                reason = "provider paused" if paused_s > 0 else "slot missed"
+                records.append(CallRecord(target, "rate_limit_wait", reason, 0, started_at))
+                raise TargetUnavailable(reason, paused_s)
         return permit, reservation
 
     @staticmethod

@@ -23,7 +23,16 @@ class SqlClock:
         self.utcnow = utcnow
 
     def now(self) -> Any:
-        """A value usable in statements: a SQL expression on Postgres, a datetime on SQLite."""
+        """A value usable in statements: a SQL expression on Postgres, a datetime on SQLite.
+        On Postgres it is the transaction's start, the same for all its statements."""
         if self.dialect == "postgresql":
             return func.now()
+        return self.utcnow()
+
+    def current(self) -> Any:
+        """Like `now`, but the moment the statement runs (`clock_timestamp()` on Postgres): for
+        a due time counted from a moment this process measured, inside a transaction that may
+        have begun well before it (a group write of hundreds of jobs)."""
+        if self.dialect == "postgresql":
+            return func.clock_timestamp()
         return self.utcnow()

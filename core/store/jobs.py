@@ -365,8 +365,9 @@ def requeue_job(
 
     `refund_attempt` gives the attempt back when nothing was tried upstream (every target was
     only busy): waiting for budget must not use up a job's attempts. The caller commits.
+    `delay_s` counts from this statement, not from its transaction's start.
     """
-    now = clock.now()
+    now = clock.current()
     attempts = Job.attempts - 1 if refund_attempt else Job.attempts
     stmt = (
         update(Job)

@@ -24,6 +24,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import BreakerConfig
+from core.ratelimit import wait
 from core.ratelimit.limiter import RateLimiter, provider_bucket
 from core.redis.breaker import CircuitBreaker
 from core.redis.keys import Keys
@@ -367,6 +368,35 @@ async def test_interactive_job_waits_inline_for_budget_a_batch_job_would_requeue
 
     assert sleeps == [] and len(paced) == 1 and 1.0 < paced[0] <= 2.0
     assert requests_seen(sim, primary) == 1
+
+
+async def test_a_slot_woken_up_to_too_late_is_not_called_through_and_the_fallback_serves(
+    api_client: httpx.AsyncClient,
+    inline_worker: InlineWorker,
+    limiter: RateLimiter,
+    sim: SimHandle,
+    primary: str,
+    fallback: str,
+) -> None:
+    """A loop busy with many jobs starting wakes a sleeper late: its slot has passed, and sent
+    now the call would land together with the calls booked after it."""
+    clock = [1_000.0]
+
+    async def oversleep(seconds: float) -> None:
+        clock[0] += seconds + 2 * wait.MISSED_SLOT_S
+
+    inline_worker.runner.caller.pace = oversleep
+    inline_worker.runner.caller.monotonic = lambda: clock[0]
+    # Two seconds of the primary's tokens booked: an interactive job books behind them and sleeps.
+    await limiter.reserve([provider_bucket("primary", rpm=None, tpm=TPM)], 2 * TPM // 60, max_wait_s=0)
+    job_id = await submit(api_client, "Late for my slot.", priority="interactive")
+
+    assert (await run(inline_worker, job_id)).status == "succeeded"
+
+    job = await read_job(api_client, job_id)
+    assert job["served_by"] == {"provider": "backup", "model": fallback}
+    assert requests_seen(sim, primary) == 0
+    assert attempt_log(inline_worker, job_id)[0] == ("primary", "rate_limit_wait", "slot missed")
 
 
 async def test_retry_after_on_a_429_pauses_the_provider_and_requeues_the_job_for_the_pause(
