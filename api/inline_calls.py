@@ -20,7 +20,6 @@ credentials on workers only: every sync request then takes the queue.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from dramatiq.brokers.redis import RedisBroker
@@ -32,6 +31,7 @@ from core.domain.relay import Relay
 from core.redis.keys import Keys
 from core.services.execute import Outcome, Verdict
 from core.services.job_engine import JobEngine, build_job_engine
+from core.services.runtime import PendingRecord
 from core.services.submit import JobSpec, claimed_job
 from core.settings import Settings
 from core.store import jobs as store
@@ -86,13 +86,13 @@ class InlineCalls:
 
     def submit_started(
         self, spec: JobSpec, *, tenant_id: str, request_id: str | None, body_hash: str | None = None
-    ) -> tuple[store.Claim, asyncio.Task[None]]:
-        """Record the job claimed without waiting for it: the insert runs while the call starts
-        (`run(claim, inserted=...)` waits for it before the final write, and a stream sends
-        nothing before it). Not for an Idempotency-Key's job, whose conflict must be known
-        before any call."""
+    ) -> tuple[store.Claim, PendingRecord]:
+        """Record the job claimed without waiting for it: the insert runs while the call goes
+        out (`run(claim, inserted=...)` begins it then and waits for it before the final write,
+        and a stream sends nothing before it). Not for an Idempotency-Key's job, whose conflict
+        must be known before any call."""
         row, claim = self._claimed(spec, tenant_id, request_id, None, body_hash)
-        return claim, asyncio.get_running_loop().create_task(self._insert(row, spec.priority))
+        return claim, PendingRecord(lambda: self._insert(row, spec.priority))
 
     def _claimed(
         self,
@@ -117,12 +117,12 @@ class InlineCalls:
         metrics.JOBS_SUBMITTED.labels(priority=priority).inc()
 
     async def run(
-        self, claim: store.Claim, *, relay: Relay | None = None, inserted: asyncio.Task[None] | None = None
+        self, claim: store.Claim, *, relay: Relay | None = None, inserted: PendingRecord | None = None
     ) -> tuple[Outcome, Verdict | None]:
         """Run the claimed job here (streamed to `relay` if given); its outcome once the result
         is written. A caller that stops waiting leaves the run to finish and be written."""
         if relay is not None and inserted is not None:
-            relay.hold_until(inserted)
+            relay.hold_until(inserted.done)
         self.in_flight += 1
         try:
             return await self.engine.runtime.run_claimed(claim, relay=relay, inserted=inserted)

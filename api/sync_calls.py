@@ -38,6 +38,7 @@ from api.waiting import wait_for_job
 from core.domain.relay import Relay
 from core.ids import id_floor
 from core.ratelimit.limiter import RateLimiter
+from core.services.runtime import PendingRecord
 from core.services.submit import JobSpec, existing_for_key, request_hash, submit_job
 from core.store import jobs as store
 
@@ -156,7 +157,7 @@ async def _call_here(
     finish (requeued for a retry) is waited for like a queued one."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + state.settings.sync_timeout_s
-    inserted: asyncio.Task[None] | None = None
+    inserted: PendingRecord | None = None
     if ask.idempotency_key is None and not state.settings.fault_exit_after_commit:
         # The row's insert goes on while the call starts: the upstream's round trip hides it.
         claim, inserted = inline.submit_started(
@@ -186,7 +187,8 @@ async def _call_here(
             outcome, verdict = await inline.run(claim, relay=relay, inserted=inserted)
     except TimeoutError:
         if inserted is not None:
-            await inserted  # the 504 names the job: it must exist (or this answers the SQL error)
+            inserted.begin()
+            await inserted.done  # the 504 names the job: it must exist (or this answers the SQL error)
         return Finished(claim.id, claim.model, None)
     if verdict is not None and verdict.is_final and outcome.status is verdict.status:
         values = verdict.values

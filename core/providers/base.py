@@ -95,6 +95,12 @@ class _PostingClient(Protocol):
     async def post(self, path: str, *, cast_to: Any, body: Any, options: Any) -> Any: ...
 
 
+class _StreamingClient(Protocol):
+    async def post(
+        self, path: str, *, cast_to: Any, body: Any, options: Any, stream: bool, stream_cls: Any
+    ) -> Any: ...
+
+
 async def post_raw(
     client: _PostingClient, path: str, body: dict[str, Any], timeout: httpx2.Timeout
 ) -> httpx2.Response:
@@ -103,6 +109,20 @@ async def post_raw(
     options = {"timeout": timeout, "idempotency_key": next(_idempotency_keys)}
     response: httpx2.Response = await client.post(path, cast_to=httpx2.Response, body=body, options=options)
     return response
+
+
+async def post_stream(
+    client: _StreamingClient, path: str, body: dict[str, Any], timeout: httpx2.Timeout, *, stream_cls: Any
+) -> Any:
+    """POST `body` to `path` through the SDK client and stream the answer: the SDK's own
+    `stream_cls` over it (its SSE decoding, its error events), each event's JSON as a plain
+    dict, no typed chunk built and dumped back (`chat.completions.create` spent over a
+    millisecond of a stream's first token on its parameter transform and chunk models).
+    A non-2xx answer raises the SDK's status error before any event."""
+    options = {"timeout": timeout, "idempotency_key": next(_idempotency_keys)}
+    return await client.post(
+        path, cast_to=object, body=body, options=options, stream=True, stream_cls=stream_cls
+    )
 
 
 def _keys() -> Iterator[str]:

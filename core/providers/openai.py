@@ -29,6 +29,7 @@ from core.providers.base import (
     header_int,
     json_object_body,
     post_raw,
+    post_stream,
     sdk_client,
     utc_now,
 )
@@ -109,12 +110,12 @@ class OpenAIProvider:
         returned as a non-streamed call's would be (usage asked for, to record the job)."""
         answer = _Assembled()
         try:
-            stream = await self.client.chat.completions.create(
-                **arguments, stream=True, stream_options={"include_usage": True}, timeout=self._timeout
+            body = {**arguments, "stream": True, "stream_options": {"include_usage": True}}
+            stream = await post_stream(
+                self.client, "/chat/completions", body, self._timeout, stream_cls=openai.AsyncStream[object]
             )
             async with stream:
-                async for chunk in stream:
-                    data = chunk.to_dict()
+                async for data in stream:
                     answer.add(data)
                     await relay.send(data)
         except RelayClosed as exc:

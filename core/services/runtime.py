@@ -31,7 +31,7 @@ import asyncio
 import concurrent.futures
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -46,6 +46,7 @@ from core.domain.relay import Relay
 from core.redis.scripts import run_calls
 from core.services.execute import JobRunner, Outcome, OutcomeStatus, Verdict
 from core.services.lifecycle import Effects
+from core.services.upstream import CALL_GOING_OUT
 from core.store import jobs as store
 from core.store.clock import SqlClock
 from core.store.retry import is_connection_error, retrying_on_disconnect
@@ -115,6 +116,35 @@ class _Gathered(Generic[T]):
 class _Written:
     outcomes: dict[str, Outcome]
     effects: Effects
+
+
+class PendingRecord:
+    """A claimed row's insert that begins when asked (`begin`, at most once) and is `done`.
+
+    The API's sync path records its job while the call goes out: begun beside the gate and
+    the request's own work, the insert's SQL thread held the GIL those needed (a stream's
+    first token came 1.5-2 ms later), so it begins once the call's request is on its way
+    (`CALL_GOING_OUT`), or when the run ends without a call."""
+
+    def __init__(self, insert: Callable[[], Awaitable[None]]) -> None:
+        self._insert = insert
+        self._task: asyncio.Task[None] | None = None
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def begin(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._record())
+
+    async def _record(self) -> None:
+        try:
+            await self._insert()
+        except asyncio.CancelledError:
+            self.done.cancel()
+            raise
+        except Exception as exc:  # handed to whoever awaits `done`
+            self.done.set_exception(exc)
+        else:
+            self.done.set_result(None)
 
 
 class JobRuntime:
@@ -211,16 +241,17 @@ class JobRuntime:
         claim: store.Claim,
         *,
         relay: Relay | None = None,
-        inserted: asyncio.Future[None] | None = None,
+        inserted: PendingRecord | None = None,
     ) -> tuple[Outcome, Verdict | None]:
         """Run a job whose claim was made elsewhere (the API's sync path inserts its job
         claimed) as a claimed one: the same pipeline, group write and lease renewal. Returns
         the outcome once written, with the verdict (None if the run crashed). The run is a task
         of its own: a caller that stops waiting leaves it to finish and be written.
 
-        `inserted`: the claimed row's insert, still under way while the call starts (the
-        upstream's round trip hides the insert's); the final write waits for it, and a failed
-        insert fails the run (there is no row to write to)."""
+        `inserted`: the claimed row's insert, begun once the call's request is on its way (the
+        upstream's round trip hides the insert's), or once the run ends if no call went out;
+        the final write waits for it, and a failed insert fails the run (there is no row to
+        write to)."""
         assert self._to_write is not None, "start() the runtime first"
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         stale = self.policies.stale([claim.tenant_id], [claim.api_key_id])
@@ -316,8 +347,10 @@ class JobRuntime:
         claim: store.Claim,
         future: asyncio.Future[Outcome],
         relay: Relay | None = None,
-        inserted: asyncio.Future[None] | None = None,
+        inserted: PendingRecord | None = None,
     ) -> Verdict | None:
+        if inserted is not None:
+            CALL_GOING_OUT.set(inserted.begin)  # this task's own context: nothing to reset
         tenant = self.policies.tenant(claim.tenant_id)
         key = self.policies.key(claim.api_key_id)
         # Bound for this task's own context (each job runs as a task of its own), so nothing
@@ -332,10 +365,13 @@ class JobRuntime:
             log.exception("run_job_crashed", job_id=claim.id)
             self._active.pop(claim.id, None)
             future.set_exception(exc)
+            if inserted is not None:
+                inserted.begin()  # recorded all the same, for the reaper to hand on
             return None
         if inserted is not None:
+            inserted.begin()
             try:
-                await inserted
+                await inserted.done
             except Exception as exc:
                 # No row to write to: the caller answers the insert's error (503 for SQL down).
                 log.warning("claimed_insert_failed", job_id=claim.id, error=type(exc).__name__)

@@ -17,6 +17,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -44,6 +45,10 @@ MAX_INLINE_RETRY_WAIT_S = 2.0
 # Failures the provider did not count against its limits (refused before it ran the call).
 NOT_CHARGED = frozenset({"rate_limited", "connection_error", "bad_request", "auth"})
 BREAKER_FAILURES = frozenset({"server_error", "overloaded", "timeout", "connection_error", "truncated"})
+# Called (at most once a call, at the loop's next turn) when a call goes out, its request on its
+# way: the API's sync path begins recording its job's row then (core/services/runtime.py,
+# `PendingRecord`), so that work does not compete with the gate and the request for the GIL.
+CALL_GOING_OUT: ContextVar[Callable[[], None] | None] = ContextVar("call_going_out", default=None)
 
 
 def target_buckets(target: Target, provider: ProviderConfig) -> list[Bucket]:
@@ -200,6 +205,10 @@ class UpstreamCaller:
         permit, reservation = await self._pass_gate(
             target, buckets, estimate, interactive, records, started_at, place
         )
+        going_out = CALL_GOING_OUT.get()
+        if going_out is not None:
+            # Run at the loop's next turn: once this task waits on the upstream, its request sent.
+            asyncio.get_running_loop().call_soon(going_out)
         t0 = self.monotonic()
         try:
             call = self.providers[target.provider].complete(request, target.model, relay=relay)

@@ -9,6 +9,7 @@ Each test routes the `fast` alias to its own upstream model, whose faults it set
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import httpx
@@ -20,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 
 from core.errors import http_status_for
 from core.services.execute import OutcomeStatus
+from core.services.runtime import PendingRecord
 from core.services.submit import JobSpec, claimed_job
 from core.settings import Settings
 from core.store import jobs as store
@@ -203,18 +205,28 @@ def test_recording_a_claimed_job_again_after_a_lost_answer_finds_its_own_row(
 def test_a_call_started_before_its_row_is_inserted_is_written_once_the_insert_lands(
     inline_worker: InlineWorker, api_key: str, sim: SimHandle, upstream_model: str
 ) -> None:
-    # The sync path inserts the claimed row while the call starts; the final write, fenced by
-    # the claim, must wait for that insert, or it would find no row and the answer be lost.
+    # The sync path inserts the claimed row once the call has gone out; the final write, fenced
+    # by the claim, must wait for that insert, or it would find no row and the answer be lost.
     row, claim = claimed_for_tenant_a(inline_worker, "insert after the call")
     loop = inline_worker.loop.loop
-    inserted: asyncio.Future[None] = loop.create_future()
-    run = asyncio.run_coroutine_threadsafe(inline_worker.runtime.run_claimed(claim, inserted=inserted), loop)
+    may_land: asyncio.Future[None] = loop.create_future()
+    began = threading.Event()
+
+    async def insert_when_allowed() -> None:
+        began.set()
+        await may_land
+
+    async def run_claimed() -> Any:
+        return await inline_worker.runtime.run_claimed(claim, inserted=PendingRecord(insert_when_allowed))
+
+    run = asyncio.run_coroutine_threadsafe(run_claimed(), loop)
 
     wait_until(lambda: sim_calls(sim, upstream_model) == 1, timeout_s=15, what="the upstream call")
+    wait_until(began.is_set, timeout_s=5, what="the insert to begin as the call went out")
     assert not run.done()  # answered upstream, but not written: its row is not there yet
     with inline_worker.sessions() as session:
         store.insert_claimed(session, inline_worker.runtime.clock, dict(row), lease_s=60)
-    loop.call_soon_threadsafe(inserted.set_result, None)
+    loop.call_soon_threadsafe(may_land.set_result, None)
     outcome, verdict = run.result(timeout=30)
 
     assert outcome.status is OutcomeStatus.SUCCEEDED
@@ -234,9 +246,7 @@ def test_an_insert_that_fails_while_the_call_runs_fails_the_run_and_writes_nothi
         raise IntegrityError("INSERT INTO jobs", {}, Exception("no row for you"))
 
     async def run() -> Any:
-        return await inline_worker.runtime.run_claimed(
-            claim, inserted=asyncio.ensure_future(failing_insert())
-        )
+        return await inline_worker.runtime.run_claimed(claim, inserted=PendingRecord(failing_insert))
 
     with pytest.raises(IntegrityError):
         asyncio.run_coroutine_threadsafe(run(), loop).result(timeout=30)
