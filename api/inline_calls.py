@@ -6,8 +6,9 @@ the waiting request, re-read the row) added 15-17 ms p50 to a call and served 0.
 direct rate at 50 callers, against targets of 3 ms and 0.25. So an API process runs a sync
 request's call itself, on its own event loop, through the same `JobRuntime` a worker runs
 (`core.services.job_engine`): the job row is inserted already claimed (running, attempt 1,
-leased) while the call starts (the upstream's round trip hides the insert's; the final write
-and a stream's first chunk wait for it), the runtime calls the upstream, renews the lease
+leased) once the call's request has gone out (`PendingRecord`: the upstream's round trip hides
+the insert's; the final write and a stream's first chunk wait for it), the runtime calls the
+upstream, renews the lease
 meanwhile and writes the result fenced by that claim in its group write, with the same
 after-commit effects (job-done publish, webhook deliveries). If the process dies first, the
 reaper hands the leased row to the workers. A retryable failure is requeued by that write and
