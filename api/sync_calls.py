@@ -159,7 +159,7 @@ async def _call_here(
     deadline = loop.time() + state.settings.sync_timeout_s
     inserted: PendingRecord | None = None
     if ask.idempotency_key is None and not state.settings.fault_exit_after_commit:
-        # The row's insert goes on while the call starts: the upstream's round trip hides it.
+        # The row's insert begins once the call goes out: the upstream's round trip hides it.
         claim, inserted = inline.submit_started(
             spec, tenant_id=principal.tenant_id, request_id=request_id_of(request), body_hash=ask.fingerprint
         )

@@ -106,8 +106,9 @@ async def post_raw(
 ) -> httpx2.Response:
     """POST `body` to `path` through the SDK client; the response with its body read. A non-2xx
     answer raises the SDK's status error, a lost connection or timeout its own errors."""
-    options = {"timeout": timeout, "idempotency_key": next(_idempotency_keys)}
-    response: httpx2.Response = await client.post(path, cast_to=httpx2.Response, body=body, options=options)
+    response: httpx2.Response = await client.post(
+        path, cast_to=httpx2.Response, body=body, options=_options(timeout)
+    )
     return response
 
 
@@ -119,10 +120,14 @@ async def post_stream(
     dict, no typed chunk built and dumped back (`chat.completions.create` spent over a
     millisecond of a stream's first token on its parameter transform and chunk models).
     A non-2xx answer raises the SDK's status error before any event."""
-    options = {"timeout": timeout, "idempotency_key": next(_idempotency_keys)}
     return await client.post(
-        path, cast_to=object, body=body, options=options, stream=True, stream_cls=stream_cls
+        path, cast_to=object, body=body, options=_options(timeout), stream=True, stream_cls=stream_cls
     )
+
+
+def _options(timeout: httpx2.Timeout) -> dict[str, Any]:
+    """A call's SDK request options: its timeout and a process-unique idempotency key."""
+    return {"timeout": timeout, "idempotency_key": next(_idempotency_keys)}
 
 
 def _keys() -> Iterator[str]:

@@ -132,13 +132,18 @@ def enqueue_messages(
     broker: RedisBroker, items: Iterable[tuple[ActorSpec, str, tuple[object, ...]]], *, delay_ms: int = 0
 ) -> int:
     """Enqueue (spec, message_id, args) messages pipelined, in chunks; returns how many."""
-    eta_ms = now_ms() + delay_ms if delay_ms > 0 else 0
+    eta_ms = due_ms(delay_ms)
     return enqueue_due(broker, ((spec, message_id, args, eta_ms) for spec, message_id, args in items))
 
 
 def now_ms() -> int:
     """Unix time in milliseconds: the clock of a delayed message's `eta`."""
     return int(time.time() * 1000)
+
+
+def due_ms(delay_ms: int) -> int:
+    """The due time (Unix ms) `delay_ms` from now; 0 ("now") for a delay that is not positive."""
+    return now_ms() + delay_ms if delay_ms > 0 else 0
 
 
 def enqueue_due(broker: RedisBroker, items: Iterable[tuple[ActorSpec, str, tuple[object, ...], int]]) -> int:
@@ -174,7 +179,7 @@ def enqueue_due(broker: RedisBroker, items: Iterable[tuple[ActorSpec, str, tuple
 
 def dispatch_jobs(broker: RedisBroker, jobs: Iterable[tuple[str, str]], *, delay_ms: int = 0) -> int:
     """Enqueue `run_job` for (job_id, priority) pairs; the job id is the message's Redis id."""
-    eta_ms = now_ms() + delay_ms if delay_ms > 0 else 0
+    eta_ms = due_ms(delay_ms)
     return dispatch_jobs_due(broker, ((job_id, priority, eta_ms) for job_id, priority in jobs))
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import structlog
 
-from core import metrics
+from core import metrics, queue
 from core.config import GatewayConfig, Target
 from core.domain.chat import ChatRequest, Completion
 from core.domain.relay import Relay
@@ -108,7 +108,7 @@ class Verdict:
 
     def due_ms(self) -> int:
         """When the requeued job is due, in Unix ms (the broker's clock for a delayed message)."""
-        return int((time.time() + self.delay_left_s()) * 1000)
+        return queue.due_ms(int(self.delay_left_s() * 1000))
 
 
 def _none_can_honour(model: str, refusals: list[Unsupported]) -> dict[str, str]:

@@ -105,23 +105,23 @@ def find_lost_jobs(
     *,
     older_than_s: float,
     ahead_s: float = 0.0,
-) -> dict[int, list[tuple[str, str]]]:
-    """Queued jobs without a message in Redis that are due or come due within `ahead_s`,
-    grouped by the delay (ms) to enqueue them with: 0 for those already due."""
+) -> list[tuple[str, str, int]]:
+    """Queued jobs without a message in Redis that are due or come due within `ahead_s`, as
+    (job_id, priority, due Unix ms) to enqueue them with: 0 for those already due."""
     now = clock.utcnow()
     with sessions() as session:
         rows = list(
             session.execute(store.stale_queued_stmt(clock.now(), older_than_s, SWEEP_LIMIT, ahead_s=ahead_s))
         )
     if not rows:
-        return {}
+        return []
     pending = queue.pending_job_ids(broker, [(r[0], r[1]) for r in rows])
-    lost: dict[int, list[tuple[str, str]]] = {}
+    lost: list[tuple[str, str, int]] = []
     for job_id, priority, not_before in rows:
         if job_id not in pending:
             due_at = as_utc(not_before)
             due_in = 0.0 if due_at is None else (due_at - now).total_seconds()
-            lost.setdefault(max(0, int(due_in * 1000)), []).append((job_id, priority))
+            lost.append((job_id, priority, queue.due_ms(int(due_in * 1000))))
     return lost
 
 
@@ -144,14 +144,7 @@ def sweep(
     apply_effects(expired, broker, keys)
     lost = find_lost_jobs(sessions, clock, broker, older_than_s=redispatch_after_s, ahead_s=ahead_s)
     queue.run_broker_maintenance(broker)
-    now_ms = queue.now_ms()
-    later = Effects(
-        dispatch=[
-            (job_id, priority, now_ms + delay_ms if delay_ms else 0)
-            for delay_ms, jobs in lost.items()
-            for job_id, priority in jobs
-        ]
-    )
+    later = Effects(dispatch=lost)
     with sessions() as session:
         later.deliveries += overdue_deliveries(session, clock.utcnow(), grace_s=redispatch_after_s)
         later.deliveries += announce_unannounced_batches(session, clock, older_than_s=redispatch_after_s)

@@ -335,7 +335,7 @@ class JobRuntime:
             delay_s = max((due - now).total_seconds(), MIN_REDELAY_S)
             outcomes[job_id] = Outcome(OutcomeStatus.REQUEUED, delay_s=delay_s)
             if delay_s <= MAX_BROKER_DELAY_S:
-                effects.dispatch.append((job_id, priorities[job_id], queue.now_ms() + int(delay_s * 1000)))
+                effects.dispatch.append((job_id, priorities[job_id], queue.due_ms(int(delay_s * 1000))))
         if effects:
             self.apply_effects(effects)
         return claims, outcomes

@@ -8,11 +8,13 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
+from core.settings import Settings
 from core.store.clock import SqlClock
+from core.store.db import make_sync_engine
 
 
 def test_current_is_the_statements_moment_and_now_the_transactions_start(postgres_url: str) -> None:
-    engine = sa.create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    engine = make_sync_engine(Settings(database_url=postgres_url))
     clock = SqlClock("postgresql")
     try:
         with engine.begin() as conn:
